@@ -1,0 +1,106 @@
+"""Every error brinicle_etl raises on purpose.
+
+One tree, so callers can catch ``BrinicleError`` and entry points (CLI, HTTP,
+Dagster) can map each branch to their own form of failure::
+
+    BrinicleError
+    ├── ConfigError          a setting, policy, name or parameter is invalid   (ValueError)
+    ├── InputError           the data is bad; the message says where           (ValueError)
+    │   └── DimensionError   a vector has the wrong number of values
+    ├── ConflictError        keys collide (insert of an existing key, a key twice in one write)
+    ├── NotFoundError        no such collection, template or model             (LookupError)
+    ├── AlreadyExistsError   creating something that exists
+    ├── StateError           a call out of order (no session, session pending) (RuntimeError)
+    ├── LockedError          another writer holds the collection               (RuntimeError)
+    ├── CorruptCollectionError  files on disk are missing or unreadable
+    ├── EngineError          what the brinicle-compatible VectorEngine raises  (RuntimeError)
+    └── MissingExtraError    an optional dependency is not installed           (ImportError)
+
+Messages name the operation, say what is wrong, and where possible what to do
+next. Third-party exceptions are translated where they are caught, with
+``raise ... from`` so the original stays attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AlreadyExistsError",
+    "BrinicleError",
+    "ConfigError",
+    "ConflictError",
+    "CorruptCollectionError",
+    "DimensionError",
+    "EngineError",
+    "InputError",
+    "LockedError",
+    "MissingExtraError",
+    "NotFoundError",
+    "StateError",
+    "format_values",
+]
+
+
+class BrinicleError(Exception):
+    """Root of every error raised by brinicle_etl."""
+
+
+class ConfigError(BrinicleError, ValueError):
+    """A setting, policy, name or parameter is invalid."""
+
+
+class InputError(BrinicleError, ValueError):
+    """Input data is malformed; the message names the file, row or column."""
+
+
+class DimensionError(InputError):
+    """A vector's length does not match the collection's dimension."""
+
+
+class ConflictError(BrinicleError):
+    """Keys collide. ``keys`` holds every conflicting key, ``field`` the key column."""
+
+    def __init__(self, message: str, *, keys: Sequence[object] = (), field: str | None = None):
+        super().__init__(message)
+        self.keys = list(keys)
+        self.field = field
+
+
+class NotFoundError(BrinicleError, LookupError):
+    """A collection, template, model or task does not exist."""
+
+    def __str__(self) -> str:
+        # LookupError's KeyError-style repr quoting is not wanted here.
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(BrinicleError):
+    """Something being created already exists."""
+
+
+class StateError(BrinicleError, RuntimeError):
+    """A call was made in the wrong state (no pending session, a session already pending)."""
+
+
+class LockedError(BrinicleError, RuntimeError):
+    """Another writer holds the collection's lock."""
+
+
+class CorruptCollectionError(BrinicleError):
+    """A collection's files are missing or unreadable."""
+
+
+class EngineError(BrinicleError, RuntimeError):
+    """Raised by :class:`brinicle_etl.VectorEngine` for state and data errors, as brinicle raises RuntimeError."""
+
+
+class MissingExtraError(BrinicleError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+def format_values(values: Sequence[object], *, limit: int = 20) -> str:
+    """``'a', 'b' and 3 more``: a readable, bounded list for error messages."""
+    shown = ", ".join(repr(v) for v in values[:limit])
+    extra = len(values) - limit
+    return f"{shown} and {extra} more" if extra > 0 else shown

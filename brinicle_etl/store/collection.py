@@ -1,0 +1,530 @@
+"""A collection: vectors in usearch segments, rows in Parquet, one manifest naming them.
+
+Reads never lock: each call checks whether the manifest was replaced and, if so,
+opens the new generation, so a reader in another process sees new data without
+reopening. Writes take the writer lock, build new files, and publish them by
+replacing the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from brinicle_etl.errors import (
+    AlreadyExistsError,
+    BrinicleError,
+    ConfigError,
+    DimensionError,
+    InputError,
+    NotFoundError,
+    StateError,
+)
+from brinicle_etl.store.files import remove_unreferenced
+from brinicle_etl.store.lock import writer_lock
+from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
+from brinicle_etl.store.rows import KEY, ROW_ID, is_in_sorted, read_rows
+from brinicle_etl.store.snapshot import RowCache, Snapshot
+from brinicle_etl.store.staging import StagingLog, encode_keys
+from brinicle_etl.store.writer import Change, DeleteResult, WriteResult, apply_change, compact
+from brinicle_etl.types import Hit, HnswParams, Metric, VectorDType, WriteMode, check_choice
+
+__all__ = ["Collection", "CollectionStatus"]
+
+SESSION_LOG = "session.log"
+Progress = Callable[[int, int], None]
+Wait = bool | float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CollectionStatus:
+    """A collection's settings and counts. ``main_count`` and ``delta_count`` count live vectors."""
+
+    name: str
+    dim: int
+    metric: Metric
+    dtype: VectorDType
+    params: HnswParams
+    delta_ratio: float
+    live_count: int
+    main_count: int
+    delta_count: int
+    deleted_count: int
+    generation: int
+    bytes_on_disk: int
+    needs_rebuild: bool
+    has_index: bool
+    session_mode: WriteMode | None
+    staged_count: int
+
+
+def as_matrix(vectors: Any, dim: int, op: str, keys: Sequence[str] | pa.Array | None = None) -> np.ndarray:
+    """A C-contiguous float32 (n, dim) matrix of finite values, or InputError saying which row is bad."""
+    try:
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{op}: vectors must be numbers: {exc}") from exc
+    if matrix.ndim == 1 and matrix.size == 0:
+        matrix = matrix.reshape(0, dim)
+    if matrix.ndim != 2:
+        raise InputError(f"{op}: expected a 2-D matrix of vectors, got {matrix.ndim} dimension(s)")
+    if matrix.shape[1] != dim:
+        raise DimensionError(f"{op}: dimension mismatch: vectors have {matrix.shape[1]} values, the collection {dim}")
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        col = int(np.argmin(np.isfinite(matrix[row])))
+        key = keys[row] if keys is not None else None
+        key = key.as_py() if isinstance(key, pa.Scalar) else key
+        where = f"row {row}" + (f" (id {key!r})" if keys is not None else "")
+        raise InputError(f"{op}: vector contains NaN/Inf at {where}, index {col}")
+    return matrix
+
+
+def as_vector(vector: Any, dim: int, op: str) -> np.ndarray:
+    try:
+        v = np.ascontiguousarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{op}: vector must be numbers: {exc}") from exc
+    if v.ndim != 1:
+        raise InputError(f"{op}: expected one vector, got an array of {v.ndim} dimensions")
+    if v.shape[0] != dim:
+        raise DimensionError(f"{op}: dimension mismatch: vector has {v.shape[0]} values, the collection {dim}")
+    if not np.isfinite(v).all():
+        raise InputError(f"{op}: vector contains NaN/Inf at index {int(np.argmin(np.isfinite(v)))}")
+    return v
+
+
+def as_keys(keys: Any, op: str) -> pa.Array:
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    if isinstance(keys, pa.Array):
+        if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+            raise InputError(f"{op}: ids must be strings, got an Arrow array of {keys.type}")
+        if keys.null_count:
+            raise InputError(f"{op}: ids must not be null")
+        return keys.cast(pa.string())
+    if isinstance(keys, str):
+        raise InputError(f"{op}: expected a list of ids, got a single string")
+    items = list(keys)
+    encode_keys(items, op)  # rejects non-strings and text that is not valid Unicode
+    return pa.array(items, type=pa.string())
+
+
+def _check_k(k: object, op: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ConfigError(f"{op}: k must be a positive integer; got {k!r}")
+    return int(k)
+
+
+class Collection:
+    """Open an existing collection directory. Use :meth:`create` (or a ``Store``) to make one."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, name: str | None = None):
+        self.directory = Path(directory)
+        self.name = name or self.directory.name
+        if not (self.directory / MANIFEST).exists():
+            raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
+        self._rows = RowCache()
+        self._snap: Snapshot | None = None
+        self._snap_lock = threading.Lock()
+        self._log: StagingLog | None = None
+        self._snapshot()
+
+    @classmethod
+    def create(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        dim: int,
+        metric: Metric = "cosine",
+        dtype: VectorDType = "bf16",
+        params: HnswParams | None = None,
+        delta_ratio: float = 0.10,
+        meta: dict[str, Any] | None = None,
+        name: str | None = None,
+        exist_ok: bool = False,
+    ) -> Collection:
+        """Create an empty collection. With ``exist_ok``, open it instead if it exists with the same dim."""
+        config = CollectionConfig(
+            dim=dim, metric=metric, dtype=dtype, params=params or HnswParams(), delta_ratio=delta_ratio
+        )
+        if config.dtype == "i8" and config.metric == "l2sq":
+            raise ConfigError("dtype 'i8' stores values in [-1, 1] and suits metric 'cosine' or 'ip', not 'l2sq'")
+        path = Path(directory)
+        label = name or path.name
+        path.mkdir(parents=True, exist_ok=True)
+        with writer_lock(path, wait=True, name=label):
+            if (path / MANIFEST).exists():
+                if not exist_ok:
+                    raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
+            else:
+                write_manifest(path, Manifest(config=config, meta=meta or {}))
+        collection = cls(path, name=label)
+        if collection.config.dim != dim:
+            raise ConfigError(f"collection {label!r} exists with dim {collection.config.dim}, not {dim}")
+        return collection
+
+    # ---- reading -------------------------------------------------------------------
+
+    def _snapshot(self) -> Snapshot:
+        """The current generation, reopened if another writer published a new one."""
+        for _attempt in range(20):
+            try:
+                st = os.stat(self.directory / MANIFEST)
+            except FileNotFoundError:
+                raise NotFoundError(f"collection {self.name!r} no longer exists at {self.directory}") from None
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            snap = self._snap
+            if snap is not None and snap.stamp == stamp:
+                return snap
+            with self._snap_lock:
+                if self._snap is not None and self._snap.stamp == stamp:
+                    return self._snap
+                try:
+                    snap = Snapshot(self.directory, read_manifest(self.directory), self._rows, stamp)
+                except FileNotFoundError:
+                    # A writer replaced the manifest and removed the files we were about
+                    # to open; read the new manifest.
+                    continue
+                self._snap = snap
+                return snap
+        raise BrinicleError(f"collection {self.name!r} changed too often while opening it; try again")
+
+    @property
+    def config(self) -> CollectionConfig:
+        return self._snapshot().manifest.config
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._snapshot().manifest.meta
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot().manifest.generation
+
+    def __len__(self) -> int:
+        return self._snapshot().manifest.live_rows
+
+    def __repr__(self) -> str:
+        return f"<Collection {self.name!r} at {str(self.directory)!r}>"
+
+    def status(self) -> CollectionStatus:
+        snap = self._snapshot()
+        m = snap.manifest
+        log = StagingLog.open(self.directory / SESSION_LOG)
+        pending = log if log is not None and log.header.id != m.last_session else None
+        files = [MANIFEST, *m.files()] + ([SESSION_LOG] if pending else [])
+        size = 0
+        for f in files:
+            with suppress(FileNotFoundError):
+                size += os.path.getsize(self.directory / f)
+        return CollectionStatus(
+            name=self.name,
+            dim=m.config.dim,
+            metric=m.config.metric,
+            dtype=m.config.dtype,
+            params=m.config.params,
+            delta_ratio=m.config.delta_ratio,
+            live_count=m.live_rows,
+            main_count=m.main.live if m.main else 0,
+            delta_count=m.delta.live if m.delta else 0,
+            deleted_count=m.dead_rows,
+            generation=m.generation,
+            bytes_on_disk=size,
+            needs_rebuild=m.needs_rebuild,
+            has_index=m.main is not None,
+            session_mode=pending.header.mode if pending else None,
+            staged_count=pending.count if pending else 0,
+        )
+
+    def search(self, query: Any, k: int = 10, *, ef: int | None = None) -> list[Hit]:
+        """The ``k`` nearest live rows to ``query``, nearest first."""
+        snap = self._snapshot()
+        q = as_vector(query, snap.manifest.config.dim, "search")
+        k = _check_k(k, "search")
+        row_ids, dists, counts = snap.search(q.reshape(1, -1), k, ef=_check_ef(ef), threads=1)
+        n = int(counts[0])
+        keys = snap.ids.keys_for(row_ids[0, :n])
+        return [Hit(key, float(d)) for key, d in zip(keys, dists[0, :n].tolist(), strict=True)]
+
+    def search_batch(self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0) -> list[list[Hit]]:
+        """Nearest rows for many queries at once, searched in parallel (``threads=0``: every core)."""
+        snap = self._snapshot()
+        matrix = as_matrix(queries, snap.manifest.config.dim, "search_batch")
+        k = _check_k(k, "search_batch")
+        if not len(matrix):
+            return []
+        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads)
+        flat_keys = snap.ids.keys_for(row_ids[np.arange(row_ids.shape[1])[None, :] < counts[:, None]])
+        out: list[list[Hit]] = []
+        pos = 0
+        for i, n in enumerate(counts.tolist()):
+            out.append([Hit(key, d) for key, d in zip(flat_keys[pos : pos + n], dists[i, :n].tolist(), strict=True)])
+            pos += n
+        return out
+
+    def keys(self) -> list[str]:
+        """Keys of every live row, in row-id order."""
+        keys: list[str] = self._snapshot().ids.live()[1].to_pylist()
+        return keys
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        return bool(self._snapshot().ids.lookup(pa.array([key], pa.string()))[0] >= 0)
+
+    def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Live rows: ``_row_id``, ``_key`` and any payload columns, in row-id order."""
+        snap = self._snapshot()
+        wanted = None if columns is None else list(dict.fromkeys([ROW_ID, *columns]))
+        tables = [read_rows(self.directory / r.file, wanted) for r in snap.manifest.rows]
+        if not tables:
+            return pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
+        table = pa.concat_tables(tables, promote_options="default")
+        if len(snap.dead):
+            table = table.filter(pa.array(~is_in_sorted(table.column(ROW_ID).to_numpy(), snap.dead)))
+        return table if columns is None or ROW_ID in columns else table.drop_columns([ROW_ID])
+
+    def vectors(self, keys: Sequence[str]) -> np.ndarray:
+        """Stored vectors of live keys (as float32, after the collection's dtype rounding)."""
+        snap = self._snapshot()
+        row_ids = snap.ids.lookup(as_keys(keys, "vectors"))
+        missing = [k for k, r in zip(keys, row_ids.tolist(), strict=True) if r < 0]
+        if missing:
+            raise NotFoundError(f"vectors: no live row with id(s) {missing[:20]!r} in {self.name!r}")
+        out = np.empty((len(keys), snap.manifest.config.dim), dtype=np.float32)
+        found = np.zeros(len(keys), dtype=bool)
+        for seg in (snap.main, snap.delta):
+            if seg is None:
+                continue
+            mask = ~found & seg.contains(row_ids.astype(np.uint64))
+            if mask.any():
+                out[mask] = seg.get(row_ids[mask].astype(np.uint64))
+                found |= mask
+        if not found.all():
+            raise NotFoundError(f"vectors: some requested rows of {self.name!r} were stored without vectors")
+        return out
+
+    # ---- writing -------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self, wait: Wait) -> Iterator[Snapshot]:
+        with writer_lock(self.directory, wait=wait, name=self.name):
+            snap = self._snapshot()
+            remove_unreferenced(self.directory, snap.manifest.files())
+            yield snap
+
+    def _publish(self, manifest: Manifest) -> None:
+        write_manifest(self.directory, manifest)
+        remove_unreferenced(self.directory, manifest.files())
+        self._snapshot()
+
+    def write(
+        self,
+        keys: Any,
+        vectors: Any = None,
+        *,
+        mode: WriteMode = "upsert",
+        rows: pa.Table | None = None,
+        delete: Any = None,
+        params: HnswParams | None = None,
+        meta: dict[str, Any] | None = None,
+        wait: Wait = False,
+        progress: Progress | None = None,
+    ) -> WriteResult:
+        """Write rows in one atomic step: ``build`` replaces all, ``insert`` adds new keys, ``upsert`` both.
+
+        ``vectors`` may be None for rows stored without vectors. ``delete`` removes keys
+        in the same generation. An insert of an existing key, or a key given twice,
+        raises ConflictError and writes nothing.
+        """
+        check_choice("mode", mode, WriteMode)
+        key_array = as_keys(keys, "write")
+        matrix = None
+        if vectors is not None:
+            matrix = as_matrix(vectors, self.dim, "write", key_array)
+            if len(matrix) != len(key_array):
+                raise InputError(f"write: {len(key_array)} ids but {len(matrix)} vectors")
+        if rows is not None and rows.num_rows != len(key_array):
+            raise InputError(f"write: {len(key_array)} ids but {rows.num_rows} rows")
+        delete_array = as_keys(delete, "write") if delete is not None else None
+        change = Change(
+            mode=mode, keys=key_array, vectors=matrix, rows=rows, delete=delete_array, params=params, meta=meta
+        )
+        with self._writing(wait) as snap:
+            manifest, result = apply_change(snap, change, name=self.name, progress=progress)
+            self._publish(manifest)
+        return result
+
+    def delete(self, keys: Any, *, return_not_found: bool = False, wait: Wait = False) -> DeleteResult:
+        """Delete live keys. Keys not found (including already deleted ones) are listed if asked."""
+        key_array = pa.array(list(dict.fromkeys(as_keys(keys, "delete").to_pylist())), pa.string())
+        with self._writing(wait) as snap:
+            found = snap.ids.lookup(key_array) >= 0
+            not_found = key_array.filter(pa.array(~found)).to_pylist() if return_not_found else None
+            if not found.any():
+                return DeleteResult(deleted_count=0, not_found=not_found, generation=snap.manifest.generation)
+            change = Change(
+                mode="upsert",
+                keys=pa.array([], pa.string()),
+                vectors=None,
+                delete=key_array.filter(pa.array(found)),
+            )
+            manifest, result = apply_change(snap, change, name=self.name)
+            self._publish(manifest)
+        return DeleteResult(deleted_count=result.deleted, not_found=not_found, generation=result.generation)
+
+    def rebuild(
+        self, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = False, progress: Progress | None = None
+    ) -> int:
+        """Compact every live vector into a fresh main segment; returns the new generation.
+
+        Keeps the collection's own HNSW params unless new ones are given (they are then persisted).
+        """
+        with self._writing(wait) as snap:
+            return self._compact(snap, params, progress)
+
+    def optimize(self, *, wait: Wait = False) -> bool:
+        """Rebuild only if ``needs_rebuild``; returns whether it did."""
+        with self._writing(wait) as snap:
+            if not snap.manifest.needs_rebuild:
+                return False
+            self._compact(snap, None, None)
+            return True
+
+    def _compact(self, snap: Snapshot, params: HnswParams | dict[str, Any] | None, progress: Progress | None) -> int:
+        current = snap.manifest.config.params
+        merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
+        manifest = compact(snap, merged, progress)
+        self._publish(manifest)
+        return manifest.generation
+
+    def destroy(self, *, wait: Wait = False) -> None:
+        """Delete the collection's directory and every file in it."""
+        trash = self.directory.parent / f".dropped-{self.directory.name}-{secrets.token_hex(4)}"
+        with writer_lock(self.directory, wait=wait, name=self.name):
+            os.replace(self.directory, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:
+        """Replace the collection's free-form metadata (a new generation, nothing else changes)."""
+        with self._writing(wait) as snap:
+            self._publish(dataclasses.replace(snap.manifest, generation=snap.manifest.generation + 1, meta=meta))
+
+    # ---- ingest sessions -------------------------------------------------------------
+
+    def _pending(self, snap: Snapshot) -> StagingLog | None:
+        log = StagingLog.open(self.directory / SESSION_LOG)
+        if log is None:
+            self._log = None
+            return None
+        if log.header.id == snap.manifest.last_session:
+            # Finalized, but the writer died before removing the log.
+            log.discard()
+            self._log = None
+            return None
+        if self._log is not None and self._log.header.id == log.header.id:
+            return self._log
+        self._log = log
+        return log
+
+    def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
+        """Start an ingest session; nothing is visible until :meth:`finalize`."""
+        if mode not in ("build", "insert", "upsert"):
+            raise ConfigError(f"init(mode): mode must be 'build', 'insert' or 'upsert'; got {mode!r}")
+        with self._writing(wait) as snap:
+            pending = self._pending(snap)
+            if pending is not None:
+                raise StateError(
+                    f"init: an ingest session is already pending on {self.name!r} "
+                    f"(mode {pending.header.mode!r}, {pending.count} vectors staged); "
+                    "call finalize() to apply it or abort() to discard it"
+                )
+            self._log = StagingLog.create(
+                self.directory / SESSION_LOG, session_id=uuid.uuid4().hex, mode=mode, dim=snap.manifest.config.dim
+            )
+
+    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
+        """Stage one vector; it is on disk when this returns."""
+        v = as_vector(vector, self.dim, "ingest")
+        block = encode_keys([key], "ingest")
+        with self._writing(wait) as snap:
+            self._require_session(snap, "ingest").append(block, v.reshape(1, -1))
+
+    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
+        """Stage many vectors in one durable append; returns how many."""
+        keys = list(keys)
+        matrix = as_matrix(vectors, self.dim, "ingest_batch", keys)
+        if len(matrix) != len(keys):
+            raise InputError(f"ingest_batch: {len(keys)} ids but {len(matrix)} vectors")
+        block = encode_keys(keys, "ingest_batch")
+        with self._writing(wait) as snap:
+            self._require_session(snap, "ingest_batch").append(block, matrix)
+        return len(keys)
+
+    def _require_session(self, snap: Snapshot, op: str) -> StagingLog:
+        log = self._pending(snap)
+        if log is None:
+            raise StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
+        return log
+
+    def finalize(
+        self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
+    ) -> WriteResult:
+        """Apply the session atomically. On an id conflict nothing is applied and the session ends."""
+        with self._writing(wait) as snap:
+            log = self._require_session(snap, "finalize")
+            current = snap.manifest.config.params
+            merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
+            keys, vectors = log.read()
+            change = Change(
+                mode=log.header.mode,
+                keys=pa.array(keys, pa.string()),
+                vectors=vectors,
+                params=merged,
+                session_id=log.header.id,
+            )
+            try:
+                manifest, result = apply_change(snap, change, name=self.name)
+            except BrinicleError:
+                log.discard()
+                self._log = None
+                raise
+            self._publish(manifest)
+            log.discard()
+            self._log = None
+            if optimize and manifest.needs_rebuild:
+                self._compact(self._snapshot(), None, None)
+        return result
+
+    def abort(self, *, wait: Wait = True) -> int:
+        """Discard the pending session; returns how many staged vectors were dropped."""
+        with self._writing(wait) as snap:
+            log = self._require_session(snap, "abort")
+            dropped = log.count
+            log.discard()
+            self._log = None
+        return dropped
+
+
+def _check_ef(ef: int | None) -> int | None:
+    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1):
+        raise ConfigError(f"ef must be a positive integer; got {ef!r}")
+    return None if ef is None else int(ef)

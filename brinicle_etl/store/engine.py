@@ -1,0 +1,212 @@
+"""``VectorEngine``: brinicle's Python API over a brinicle_etl collection.
+
+A brinicle user switches by changing ``from brinicle import VectorEngine`` to
+``from brinicle_etl import VectorEngine``. Arguments, return shapes and exception
+types follow brinicle 0.1.3: invalid constructor arguments raise ValueError; state
+and data errors raise RuntimeError (here :class:`EngineError`, a RuntimeError) with
+a message that starts with the operation's name.
+
+Where brinicle loses data or is surprising, this keeps the data: a staged session
+survives ``close()`` and a crash, insert of an existing id is refused at
+``finalize`` instead of creating a duplicate, and insert into an empty index builds it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+
+from brinicle_etl.errors import BrinicleError, ConfigError, EngineError
+from brinicle_etl.store.collection import Collection
+from brinicle_etl.store.manifest import MANIFEST
+from brinicle_etl.types import HnswParams, Metric, VectorDType
+
+__all__ = ["VectorEngine"]
+
+_DIST_FUNCS: dict[str, Metric] = {"l2": "l2sq", "cosine_distance": "cosine", "dot_product_distance": "ip"}
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Re-raise library errors as brinicle does: RuntimeError with the library's message."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except EngineError:
+            raise
+        except BrinicleError as exc:
+            raise EngineError(str(exc)) from exc
+
+    return wrapper
+
+
+def _params(M: int, ef_construction: int, ef_search: int, build_n_threads: int, seed: int) -> dict[str, int]:
+    return {
+        "M": M,
+        "ef_construction": ef_construction,
+        "ef_search": ef_search,
+        "build_n_threads": build_n_threads,
+        "rng_seed": seed,
+    }
+
+
+class VectorEngine:
+    """An HNSW index on disk at ``index_path`` (a directory), with brinicle's methods."""
+
+    def __init__(
+        self,
+        index_path: str | os.PathLike[str],
+        dim: int = 0,
+        delta_ratio: float = 0.10,
+        M: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        build_n_threads: int = 1,
+        seed: int = 0,
+        dist_func: str = "l2",
+        n_shards: int = 1,
+        *,
+        dtype: VectorDType = "f32",
+    ):
+        if not 0 < delta_ratio <= 0.5:
+            raise ValueError("delta_ratio must be in range (0, 0.5]")
+        if n_shards < 1:
+            raise ValueError("n_shards must be greater than 0")
+        if dist_func not in _DIST_FUNCS:
+            raise ValueError(f"dist_func must be one of {', '.join(map(repr, _DIST_FUNCS))}; got {dist_func!r}")
+        path = Path(index_path)
+        self._path = path
+        if (path / MANIFEST).exists():
+            self._col = Collection(path)
+            if dim and dim != self._col.dim:
+                raise EngineError(f"dim mismatch: constructor requested {dim}, manifest has {self._col.dim}")
+            return
+        if dim <= 0:
+            raise ValueError("dim must be greater than 0 when creating a new index")
+        try:
+            params = HnswParams.from_dict(_params(M, ef_construction, ef_search, build_n_threads, seed))
+            self._col = Collection.create(
+                path,
+                dim=dim,
+                metric=_DIST_FUNCS[dist_func],
+                dtype=dtype,
+                params=params,
+                delta_ratio=delta_ratio,
+                exist_ok=True,
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @property
+    def collection(self) -> Collection:
+        """The underlying brinicle_etl collection."""
+        return self._col
+
+    @property
+    def dim(self) -> int:
+        return self._col.dim
+
+    @property
+    def has_index(self) -> bool:
+        return self._col.status().has_index
+
+    @property
+    def generation(self) -> int:
+        return self._col.generation
+
+    @property
+    def n_shards(self) -> int:
+        return 1
+
+    @_translated
+    def init(self, mode: str) -> None:
+        if mode not in ("build", "insert", "upsert"):
+            raise EngineError("init(mode): mode must be 'build'|'insert'|'upsert'")
+        self._col.init(mode)  # type: ignore[arg-type]
+
+    @_translated
+    def ingest(self, external_id: str, vec: Any) -> None:
+        self._col.ingest(external_id, vec)
+
+    @_translated
+    def ingest_batch(self, external_ids: Sequence[str], vectors: Any) -> int:
+        return self._col.ingest_batch(external_ids, vectors)
+
+    @_translated
+    def finalize(
+        self,
+        optimize: bool = False,
+        M: int = 0,
+        ef_construction: int = 0,
+        ef_search: int = 0,
+        build_n_threads: int = 0,
+        seed: int = 0,
+    ) -> None:
+        # brinicle: 0 means "the index's own value".
+        overrides = {k: v for k, v in _params(M, ef_construction, ef_search, build_n_threads, seed).items() if v}
+        self._col.finalize(optimize=optimize, params=overrides or None)
+
+    @_translated
+    def delete_items(self, external_ids: Sequence[str], return_not_found: bool = False) -> tuple[int, list[str] | None]:
+        result = self._col.delete(list(external_ids), return_not_found=return_not_found, wait=True)
+        return result.deleted_count, result.not_found
+
+    @_translated
+    def rebuild_compact(
+        self,
+        M: int | None = None,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
+        build_n_threads: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        given = {
+            "M": M,
+            "ef_construction": ef_construction,
+            "ef_search": ef_search,
+            "build_n_threads": build_n_threads,
+            "rng_seed": seed,
+        }
+        self._col.rebuild({k: v for k, v in given.items() if v is not None} or None, wait=True)
+
+    @_translated
+    def search(self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1) -> list[str]:
+        return [key for key, _ in self.search_with_distance(q, k, efs, threshold, n_jobs)]
+
+    @_translated
+    def search_with_distance(
+        self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1
+    ) -> list[tuple[str, float]]:
+        hits = self._col.search(np.asarray(q, dtype=np.float32), k, ef=efs)
+        return [(h.id, h.distance) for h in hits if h.distance <= threshold]
+
+    @_translated
+    def search_batch(
+        self, Q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1
+    ) -> list[list[str]]:
+        results = self._col.search_batch(np.asarray(Q, dtype=np.float32), k, ef=efs, threads=n_jobs)
+        return [[h.id for h in hits if h.distance <= threshold] for hits in results]
+
+    @_translated
+    def needs_rebuild(self) -> bool:
+        return self._col.status().needs_rebuild
+
+    @_translated
+    def optimize_graph(self) -> None:
+        self._col.optimize(wait=True)
+
+    def close(self) -> None:
+        """Nothing to release: reads hold no locks and a pending session stays staged on disk."""
+
+    @_translated
+    def destroy(self) -> None:
+        self._col.destroy(wait=True)

@@ -1,0 +1,84 @@
+"""One writer at a time: an ``flock`` on the collection's ``.lock`` file.
+
+The kernel drops the lock when its holder dies, so a crashed writer never leaves
+the collection locked. Readers never take it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from brinicle_etl.errors import LockedError
+
+__all__ = ["writer_lock"]
+
+LOCK_FILE = ".lock"
+
+# flock locks belong to open file descriptions, so two threads of one process with
+# separate descriptors exclude each other too; this lock just keeps them from
+# spinning against each other while waiting.
+_process_locks: dict[str, threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _registry_lock:
+        return _process_locks.setdefault(str(path), threading.Lock())
+
+
+@contextmanager
+def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") -> Iterator[None]:
+    """Hold the collection's writer lock.
+
+    ``wait=False`` fails at once if another writer holds it; ``True`` waits as long
+    as needed; a number waits at most that many seconds.
+    """
+    path = directory / LOCK_FILE
+    deadline = None if wait is True else time.monotonic() + (0.0 if wait is False else float(wait))
+    tlock = _thread_lock(path)
+    if not tlock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+        raise _locked(name, None)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise _locked(name, _holder(path)) from None
+                    time.sleep(0.02)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    finally:
+        tlock.release()
+
+
+def _holder(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _locked(name: str, pid: str | None) -> LockedError:
+    who = f"another writer (pid {pid})" if pid else "another writer"
+    return LockedError(
+        f"collection {name!r} is locked by {who}; retry when it finishes, or pass wait=True to wait for it"
+    )

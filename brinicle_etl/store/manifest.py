@@ -1,0 +1,167 @@
+"""The manifest: the one file that says which files make up a collection's current generation.
+
+A writer creates new files under fresh names, makes them durable, then atomically
+replaces ``manifest.json``. Whatever instant a writer dies at, the manifest names
+either the old generation's files or the new one's, all of which exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brinicle_etl.errors import ConfigError, CorruptCollectionError
+from brinicle_etl.store.files import atomic_write_bytes
+from brinicle_etl.types import HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
+
+__all__ = ["CollectionConfig", "Manifest", "RowsFile", "SegmentInfo", "read_manifest", "write_manifest"]
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CollectionConfig:
+    """What a collection is created with; persisted and restored on open."""
+
+    dim: int
+    metric: Metric = "cosine"
+    dtype: VectorDType = "bf16"
+    params: HnswParams = field(default_factory=HnswParams)
+    delta_ratio: float = 0.10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ConfigError(f"dim must be an integer >= 1; got {self.dim!r}")
+        check_choice("metric", self.metric, Metric)
+        check_choice("dtype", self.dtype, VectorDType)
+        check_delta_ratio(self.delta_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "metric": self.metric,
+            "dtype": self.dtype,
+            "params": self.params.to_dict(),
+            "delta_ratio": self.delta_ratio,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectionConfig:
+        return cls(
+            dim=data["dim"],
+            metric=data["metric"],
+            dtype=data["dtype"],
+            params=HnswParams(**data["params"]),
+            delta_ratio=data["delta_ratio"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SegmentInfo:
+    """One usearch file: how many vectors it holds and how many of them are tombstoned."""
+
+    file: str
+    count: int
+    dead: int = 0
+
+    @property
+    def live(self) -> int:
+        return self.count - self.dead
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RowsFile:
+    """One Parquet file of rows (``_row_id``, ``_key`` and the payload columns)."""
+
+    file: str
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Manifest:
+    config: CollectionConfig
+    generation: int = 0
+    next_row_id: int = 0
+    main: SegmentInfo | None = None
+    delta: SegmentInfo | None = None
+    rows: tuple[RowsFile, ...] = ()
+    tombstones: str | None = None
+    dead_rows: int = 0
+    last_session: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(r.count for r in self.rows)
+
+    @property
+    def live_rows(self) -> int:
+        return self.total_rows - self.dead_rows
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Deletes since the last build, or live delta vectors, reach ``delta_ratio`` of live rows."""
+        live = self.live_rows
+        delta_live = self.delta.live if self.delta else 0
+        if live == 0:
+            return self.dead_rows > 0
+        threshold = self.config.delta_ratio * live
+        return self.dead_rows >= threshold or delta_live >= threshold
+
+    def files(self) -> list[str]:
+        names = [r.file for r in self.rows]
+        names += [s.file for s in (self.main, self.delta) if s is not None]
+        if self.tombstones:
+            names.append(self.tombstones)
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["config"] = self.config.to_dict()
+        data["rows"] = [dataclasses.asdict(r) for r in self.rows]
+        return {"format": FORMAT, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        def segment(d: dict[str, Any] | None) -> SegmentInfo | None:
+            return SegmentInfo(**d) if d else None
+
+        return cls(
+            config=CollectionConfig.from_dict(data["config"]),
+            generation=data["generation"],
+            next_row_id=data["next_row_id"],
+            main=segment(data["main"]),
+            delta=segment(data["delta"]),
+            rows=tuple(RowsFile(**r) for r in data["rows"]),
+            tombstones=data["tombstones"],
+            dead_rows=data["dead_rows"],
+            last_session=data["last_session"],
+            meta=data["meta"],
+        )
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = directory / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptCollectionError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = json.loads(raw)
+        if data.get("format") != FORMAT:
+            raise CorruptCollectionError(
+                f"{path} has format {data.get('format')!r}; this version of brinicle_etl reads format {FORMAT}"
+            )
+        return Manifest.from_dict(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptCollectionError(f"{path} is not a valid manifest: {exc}") from exc
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest.to_dict(), indent=1).encode())

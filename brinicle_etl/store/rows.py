@@ -1,0 +1,114 @@
+"""Row files (Parquet) and tombstones: which key each row id carries, and which rows are live.
+
+Row ids are handed out in increasing order and each write appends one file, so the
+``_row_id`` column, read file after file in manifest order, is sorted. That lets a
+sorted array plus ``searchsorted`` map usearch keys back to external ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.store.files import fsync_file
+
+__all__ = ["ROW_ID", "KEY", "IdMap", "read_rows", "read_tombstones", "write_rows", "write_table", "write_tombstones"]
+
+ROW_ID = "_row_id"
+KEY = "_key"
+
+
+def write_rows(path: Path, row_ids: np.ndarray, keys: pa.Array, payload: pa.Table | None) -> None:
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {ROW_ID: pa.array(row_ids, pa.uint64()), KEY: keys}
+    table = pa.table(columns)
+    if payload is not None:
+        for name, column in zip(payload.column_names, payload.columns, strict=True):
+            table = table.append_column(name, column)
+    write_table(path, table)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    pq.write_table(table, path, compression="zstd")
+    fsync_file(path)
+
+
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptCollectionError(f"cannot read rows file {path}: {exc}") from exc
+
+
+def write_tombstones(path: Path, dead: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, np.asarray(dead, dtype=np.uint64))
+    fsync_file(path)
+
+
+def read_tombstones(path: Path) -> np.ndarray:
+    try:
+        dead: np.ndarray = np.load(path)
+        return dead
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise CorruptCollectionError(f"cannot read tombstones {path}: {exc}") from exc
+
+
+def is_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Elementwise membership of ``values`` in a sorted array (any shape)."""
+    if len(sorted_set) == 0:
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.searchsorted(sorted_set, values)
+    np.minimum(pos, len(sorted_set) - 1, out=pos)
+    found: np.ndarray = sorted_set[pos] == values
+    return found
+
+
+class IdMap:
+    """Row id <-> key for one generation. Built from the row files' first two columns."""
+
+    def __init__(self, parts: Sequence[pa.Table], dead: np.ndarray):
+        if parts:
+            self.row_ids = np.concatenate([p.column(ROW_ID).to_numpy() for p in parts]).astype(np.uint64)
+            self.keys = pa.chunked_array([p.column(KEY) for p in parts], type=pa.string())
+        else:
+            self.row_ids = np.empty(0, dtype=np.uint64)
+            self.keys = pa.chunked_array([], type=pa.string())
+        self._dead = dead
+        self._live: tuple[np.ndarray, pa.Array] | None = None
+
+    def keys_for(self, row_ids: np.ndarray) -> list[str]:
+        """External keys of the given row ids (which must exist)."""
+        if len(row_ids) == 0:
+            return []
+        positions = np.searchsorted(self.row_ids, row_ids)
+        keys: list[str] = self.keys.take(pa.array(positions)).to_pylist()
+        return keys
+
+    def live(self) -> tuple[np.ndarray, pa.Array]:
+        """Row ids and keys of live rows."""
+        if self._live is None:
+            alive = ~is_in_sorted(self.row_ids, self._dead)
+            keys = self.keys.combine_chunks() if self.keys.num_chunks != 1 else self.keys.chunk(0)
+            self._live = (self.row_ids[alive], keys.filter(pa.array(alive)))
+        return self._live
+
+    def lookup(self, keys: pa.Array) -> np.ndarray:
+        """Live row id of each key, or -1 where the key has no live row (as int64)."""
+        live_ids, live_keys = self.live()
+        if len(keys) == 0 or len(live_keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        positions = pc.index_in(keys, value_set=live_keys)
+        found = positions.is_valid().to_numpy(zero_copy_only=False)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        out[found] = live_ids[positions.drop_null().to_numpy()].astype(np.int64)
+        return out

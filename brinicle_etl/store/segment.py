@@ -1,0 +1,189 @@
+"""usearch files: building them and searching them. The only module that touches usearch.
+
+A segment is one immutable usearch file whose keys are row ids. Readers open it as
+memory-mapped views; usearch serialises calls on one index object, so a segment
+keeps a small pool of views (cheap: they share the mapping) to let threads search
+in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from usearch.index import Index
+
+from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.store.files import fsync_file
+from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.types import HnswParams
+
+__all__ = ["Segment", "build_segment", "extend_segment"]
+
+_USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
+_ADD_CHUNK = 32_768
+_NO_KEY = np.uint64(2**64 - 1)
+
+Progress = Callable[[int, int], None]
+
+
+def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
+    return Index(
+        ndim=config.dim,
+        metric=_USEARCH_METRIC[config.metric],
+        # Always explicit: usearch's default dtype depends on the CPU.
+        dtype=config.dtype,
+        connectivity=params.M,
+        expansion_add=params.ef_construction,
+        expansion_search=params.ef_search,
+    )
+
+
+def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, progress: Progress | None) -> None:
+    """Add in chunks, in an order drawn from ``rng_seed`` (which fixes every node's level)."""
+    total = len(keys)
+    order = np.random.default_rng(params.rng_seed).permutation(total)
+    for start in range(0, total, _ADD_CHUNK):
+        part = order[start : start + _ADD_CHUNK]
+        index.add(keys[part], np.ascontiguousarray(vectors[part]), threads=params.build_n_threads)
+        if progress:
+            progress(min(start + _ADD_CHUNK, total), total)
+
+
+def _save(index: Any, path: Path) -> None:
+    index.save(str(path))
+    fsync_file(path)
+
+
+def build_segment(
+    path: Path,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    config: CollectionConfig,
+    params: HnswParams,
+    progress: Progress | None = None,
+) -> int:
+    """Write a fresh HNSW index of ``vectors`` under ``keys`` to ``path``; returns its size."""
+    index = _new_index(config, params)
+    _add(index, keys, vectors, params, progress)
+    _save(index, path)
+    return len(index)
+
+
+def extend_segment(
+    source: Path | None,
+    path: Path,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    config: CollectionConfig,
+    params: HnswParams,
+) -> int:
+    """Copy ``source`` (if any), add ``vectors`` incrementally, write the result to ``path``."""
+    if source is None:
+        index = _new_index(config, params)
+    else:
+        index = _restore(source, view=False)
+        index.expansion_add = params.ef_construction
+    _add(index, keys, vectors, params, None)
+    _save(index, path)
+    return len(index)
+
+
+def _restore(path: Path, *, view: bool) -> Any:
+    try:
+        index: Any = Index.restore(str(path), view=view)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise CorruptCollectionError(f"cannot open index file {path}: {exc}") from exc
+    if index is None:
+        if not path.exists():
+            raise FileNotFoundError(path)
+        raise CorruptCollectionError(f"{path} is not a usearch index file")
+    return index
+
+
+class Segment:
+    """A read-only usearch file, searched through a pool of memory-mapped views."""
+
+    def __init__(self, path: Path, *, ef_search: int):
+        self.path = path
+        self._ef = ef_search
+        first = _restore(path, view=True)
+        self.count = len(first)
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pool.put(first)
+        self._opened = 1
+        self._max_views = max(2, os.cpu_count() or 1)
+        self._open_lock = threading.Lock()
+
+    def _acquire(self) -> Any:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        with self._open_lock:
+            if self._opened < self._max_views:
+                self._opened += 1
+                return _restore(self.path, view=True)
+        return self._pool.get()
+
+    def search(
+        self, queries: np.ndarray, count: int, *, ef: int | None, exact: bool, threads: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top ``count`` per query: (keys, distances, how many are valid per row)."""
+        index = self._acquire()
+        try:
+            want_ef = ef or self._ef
+            if index.expansion_search != want_ef:
+                index.expansion_search = want_ef
+            found = index.search(queries, count, exact=exact, threads=threads)
+        finally:
+            self._pool.put(index)
+        if len(queries) == 1:
+            # usearch hands back a single query's matches unpadded.
+            n = len(found.keys)
+            keys = np.full((1, count), _NO_KEY, dtype=np.uint64)
+            dists = np.full((1, count), np.inf, dtype=np.float32)
+            keys[0, :n] = found.keys
+            dists[0, :n] = found.distances
+            return keys, dists, np.array([n])
+        return np.asarray(found.keys), np.asarray(found.distances), np.asarray(found.counts)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        index = self._acquire()
+        try:
+            found: np.ndarray = np.asarray(index.contains(keys), dtype=bool).reshape(-1)
+            return found
+        finally:
+            self._pool.put(index)
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        index = self._acquire()
+        try:
+            vectors: np.ndarray = np.vstack(index.get(keys, dtype=np.float32))
+            return vectors
+        finally:
+            self._pool.put(index)
+
+    def vectors(self, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All live (key, float32 vector) pairs, for compaction.
+
+        Read back through usearch's own conversion, so re-adding them to an index of the
+        same dtype reproduces the stored values.
+        """
+        index = self._acquire()
+        try:
+            keys = np.asarray(index.keys, dtype=np.uint64)
+            if len(dead):
+                keys = keys[~np.isin(keys, dead)]
+            vectors = np.empty((len(keys), index.ndim), dtype=np.float32)
+            for start in range(0, len(keys), _ADD_CHUNK):
+                part = keys[start : start + _ADD_CHUNK]
+                vectors[start : start + len(part)] = np.vstack(index.get(part, dtype=np.float32))
+        finally:
+            self._pool.put(index)
+        return keys, vectors

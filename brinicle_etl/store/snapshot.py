@@ -1,0 +1,127 @@
+"""One generation of a collection, opened for reading, and search over it.
+
+Search asks each segment (main, delta) for a few more candidates than ``k``, drops
+tombstoned rows, and merges by distance. When tombstones eat too many candidates it
+asks again for more, and past half the segment it switches to exact search, so a
+query gets ``k`` results whenever ``k`` live rows exist.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from brinicle_etl.store.manifest import Manifest, SegmentInfo
+from brinicle_etl.store.rows import KEY, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
+from brinicle_etl.store.segment import Segment
+
+__all__ = ["RowCache", "Snapshot"]
+
+_NO_KEY = np.uint64(2**64 - 1)
+
+
+class RowCache:
+    """Key columns of row files, kept across generations (row files never change)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, pa.Table] = {}
+        self._lock = threading.Lock()
+
+    def get(self, directory: Path, names: list[str]) -> list[pa.Table]:
+        with self._lock:
+            missing = [n for n in names if n not in self._tables]
+        loaded = {n: read_rows(directory / n, [ROW_ID, KEY]) for n in missing}
+        with self._lock:
+            self._tables.update(loaded)
+            for stale in set(self._tables) - set(names):
+                del self._tables[stale]
+            return [self._tables[n] for n in names]
+
+
+class Snapshot:
+    def __init__(self, directory: Path, manifest: Manifest, row_cache: RowCache, stamp: object):
+        self.directory = directory
+        self.manifest = manifest
+        self.stamp = stamp
+        ef = manifest.config.params.ef_search
+        self.main = Segment(directory / manifest.main.file, ef_search=ef) if manifest.main else None
+        self.delta = Segment(directory / manifest.delta.file, ef_search=ef) if manifest.delta else None
+        self.dead = (
+            read_tombstones(directory / manifest.tombstones) if manifest.tombstones else np.empty(0, dtype=np.uint64)
+        )
+        self._row_cache = row_cache
+        self._ids: IdMap | None = None
+        self._ids_lock = threading.Lock()
+
+    @property
+    def ids(self) -> IdMap:
+        if self._ids is None:
+            with self._ids_lock:
+                if self._ids is None:
+                    parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows])
+                    self._ids = IdMap(parts, self.dead)
+        return self._ids
+
+    def segments(self) -> list[tuple[Segment, SegmentInfo]]:
+        out = []
+        for seg, info in ((self.main, self.manifest.main), (self.delta, self.manifest.delta)):
+            if seg is not None and info is not None and info.live > 0:
+                out.append((seg, info))
+        return out
+
+    def search(
+        self, queries: np.ndarray, k: int, *, ef: int | None, threads: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row ids, distances, valid count per query), nearest first; rows padded past the count."""
+        nq = len(queries)
+        parts = [self._search_segment(seg, info, queries, k, ef, threads) for seg, info in self.segments()]
+        if not parts:
+            return (np.full((nq, 0), _NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
+        if len(parts) == 1:
+            keys, dists = parts[0]
+        else:
+            keys = np.concatenate([p[0] for p in parts], axis=1)
+            dists = np.concatenate([p[1] for p in parts], axis=1)
+            order = np.argsort(dists, axis=1, kind="stable")[:, :k]
+            keys = np.take_along_axis(keys, order, axis=1)
+            dists = np.take_along_axis(dists, order, axis=1)
+        counts = np.isfinite(dists).sum(axis=1)
+        return keys, dists, counts
+
+    def _search_segment(
+        self, seg: Segment, info: SegmentInfo, queries: np.ndarray, k: int, ef: int | None, threads: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(queries)
+        want = min(k, info.live)
+        width = min(k, info.live)
+        out_keys = np.full((nq, width), _NO_KEY, dtype=np.uint64)
+        out_dists = np.full((nq, width), np.inf, dtype=np.float32)
+        # Expect a fraction dead/count of candidates to be tombstones; ask for enough
+        # to cover that twice over, and grow fourfold on each shortfall.
+        count = min(info.count, k + math.ceil(2 * k * info.dead / info.count) + (4 if info.dead else 0))
+        pending = np.arange(nq)
+        while len(pending):
+            exact = count * 2 >= info.count
+            if exact:
+                count = info.count
+            keys, dists, valid_n = seg.search(queries[pending], count, ef=ef, exact=exact, threads=threads)
+            valid = np.arange(keys.shape[1])[None, :] < valid_n[:, None]
+            if info.dead:
+                valid &= ~is_in_sorted(keys, self.dead)
+            done = (valid.sum(axis=1) >= want) | exact
+            rows = pending[done]
+            if len(rows):
+                v = valid[done]
+                order = np.argsort(~v, axis=1, kind="stable")[:, :width]
+                picked_keys = np.take_along_axis(keys[done], order, axis=1)
+                picked_dists = np.take_along_axis(dists[done].astype(np.float32), order, axis=1)
+                ok = np.take_along_axis(v, order, axis=1)
+                out_keys[rows] = np.where(ok, picked_keys, _NO_KEY)
+                out_dists[rows] = np.where(ok, picked_dists, np.inf)
+            pending = pending[~done]
+            count = min(info.count, count * 4)
+        return out_keys, out_dists

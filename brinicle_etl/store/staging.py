@@ -1,0 +1,178 @@
+"""The ingest session's staging log: acknowledged vectors survive a crash before ``finalize``.
+
+``session.log`` holds a header (session id, mode, dimension) and then one record per
+``ingest`` or ``ingest_batch`` call, each synced to disk before the call returns.
+A record cut short by a crash was never acknowledged; it is dropped (and the file
+truncated) the next time the log is read or appended to.
+
+Record layout, little-endian: ``b"REC1"``, row count (u32), key block length (u64),
+CRC32 of both blocks (u32); then the key block (one u32 byte length per key, then the
+UTF-8 bytes) and the vector block (rows x dim float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brinicle_etl.errors import CorruptCollectionError, InputError
+from brinicle_etl.store.files import fsync_dir
+from brinicle_etl.types import WriteMode
+
+__all__ = ["SessionHeader", "StagingLog", "encode_keys"]
+
+_MAGIC = b"BRSESS01"
+_RECORD = struct.Struct("<4sIQI")
+_RECORD_MAGIC = b"REC1"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHeader:
+    id: str
+    mode: WriteMode
+    dim: int
+    created_at: float
+
+
+def encode_keys(keys: list[str], op: str) -> bytes:
+    """Length-prefixed UTF-8 block; rejects keys that are not text."""
+    encoded = []
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise InputError(f"{op}: id at position {i} must be a string, got {type(key).__name__}")
+        try:
+            encoded.append(key.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InputError(f"{op}: id at position {i} is not valid Unicode text ({exc.reason})") from exc
+    lengths = np.fromiter((len(b) for b in encoded), dtype="<u4", count=len(encoded))
+    return lengths.tobytes() + b"".join(encoded)
+
+
+def _decode_keys(block: bytes, n: int) -> list[str]:
+    lengths = np.frombuffer(block, dtype="<u4", count=n)
+    ends = np.cumsum(lengths, dtype=np.int64) + 4 * n
+    starts = ends - lengths
+    return [block[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+class StagingLog:
+    def __init__(self, path: Path, header: SessionHeader, data_start: int):
+        self.path = path
+        self.header = header
+        self._data_start = data_start
+        self._end = -1  # offset just past the last complete record; -1 until scanned
+        self._count = 0
+
+    @classmethod
+    def create(cls, path: Path, *, session_id: str, mode: WriteMode, dim: int) -> StagingLog:
+        header = SessionHeader(id=session_id, mode=mode, dim=dim, created_at=time.time())
+        body = json.dumps(_header_dict(header)).encode()
+        blob = _MAGIC + struct.pack("<I", len(body)) + body
+        tmp = path.with_name(f"{path.name}.tmp-{session_id[:8]}")
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        log = cls(path, header, len(blob))
+        log._end, log._count = len(blob), 0
+        return log
+
+    @classmethod
+    def open(cls, path: Path) -> StagingLog | None:
+        """The pending session's log, or None if there is none."""
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(12)
+                if len(head) < 12 or head[:8] != _MAGIC:
+                    raise CorruptCollectionError(f"{path} is not a session log; delete it to discard the session")
+                (size,) = struct.unpack("<I", head[8:])
+                data = json.loads(fh.read(size))
+        except FileNotFoundError:
+            return None
+        header = SessionHeader(id=data["id"], mode=data["mode"], dim=data["dim"], created_at=data["created_at"])
+        return cls(path, header, 12 + size)
+
+    def _scan(self) -> None:
+        """Find the end of the last complete record, counting rows on the way."""
+        size = os.path.getsize(self.path)
+        offset, count = self._data_start, 0
+        with open(self.path, "rb") as f:
+            while offset + _RECORD.size <= size:
+                f.seek(offset)
+                magic, n, key_len, _crc = _RECORD.unpack(f.read(_RECORD.size))
+                end = offset + _RECORD.size + key_len + n * self.header.dim * 4
+                if magic != _RECORD_MAGIC or end > size:
+                    break
+                offset, count = end, count + n
+        self._end, self._count = offset, count
+
+    def _sync_end(self) -> None:
+        if self._end < 0 or os.path.getsize(self.path) != self._end:
+            self._scan()
+            if os.path.getsize(self.path) != self._end:
+                os.truncate(self.path, self._end)
+
+    @property
+    def count(self) -> int:
+        self._sync_end()
+        return self._count
+
+    def append(self, key_block: bytes, vectors: np.ndarray) -> None:
+        """Durably append one record. The caller holds the collection's writer lock."""
+        self._sync_end()
+        vec_bytes = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+        crc = zlib.crc32(vec_bytes, zlib.crc32(key_block))
+        record = _RECORD.pack(_RECORD_MAGIC, len(vectors), len(key_block), crc) + key_block + vec_bytes
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._end += len(record)
+        self._count += len(vectors)
+
+    def read(self) -> tuple[list[str], np.ndarray]:
+        """Every staged (key, vector), in ingest order."""
+        self._sync_end()
+        dim = self.header.dim
+        keys: list[str] = []
+        blocks: list[np.ndarray] = []
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start)
+            offset = self._data_start
+            while offset < self._end:
+                _magic, n, key_len, crc = _RECORD.unpack(f.read(_RECORD.size))
+                key_block = f.read(key_len)
+                vec_bytes = f.read(n * dim * 4)
+                if zlib.crc32(vec_bytes, zlib.crc32(key_block)) != crc:
+                    raise CorruptCollectionError(
+                        f"session log {self.path} is damaged at byte {offset}; abort() the session and ingest again"
+                    )
+                keys.extend(_decode_keys(key_block, n))
+                blocks.append(np.frombuffer(vec_bytes, dtype="<f4").reshape(n, dim))
+                offset += _RECORD.size + key_len + n * dim * 4
+        vectors = np.concatenate(blocks) if blocks else np.empty((0, dim), dtype=np.float32)
+        return keys, vectors
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.path.parent)
+
+
+def _header_dict(header: SessionHeader) -> dict[str, object]:
+    return {"id": header.id, "mode": header.mode, "dim": header.dim, "created_at": header.created_at}

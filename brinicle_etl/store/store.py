@@ -1,0 +1,131 @@
+"""A store: a directory of collections, each addressed as ``db/namespace``."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from brinicle_etl.errors import ConfigError, NotFoundError
+from brinicle_etl.store.collection import Collection
+from brinicle_etl.store.manifest import MANIFEST
+from brinicle_etl.types import HnswParams, Metric, VectorDType
+
+__all__ = ["DEFAULT_NAMESPACE", "Store", "default_store_path", "parse_name"]
+
+DEFAULT_NAMESPACE = "default"
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
+def default_store_path() -> Path:
+    """``$BRINICLE_STORE`` if set, else ``./brinicle_store``."""
+    return Path(os.environ.get("BRINICLE_STORE") or "brinicle_store")
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """``"db/ns"`` -> ``("db", "ns")``; ``"db"`` -> ``("db", "default")``.
+
+    Each part is 1-64 letters, digits, ``_`` or ``-`` (not starting with ``-``), so a
+    name can never point outside the store.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"collection name must be a string; got {type(name).__name__}")
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts.append(DEFAULT_NAMESPACE)
+    if len(parts) != 2 or not all(_PART.fullmatch(p) for p in parts):
+        raise ConfigError(
+            f"invalid collection name {name!r}: use 'db' or 'db/namespace', each part 1-64 letters, "
+            "digits, '_' or '-' (not starting with '-')"
+        )
+    return parts[0], parts[1]
+
+
+class Store:
+    """Collections under one directory. Opening the same name twice returns the same object."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self.root = Path(root) if root is not None else default_store_path()
+        self._open: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Store {str(self.root)!r}>"
+
+    @staticmethod
+    def canonical(name: str) -> str:
+        db, ns = parse_name(name)
+        return f"{db}/{ns}"
+
+    def path_for(self, name: str) -> Path:
+        db, ns = parse_name(name)
+        return self.root / db / ns
+
+    def exists(self, name: str) -> bool:
+        return (self.path_for(name) / MANIFEST).exists()
+
+    def names(self) -> list[str]:
+        """Every collection in the store, as sorted ``db/namespace`` names."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for db in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not db.is_dir() or not _PART.fullmatch(db.name):
+                continue
+            for ns in sorted(os.scandir(db.path), key=lambda e: e.name):
+                if ns.is_dir() and _PART.fullmatch(ns.name) and os.path.exists(os.path.join(ns.path, MANIFEST)):
+                    found.append(f"{db.name}/{ns.name}")
+        return found
+
+    def open(self, name: str) -> Collection:
+        key = self.canonical(name)
+        with self._lock:
+            collection = self._open.get(key)
+            if collection is not None and (collection.directory / MANIFEST).exists():
+                return collection
+        collection = Collection(self.path_for(name), name=key)
+        with self._lock:
+            return self._open.setdefault(key, collection)
+
+    def create(
+        self,
+        name: str,
+        *,
+        dim: int,
+        metric: Metric = "cosine",
+        dtype: VectorDType = "bf16",
+        params: HnswParams | None = None,
+        delta_ratio: float = 0.10,
+        meta: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+    ) -> Collection:
+        key = self.canonical(name)
+        collection = Collection.create(
+            self.path_for(name),
+            dim=dim,
+            metric=metric,
+            dtype=dtype,
+            params=params,
+            delta_ratio=delta_ratio,
+            meta=meta,
+            name=key,
+            exist_ok=exist_ok,
+        )
+        with self._lock:
+            return self._open.setdefault(key, collection)
+
+    def forget(self, name: str) -> None:
+        """Close a collection in this process; its files stay (brinicle's ``destroy=false``)."""
+        with self._lock:
+            self._open.pop(self.canonical(name), None)
+
+    def drop(self, name: str, *, wait: bool | float = False) -> None:
+        """Delete a collection and its files."""
+        key = self.canonical(name)
+        path = self.path_for(name)
+        if not (path / MANIFEST).exists():
+            raise NotFoundError(f"collection {key!r} not found in {self.root}")
+        Collection(path, name=key).destroy(wait=wait)
+        self.forget(name)

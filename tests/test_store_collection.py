@@ -1,0 +1,578 @@
+"""The collection: configuration, the three write modes, sessions, delete, search, status, rebuild."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brinicle_etl import (
+    AlreadyExistsError,
+    Collection,
+    ConfigError,
+    ConflictError,
+    DimensionError,
+    HnswParams,
+    InputError,
+    LockedError,
+    NotFoundError,
+    StateError,
+    Store,
+)
+from brinicle_etl.store.lock import writer_lock
+from tests.conftest import REPO, clustered, exact_knn
+
+DIM = 16
+
+
+def ids(n: int, prefix: str = "k") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def state(col: Collection) -> dict[str, bytes]:
+    keys = col.keys()
+    vectors = col.vectors(keys) if keys else np.empty((0, col.dim), np.float32)
+    return {k: v.tobytes() for k, v in zip(keys, vectors, strict=True)}
+
+
+@pytest.fixture
+def col(store: Store) -> Collection:
+    return store.create("db/ns", dim=DIM, dtype="f32")
+
+
+# ---- configuration -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2sq"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "i8"])
+def test_config_is_persisted_and_restored(store: Store, metric: str, dtype: str) -> None:
+    if dtype == "i8" and metric == "l2sq":
+        pytest.skip("rejected combination, tested below")
+    params = HnswParams(M=12, ef_construction=77, ef_search=33, rng_seed=5, build_n_threads=1)
+    store.create("c", dim=24, metric=metric, dtype=dtype, params=params, delta_ratio=0.25)  # type: ignore[arg-type]
+    reopened = Collection(store.path_for("c"))
+    cfg = reopened.config
+    assert (cfg.dim, cfg.metric, cfg.dtype, cfg.params, cfg.delta_ratio) == (24, metric, dtype, params, 0.25)
+    status = reopened.status()
+    assert (status.dim, status.metric, status.dtype, status.params) == (24, metric, dtype, params)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dim": 0}, "dim must be an integer >= 1; got 0"),
+        ({"dim": 4, "metric": "euclid"}, "metric must be one of 'cosine', 'ip', 'l2sq'; got 'euclid'"),
+        ({"dim": 4, "dtype": "f64"}, "dtype must be one of 'f32', 'f16', 'bf16', 'i8'; got 'f64'"),
+        ({"dim": 4, "delta_ratio": 0.6}, "delta_ratio must be in range (0, 0.5]; got 0.6"),
+        ({"dim": 4, "delta_ratio": 0}, "delta_ratio must be in range (0, 0.5]; got 0"),
+        (
+            {"dim": 4, "dtype": "i8", "metric": "l2sq"},
+            "dtype 'i8' stores values in [-1, 1] and suits metric 'cosine' or 'ip', not 'l2sq'",
+        ),
+    ],
+)
+def test_invalid_config_is_rejected(store: Store, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        store.create("c", **kwargs)
+    assert str(info.value) == message
+
+
+def test_invalid_params_are_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"^M must be an integer >= 2; got 1$"):
+        HnswParams(M=1)
+    with pytest.raises(ConfigError, match=r"^ef_search must be an integer >= 1; got 0$"):
+        HnswParams(ef_search=0)
+
+
+def test_create_twice_and_open_missing(store: Store) -> None:
+    store.create("c", dim=4)
+    with pytest.raises(AlreadyExistsError, match="collection 'c/default' already exists"):
+        store.create("c", dim=4)
+    assert store.create("c", dim=4, exist_ok=True).dim == 4
+    with pytest.raises(NotFoundError, match="collection 'nope/default' not found"):
+        store.open("nope")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b/c", "", "a/", "-a", "a b", "x" * 65, "a/.."])
+def test_names_that_could_escape_the_store_are_rejected(store: Store, name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid collection name"):
+        store.create(name, dim=4)
+
+
+def test_store_lists_collections(store: Store) -> None:
+    store.create("b", dim=4)
+    store.create("a/x", dim=4)
+    store.create("a/y", dim=4)
+    assert store.names() == ["a/x", "a/y", "b/default"]
+    store.drop("a/x")
+    assert store.names() == ["a/y", "b/default"]
+    with pytest.raises(NotFoundError):
+        store.drop("a/x")
+
+
+# ---- the three write modes -----------------------------------------------------------
+
+
+def test_build_replaces_everything(col: Collection) -> None:
+    x = clustered(300, DIM)
+    col.write(ids(300), x, mode="build")
+    result = col.write(ids(50, "n"), x[:50], mode="build")
+    assert (result.inserted, result.deleted) == (50, 300)
+    assert sorted(col.keys()) == sorted(ids(50, "n"))
+    assert col.status().deleted_count == 0
+
+
+def test_insert_adds_and_refuses_existing_ids(col: Collection) -> None:
+    x = clustered(200, DIM)
+    col.write(ids(100), x[:100], mode="build")
+    before = state(col)
+    with pytest.raises(ConflictError) as info:
+        col.write(["k5", "new1", "k7"], x[100:103], mode="insert")
+    assert str(info.value) == (
+        "write: 2 id(s) already exist: 'k5', 'k7'; use mode 'upsert' to replace them; nothing was applied"
+    )
+    assert info.value.keys == ["k5", "k7"]
+    assert state(col) == before
+    result = col.write(ids(100, "new"), x[100:], mode="insert")
+    assert (result.inserted, result.updated) == (100, 0)
+    assert len(col) == 200
+
+
+def test_upsert_replaces_and_adds(col: Collection) -> None:
+    x = clustered(200, DIM)
+    col.write(ids(100), x[:100], mode="build")
+    result = col.write(["k1", "k2", "brand-new"], x[150:153], mode="upsert")
+    assert (result.inserted, result.updated) == (1, 2)
+    assert len(col) == 101
+    np.testing.assert_allclose(col.vectors(["k1", "brand-new"]), x[[150, 152]], rtol=1e-6)
+    hits = col.search(x[150], 3)
+    assert hits[0].id == "k1"
+    # the replaced version of k1 is gone, not merely outranked
+    assert [h.id for h in col.search(x[1], 200)].count("k1") == 1
+
+
+@pytest.mark.parametrize("mode", ["build", "insert", "upsert"])
+def test_repeated_id_in_one_write_applies_nothing(col: Collection, mode: str) -> None:
+    x = clustered(10, DIM)
+    col.write(ids(5), x[:5], mode="build")
+    before = state(col)
+    with pytest.raises(ConflictError, match=r"^write: ids repeated within one write: 'dup'; nothing was applied$"):
+        col.write(["a", "dup", "b", "dup"], x[5:9], mode=mode)  # type: ignore[arg-type]
+    assert state(col) == before
+
+
+def test_bad_vectors_name_the_row(col: Collection) -> None:
+    x = clustered(3, DIM)
+    x[1, 4] = np.nan
+    with pytest.raises(InputError, match=r"^write: vector contains NaN/Inf at row 1 \(id 'b'\), index 4$"):
+        col.write(["a", "b", "c"], x, mode="build")
+    with pytest.raises(DimensionError, match="vectors have 15 values, the collection 16"):
+        col.write(["a"], np.zeros((1, 15)), mode="build")
+    with pytest.raises(InputError, match="write: 2 ids but 3 vectors"):
+        col.write(["a", "b"], clustered(3, DIM), mode="build")
+    with pytest.raises(ConfigError, match="mode must be one of 'build', 'insert', 'upsert'; got 'append'"):
+        col.write(["a"], clustered(1, DIM), mode="append")  # type: ignore[arg-type]
+    assert len(col) == 0
+
+
+@pytest.mark.parametrize(
+    "key", ["", "x" * 10_000, "ünïcödé ✓ 日本語 🚀", "with\nnewline and \x00 nul", " spaces ", "k" * 31 + "é"]
+)
+def test_any_string_id_round_trips(col: Collection, key: str) -> None:
+    x = clustered(20, DIM)
+    col.write([key, *ids(19)], x, mode="build")
+    assert col.search(x[0], 1)[0].id == key
+    assert key in col.keys()
+    moved = clustered(1, DIM, seed=99)[0]
+    col.init("upsert")
+    col.ingest(key, moved)
+    col.finalize()
+    assert col.search(moved, 1)[0].id == key
+    assert col.delete([key]).deleted_count == 1
+    assert key not in col
+
+
+def test_ids_that_are_not_text_are_rejected(col: Collection) -> None:
+    with pytest.raises(InputError, match="write: id at position 1 must be a string, got int"):
+        col.write(["a", 7], clustered(2, DIM), mode="build")  # type: ignore[list-item]
+    with pytest.raises(InputError, match="id at position 0 is not valid Unicode text"):
+        col.write(["\ud800"], clustered(1, DIM), mode="build")
+
+
+# ---- sessions -----------------------------------------------------------------------
+
+
+def test_session_build_then_upsert(col: Collection) -> None:
+    x = clustered(120, DIM)
+    col.init("build")
+    for i in range(20):
+        col.ingest(f"k{i}", x[i])
+    assert col.ingest_batch(ids(80, "b"), x[20:100]) == 80
+    assert len(col) == 0, "nothing is visible before finalize"
+    assert col.status().staged_count == 100
+    result = col.finalize()
+    assert (result.mode, result.inserted) == ("build", 100)
+    assert len(col) == 100
+    col.init("upsert")
+    col.ingest_batch(["k0", "fresh"], x[100:102])
+    result = col.finalize()
+    assert (result.inserted, result.updated) == (1, 1)
+    assert col.search(x[100], 1)[0].id == "k0"
+
+
+def test_a_bad_vector_fails_its_own_call_and_keeps_the_session(col: Collection) -> None:
+    x = clustered(5, DIM)
+    col.init("build")
+    col.ingest("a", x[0])
+    with pytest.raises(DimensionError, match=r"^ingest: dimension mismatch: vector has 3 values, the collection 16$"):
+        col.ingest("b", [1.0, 2.0, 3.0])
+    bad = x[1].copy()
+    bad[2] = np.inf
+    with pytest.raises(InputError, match=r"^ingest: vector contains NaN/Inf at index 2$"):
+        col.ingest("b", bad)
+    with pytest.raises(InputError, match=r"^ingest_batch: vector contains NaN/Inf at row 1 \(id 'd'\), index 2$"):
+        col.ingest_batch(["c", "d"], np.stack([x[2], bad]))
+    col.ingest("e", x[4])
+    col.finalize()
+    assert sorted(col.keys()) == ["a", "e"]
+
+
+def test_init_while_pending_says_how_to_end_it(col: Collection) -> None:
+    col.init("upsert")
+    col.ingest("a", clustered(1, DIM)[0])
+    with pytest.raises(StateError) as info:
+        col.init("build")
+    assert str(info.value) == (
+        "init: an ingest session is already pending on 'db/ns' (mode 'upsert', 1 vectors staged); "
+        "call finalize() to apply it or abort() to discard it"
+    )
+    assert col.abort() == 1
+    col.init("build")
+
+
+def test_calls_out_of_order(col: Collection) -> None:
+    with pytest.raises(StateError, match=r"^ingest: no pending ingest session on 'db/ns'; call init\(mode\) first$"):
+        col.ingest("a", np.zeros(DIM))
+    with pytest.raises(StateError, match=r"^finalize: no pending ingest session"):
+        col.finalize()
+    with pytest.raises(StateError, match=r"^abort: no pending ingest session"):
+        col.abort()
+    with pytest.raises(ConfigError, match=r"^init\(mode\): mode must be 'build', 'insert' or 'upsert'; got 'x'$"):
+        col.init("x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["build", "insert", "upsert"])
+def test_session_id_repeated_within_session_applies_nothing_and_ends_it(col: Collection, mode: str) -> None:
+    x = clustered(10, DIM)
+    col.write(ids(3), x[:3], mode="build")
+    before = state(col)
+    col.init(mode)  # type: ignore[arg-type]
+    col.ingest_batch(["a", "b"], x[3:5])
+    col.ingest("a", x[5])
+    with pytest.raises(ConflictError, match=r"^finalize: ids repeated within one write: 'a'; nothing was applied$"):
+        col.finalize()
+    assert state(col) == before
+    assert col.status().session_mode is None
+    col.init(mode)  # type: ignore[arg-type]  # the session ended, a new one may start
+
+
+def test_session_insert_of_existing_id_applies_nothing(col: Collection) -> None:
+    x = clustered(10, DIM)
+    col.write(ids(3), x[:3], mode="build")
+    before = state(col)
+    col.init("insert")
+    col.ingest_batch(["k1", "new", "k2"], x[3:6])
+    with pytest.raises(ConflictError) as info:
+        col.finalize()
+    assert info.value.keys == ["k1", "k2"]
+    assert "finalize: 2 id(s) already exist: 'k1', 'k2'" in str(info.value)
+    assert state(col) == before
+    assert col.status().session_mode is None
+
+
+def test_staged_vectors_survive_a_new_process(col: Collection, store: Store) -> None:
+    x = clustered(3, DIM)
+    col.init("build")
+    col.ingest_batch(["a", "b"], x[:2])
+    del col
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from brinicle_etl import Collection
+        c = Collection({str(store.path_for("db/ns"))!r})
+        c.ingest("c", np.ones({DIM}, dtype=np.float32))
+        print(c.finalize().inserted)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
+    assert sorted(Collection(store.path_for("db/ns")).keys()) == ["a", "b", "c"]
+
+
+def test_a_torn_record_at_the_end_of_the_log_is_dropped(col: Collection) -> None:
+    x = clustered(3, DIM)
+    col.init("build")
+    col.ingest_batch(["a", "b"], x[:2])
+    log = col.directory / "session.log"
+    with open(log, "ab") as fh:
+        fh.write(b"REC1\x05\x00\x00")  # a crash in the middle of the next record's header
+    fresh = Collection(col.directory)
+    assert fresh.status().staged_count == 2
+    fresh.ingest("c", x[2])
+    fresh.finalize()
+    assert sorted(fresh.keys()) == ["a", "b", "c"]
+
+
+# ---- delete -------------------------------------------------------------------------
+
+
+def test_delete_counts_and_not_found(col: Collection) -> None:
+    x = clustered(50, DIM)
+    col.write(ids(50), x, mode="build")
+    result = col.delete(["k1", "k2", "nope", "k1"], return_not_found=True)
+    assert (result.deleted_count, result.not_found) == (2, ["nope"])
+    again = col.delete(["k1", "k3"], return_not_found=True)
+    assert (again.deleted_count, again.not_found) == (1, ["k1"])
+    assert col.delete(["k4"]).not_found is None
+    assert len(col) == 46
+    assert all(h.id not in {"k1", "k2", "k3", "k4"} for h in col.search(x[1], 50))
+
+
+# ---- search -------------------------------------------------------------------------
+
+
+def test_search_empty_collection_returns_nothing(col: Collection) -> None:
+    assert col.search(np.ones(DIM), 5) == []
+    assert col.search_batch(np.ones((3, DIM)), 5) == [[], [], []]
+
+
+def test_search_validates_its_arguments(col: Collection) -> None:
+    col.write(["a"], clustered(1, DIM), mode="build")
+    with pytest.raises(DimensionError, match="search: dimension mismatch: vector has 3 values, the collection 16"):
+        col.search([1, 2, 3])
+    with pytest.raises(ConfigError, match=r"^search: k must be a positive integer; got 0$"):
+        col.search(np.ones(DIM), 0)
+    with pytest.raises(ConfigError, match=r"^ef must be a positive integer; got -1$"):
+        col.search(np.ones(DIM), 1, ef=-1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2sq"])
+def test_search_matches_exact_neighbours(store: Store, metric: str) -> None:
+    x = clustered(2000, DIM, seed=3)
+    col = store.create("m", dim=DIM, metric=metric, dtype="f32")  # type: ignore[arg-type]
+    col.write(ids(2000), x, mode="build")
+    q = clustered(50, DIM, seed=4)
+    truth = exact_knn(x, q, 10, metric)
+    got = col.search_batch(q, 10, ef=128)
+    recall = np.mean([len({f"k{j}" for j in t} & {h.id for h in g}) / 10 for t, g in zip(truth, got, strict=True)])
+    assert recall > 0.95
+    single = col.search(q[0], 10, ef=128)
+    assert [h.id for h in single] == [h.id for h in got[0]]
+    assert all(a.distance <= b.distance for a, b in zip(single, single[1:], strict=False))
+
+
+def test_tombstones_never_eat_results(col: Collection) -> None:
+    x = clustered(1000, DIM, seed=7, centers=4)
+    col.write(ids(1000), x, mode="build")
+    q = x[:20]
+    # delete each query's 200 nearest neighbours, and 90% of everything else
+    near = exact_knn(x, q, 200)
+    doomed = {f"k{j}" for j in near.ravel()} | {f"k{j}" for j in range(1000) if j % 10}
+    col.delete(sorted(doomed))
+    live = set(col.keys())
+    assert 0 < len(live) < 100
+    for k in (5, len(live), len(live) + 10):
+        results = col.search_batch(q, k)
+        for hits in results:
+            assert len(hits) == min(k, len(live))
+            assert {h.id for h in hits} <= live
+    assert len(col.search(q[0], len(live))) == len(live)
+
+
+def test_search_spans_main_and_delta(col: Collection) -> None:
+    x = clustered(600, DIM, seed=9)
+    col.write(ids(500), x[:500], mode="build")
+    col.write(ids(100, "d"), x[500:], mode="insert")
+    status = col.status()
+    assert (status.main_count, status.delta_count) == (500, 100)
+    truth = exact_knn(x, x[480:520], 5)
+    names = [f"k{j}" if j < 500 else f"d{j - 500}" for j in range(600)]
+    got = col.search_batch(x[480:520], 5, ef=200)
+    hits = sum(len({names[j] for j in t} & {h.id for h in g}) for t, g in zip(truth, got, strict=True))
+    assert hits / (40 * 5) > 0.95
+
+
+# ---- status, rebuild, optimize ---------------------------------------------------------
+
+
+def test_status_counts(col: Collection) -> None:
+    x = clustered(130, DIM)
+    col.write(ids(100), x[:100], mode="build")
+    col.write(ids(30, "d"), x[100:], mode="insert")
+    col.delete(["k0", "d0"])
+    s = col.status()
+    assert (s.live_count, s.main_count, s.delta_count, s.deleted_count) == (128, 99, 29, 2)
+    assert s.generation == 3
+    assert s.bytes_on_disk == sum(p.stat().st_size for p in col.directory.iterdir() if p.name != ".lock")
+    assert s.has_index and s.needs_rebuild  # 29 live delta vectors >= 0.1 * 128
+
+
+def test_needs_rebuild_follows_delta_ratio(store: Store) -> None:
+    col = store.create("r", dim=DIM, dtype="f32", delta_ratio=0.2)
+    x = clustered(200, DIM)
+    col.write(ids(100), x[:100], mode="build")
+    col.delete(ids(15))
+    assert not col.status().needs_rebuild  # 15 < 0.2 * 85
+    assert col.optimize() is False
+    col.delete(["k15", "k16"])
+    assert col.status().needs_rebuild  # 17 >= 0.2 * 83
+    generation = col.generation
+    assert col.optimize() is True
+    s = col.status()
+    assert (s.needs_rebuild, s.deleted_count, s.main_count, s.generation) == (False, 0, 83, generation + 1)
+
+
+def test_rebuild_keeps_params_unless_given_and_keeps_data(col: Collection) -> None:
+    x = clustered(300, DIM)
+    col.write(ids(200), x[:200], mode="build")
+    col.write(ids(100, "d"), x[200:], mode="upsert")
+    col.delete(ids(50))
+    before = state(col)
+    own = col.config.params
+    col.rebuild()
+    assert col.config.params == own
+    assert state(col) == before
+    s = col.status()
+    assert (s.main_count, s.delta_count, s.deleted_count) == (250, 0, 0)
+    assert len(list(col.directory.glob("rows-*"))) == 1
+    col.rebuild({"M": 8, "ef_search": 99})
+    assert col.config.params == dataclasses.replace(own, M=8, ef_search=99)
+    assert Collection(col.directory).config.params.M == 8
+    assert state(col) == before
+
+
+def test_finalize_params_apply_to_a_build(col: Collection) -> None:
+    col.init("build")
+    col.ingest_batch(ids(10), clustered(10, DIM))
+    col.finalize(params={"M": 24, "ef_construction": 300, "unknown": 1})
+    assert (col.config.params.M, col.config.params.ef_construction) == (24, 300)
+
+
+def test_finalize_optimize_merges_when_needed(col: Collection) -> None:
+    x = clustered(150, DIM)
+    col.write(ids(100), x[:100], mode="build")
+    col.init("insert")
+    col.ingest_batch(ids(50, "n"), x[100:])
+    col.finalize(optimize=True)
+    s = col.status()
+    assert (s.main_count, s.delta_count, s.live_count) == (150, 0, 150)
+
+
+def test_small_insert_goes_to_the_delta_without_touching_main(col: Collection) -> None:
+    x = clustered(1010, DIM)
+    col.write(ids(1000), x[:1000], mode="build")
+    main_files = sorted(p.name for p in col.directory.glob("main-*"))
+    col.write(ids(10, "n"), x[1000:], mode="insert")
+    assert sorted(p.name for p in col.directory.glob("main-*")) == main_files
+    assert col.status().delta_count == 10
+
+
+def test_main_is_memory_mapped(col: Collection) -> None:
+    col.write(ids(500), clustered(500, DIM), mode="build")
+    reader = Collection(col.directory)
+    reader.search(np.ones(DIM), 3)
+    main = next(col.directory.glob("main-*")).name
+    maps = Path("/proc/self/maps").read_text()
+    assert main in maps
+
+
+# ---- files, locks and other processes ------------------------------------------------
+
+
+def test_stray_files_are_cleaned_on_the_next_write(col: Collection) -> None:
+    col.write(["a"], clustered(1, DIM), mode="build")
+    for name in ("main-00000009-deadbeef.usearch", "rows-00000009-deadbeef.parquet", "manifest.json.tmp-1234"):
+        (col.directory / name).write_bytes(b"half-written")
+    (col.directory / "notes.txt").write_text("not ours")
+    col.write(["b"], clustered(1, DIM), mode="upsert")
+    names = {p.name for p in col.directory.iterdir()}
+    assert "main-00000009-deadbeef.usearch" not in names
+    assert "manifest.json.tmp-1234" not in names
+    assert "notes.txt" in names
+
+
+def test_a_second_writer_gets_a_clear_error_or_waits(col: Collection) -> None:
+    x = clustered(2, DIM)
+    with writer_lock(col.directory, name="db/ns"):
+        with pytest.raises(LockedError) as info:
+            col.write(["a"], x[:1], mode="build")
+        assert str(info.value).startswith("collection 'db/ns' is locked by another writer")
+        assert "pass wait=True to wait for it" in str(info.value)
+    script = textwrap.dedent(
+        f"""
+        import time, sys
+        from pathlib import Path
+        from brinicle_etl.store.lock import writer_lock
+        with writer_lock(Path({str(col.directory)!r})):
+            print("locked", flush=True)
+            time.sleep(1.0)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "locked"
+    with pytest.raises(LockedError, match=r"locked by another writer \(pid \d+\)"):
+        col.write(["a"], x[:1], mode="build")
+    started = time.monotonic()
+    col.write(["a"], x[:1], mode="build", wait=True)
+    assert time.monotonic() - started > 0.2
+    assert proc.wait() == 0
+
+
+def test_reader_in_another_process_sees_new_generations(col: Collection) -> None:
+    x = clustered(40, DIM)
+    col.write(ids(20), x[:20], mode="build")
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        from brinicle_etl import Collection
+        c = Collection({str(col.directory)!r})
+        for line in sys.stdin:
+            q = np.array([float(v) for v in line.split()], dtype=np.float32)
+            print(len(c), c.search(q, 1)[0].id, flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask(v: np.ndarray) -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(" ".join(map(repr, v.tolist())) + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    assert ask(x[30]) .startswith("20 ")
+    col.write(["late"], x[30:31], mode="insert")
+    assert ask(x[30]) == "21 late"
+    col.rebuild()
+    col.delete(["late"])
+    assert ask(x[30]).startswith("20 k")
+    proc.stdin.close()
+    assert proc.wait() == 0
+
+
+def test_environment_store_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRINICLE_STORE", str(tmp_path / "env-store"))
+    assert Store().root == tmp_path / "env-store"
+    monkeypatch.delenv("BRINICLE_STORE")
+    assert Store().root == Path("brinicle_store")
+    assert os.fspath(Store(tmp_path).root) == str(tmp_path)
