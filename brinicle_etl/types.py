@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from brinicle_etl.errors import ConfigError
 
@@ -33,7 +33,6 @@ ConflictPolicy = Literal["error", "update", "skip"]
 """What an ingest does with a row whose key already exists."""
 
 VectorSource = Literal["generated", "precomputed", "none"]
-
 
 
 def check_choice(name: str, value: object, allowed: Any) -> Any:
@@ -100,8 +99,7 @@ def check_delta_ratio(value: object) -> float:
     return float(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
+class Hit(NamedTuple):
     """One search result: the row's key and its distance to the query (smaller is nearer)."""
 
     id: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -375,7 +376,7 @@ def test_search_matches_exact_neighbours(store: Store, metric: str) -> None:
     assert recall > 0.95
     single = col.search(q[0], 10, ef=128)
     assert [h.id for h in single] == [h.id for h in got[0]]
-    assert all(a.distance <= b.distance for a, b in zip(single, single[1:], strict=False))
+    assert all(a.distance <= b.distance for a, b in itertools.pairwise(single))
 
 
 def test_tombstones_never_eat_results(col: Collection) -> None:
@@ -560,7 +561,7 @@ def test_reader_in_another_process_sees_new_generations(col: Collection) -> None
         proc.stdin.flush()
         return proc.stdout.readline().strip()
 
-    assert ask(x[30]) .startswith("20 ")
+    assert ask(x[30]).startswith("20 ")
     col.write(["late"], x[30:31], mode="insert")
     assert ask(x[30]) == "21 late"
     col.rebuild()

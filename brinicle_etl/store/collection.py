@@ -137,6 +137,7 @@ class Collection:
         self.name = name or self.directory.name
         if not (self.directory / MANIFEST).exists():
             raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
+        self._manifest_path = str(self.directory / MANIFEST)
         self._rows = RowCache()
         self._snap: Snapshot | None = None
         self._snap_lock = threading.Lock()
@@ -183,7 +184,7 @@ class Collection:
         """The current generation, reopened if another writer published a new one."""
         for _attempt in range(20):
             try:
-                st = os.stat(self.directory / MANIFEST)
+                st = os.stat(self._manifest_path)
             except FileNotFoundError:
                 raise NotFoundError(f"collection {self.name!r} no longer exists at {self.directory}") from None
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -258,11 +259,10 @@ class Collection:
         """The ``k`` nearest live rows to ``query``, nearest first."""
         snap = self._snapshot()
         q = as_vector(query, snap.manifest.config.dim, "search")
-        k = _check_k(k, "search")
-        row_ids, dists, counts = snap.search(q.reshape(1, -1), k, ef=_check_ef(ef), threads=1)
-        n = int(counts[0])
-        keys = snap.ids.keys_for(row_ids[0, :n])
-        return [Hit(key, float(d)) for key, d in zip(keys, dists[0, :n].tolist(), strict=True)]
+        if type(k) is not int or k < 1:
+            k = _check_k(k, "search")
+        row_ids, dists = snap.search_one(q, k, ef=_check_ef(ef))
+        return list(map(Hit, snap.ids.keys_for(row_ids), dists.tolist()))
 
     def search_batch(self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0) -> list[list[Hit]]:
         """Nearest rows for many queries at once, searched in parallel (``threads=0``: every core)."""
@@ -276,7 +276,7 @@ class Collection:
         out: list[list[Hit]] = []
         pos = 0
         for i, n in enumerate(counts.tolist()):
-            out.append([Hit(key, d) for key, d in zip(flat_keys[pos : pos + n], dists[i, :n].tolist(), strict=True)])
+            out.append(list(map(Hit, flat_keys[pos : pos + n], dists[i, :n].tolist())))
             pos += n
         return out
 

@@ -153,6 +153,18 @@ class Segment:
             return keys, dists, np.array([n])
         return np.asarray(found.keys), np.asarray(found.distances), np.asarray(found.counts)
 
+    def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """One query's valid matches: (keys, distances)."""
+        index = self._acquire()
+        try:
+            want_ef = ef or self._ef
+            if index.expansion_search != want_ef:
+                index.expansion_search = want_ef
+            found = index.search(query, count, threads=1)
+        finally:
+            self._pool.put(index)
+        return found.keys, found.distances
+
     def contains(self, keys: np.ndarray) -> np.ndarray:
         index = self._acquire()
         try:

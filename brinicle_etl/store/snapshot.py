@@ -53,6 +53,11 @@ class Snapshot:
         self.dead = (
             read_tombstones(directory / manifest.tombstones) if manifest.tombstones else np.empty(0, dtype=np.uint64)
         )
+        self._segments = [
+            (seg, info)
+            for seg, info in ((self.main, manifest.main), (self.delta, manifest.delta))
+            if seg is not None and info is not None and info.live > 0
+        ]
         self._row_cache = row_cache
         self._ids: IdMap | None = None
         self._ids_lock = threading.Lock()
@@ -67,18 +72,29 @@ class Snapshot:
         return self._ids
 
     def segments(self) -> list[tuple[Segment, SegmentInfo]]:
-        out = []
-        for seg, info in ((self.main, self.manifest.main), (self.delta, self.manifest.delta)):
-            if seg is not None and info is not None and info.live > 0:
-                out.append((seg, info))
-        return out
+        """Segments with at least one live vector."""
+        return self._segments
+
+    def search_one(self, query: np.ndarray, k: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """One query's (row ids, distances), nearest first."""
+        segments = self._segments
+        if len(segments) == 1 and segments[0][1].dead == 0:
+            # The common case, kept lean: one segment without tombstones.
+            seg, info = segments[0]
+            want = k if k < info.count else info.count
+            keys, dists = seg.search_one(query, want, ef=ef)
+            if len(keys) >= want:
+                return keys, dists
+        keys2, dists2, counts = self.search(query.reshape(1, -1), k, ef=ef, threads=1)
+        n = int(counts[0])
+        return keys2[0, :n], dists2[0, :n]
 
     def search(
         self, queries: np.ndarray, k: int, *, ef: int | None, threads: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row ids, distances, valid count per query), nearest first; rows padded past the count."""
         nq = len(queries)
-        parts = [self._search_segment(seg, info, queries, k, ef, threads) for seg, info in self.segments()]
+        parts = [self._search_segment(seg, info, queries, k, ef, threads) for seg, info in self._segments]
         if not parts:
             return (np.full((nq, 0), _NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
         if len(parts) == 1:

@@ -1,0 +1,123 @@
+"""The brinicle-compatible VectorEngine, side by side with brinicle's own engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import brinicle_etl
+from brinicle_etl import EngineError, VectorEngine
+from tests.conftest import clustered
+
+brinicle = pytest.importorskip("brinicle")
+
+DIM = 16
+
+
+def scenario(engine_cls: type, path: Path) -> list[object]:
+    """A brinicle user's script; returns everything it observed."""
+    x = clustered(600, DIM, seed=11, normalize=False)
+    seen: list[object] = []
+    e = engine_cls(str(path), DIM, delta_ratio=0.2, M=16, ef_construction=200, ef_search=64)
+    seen.append(e.search(x[0], 5))
+    e.init("build")
+    for i in range(500):
+        e.ingest(f"id{i}", x[i])
+    e.finalize()
+    seen.append(e.search(x[3], 5, 200))
+    seen.append([(k, round(d, 3)) for k, d in e.search_with_distance(x[3], 5, 200)])
+    e.init("upsert")
+    for i in range(500, 600):
+        e.ingest(f"id{i - 450}", x[i])  # replaces id50..id149
+    e.finalize()
+    seen.append(e.search_batch(x[[550, 10]], 5, 200))
+    seen.append(e.delete_items(["id1", "nope"], True))
+    seen.append(e.delete_items(["id2"]))
+    seen.append(e.needs_rebuild())
+    e.rebuild_compact()
+    seen.append(e.needs_rebuild())
+    e.optimize_graph()
+    seen.append(e.search(x[1], 3, 200))
+    seen.append((e.dim, e.has_index))
+    e.close()
+    reopened = engine_cls(str(path), 0)
+    seen.append(reopened.search(x[4], 3, 200))
+    return seen
+
+
+def test_same_script_same_answers_as_brinicle(tmp_path: Path) -> None:
+    (tmp_path / "theirs").mkdir()
+    theirs = scenario(brinicle.VectorEngine, tmp_path / "theirs" / "idx")
+    ours = scenario(VectorEngine, tmp_path / "ours")
+    assert ours == theirs
+
+
+def test_switching_is_an_import_change(tmp_path: Path) -> None:
+    assert brinicle_etl.VectorEngine is VectorEngine
+    e = VectorEngine(str(tmp_path / "i"), 4)
+    e.init("build")
+    e.ingest("a", np.ones(4, np.float32))
+    e.finalize(optimize=True, M=24)
+    assert e.search(np.ones(4, np.float32)) == ["a"]
+    assert e.collection.config.params.M == 24
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dim": 0}, "dim must be greater than 0 when creating a new index"),
+        ({"dim": 4, "delta_ratio": 0.7}, "delta_ratio must be in range (0, 0.5]"),
+        ({"dim": 4, "dist_func": "hamming"}, "dist_func must be one of"),
+        ({"dim": 4, "M": 1}, "M must be an integer >= 2; got 1"),
+    ],
+)
+def test_constructor_errors_are_value_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        VectorEngine(str(tmp_path / "x"), **kwargs)
+
+
+def test_state_and_data_errors_are_runtime_errors(tmp_path: Path) -> None:
+    e = VectorEngine(str(tmp_path / "i"), 4)
+    cases = [
+        (lambda: e.ingest("a", np.ones(4, np.float32)), "ingest: no pending ingest session"),
+        (lambda: e.finalize(), "finalize: no pending ingest session"),
+        (lambda: e.init("replace"), "init(mode): mode must be 'build'|'insert'|'upsert'"),
+    ]
+    for call, prefix in cases:
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert str(info.value).startswith(prefix)
+        assert isinstance(info.value, EngineError)
+    e.init("build")
+    with pytest.raises(RuntimeError, match=r"^init: an ingest session is already pending"):
+        e.init("build")
+    with pytest.raises(RuntimeError, match=r"^ingest: dimension mismatch"):
+        e.ingest("a", np.ones(3, np.float32))
+    with pytest.raises(RuntimeError, match=r"^ingest: vector contains NaN/Inf at index 1$"):
+        e.ingest("a", np.array([0, np.nan, 0, 0], np.float32))
+    with pytest.raises(RuntimeError, match=r"^search: dimension mismatch"):
+        e.search(np.ones(5, np.float32))
+    with pytest.raises(RuntimeError, match=r"^dim mismatch: constructor requested 8, manifest has 4$"):
+        VectorEngine(str(tmp_path / "i"), 8)
+
+
+def test_unlike_brinicle_insert_of_an_existing_id_is_refused(tmp_path: Path) -> None:
+    e = VectorEngine(str(tmp_path / "i"), 4)
+    e.init("build")
+    e.ingest("a", np.ones(4, np.float32))
+    e.finalize()
+    e.init("insert")
+    e.ingest("a", np.full(4, 2, np.float32))
+    with pytest.raises(RuntimeError, match="1 id\\(s\\) already exist: 'a'"):
+        e.finalize()
+    assert e.search(np.ones(4, np.float32), 10) == ["a"]
+
+
+def test_destroy_removes_the_files(tmp_path: Path) -> None:
+    e = VectorEngine(str(tmp_path / "i"), 4)
+    e.destroy()
+    assert not (tmp_path / "i").exists()
+    with pytest.raises(ValueError, match="dim must be greater than 0"):
+        VectorEngine(str(tmp_path / "i"))
