@@ -38,7 +38,7 @@ from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, re
 from brinicle_etl.store.rows import KEY, ROW_ID, is_in_sorted, read_rows
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
-from brinicle_etl.store.writer import Change, DeleteResult, WriteResult, apply_change, compact
+from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
 from brinicle_etl.types import Hit, HnswParams, Metric, VectorDType, WriteMode, check_choice
 
 __all__ = ["Collection", "CollectionStatus"]
@@ -333,8 +333,9 @@ class Collection:
 
     def _publish(self, manifest: Manifest) -> None:
         write_manifest(self.directory, manifest)
-        remove_unreferenced(self.directory, manifest.files())
-        self._snapshot()
+        # Published: what follows is housekeeping, and must not fail the write.
+        with suppress(OSError):
+            remove_unreferenced(self.directory, manifest.files())
 
     def write(
         self,
@@ -365,30 +366,44 @@ class Collection:
         if rows is not None and rows.num_rows != len(key_array):
             raise InputError(f"write: {len(key_array)} ids but {rows.num_rows} rows")
         delete_array = as_keys(delete, "write") if delete is not None else None
-        change = Change(
-            mode=mode, keys=key_array, vectors=matrix, rows=rows, delete=delete_array, params=params, meta=meta
-        )
+        with self.transaction(mode, params=params, wait=wait, progress=progress) as tx:
+            tx.add(key_array, matrix, rows)
+            if delete_array is not None and len(delete_array):
+                tx.delete(delete_array)
+            return tx.commit(meta=meta)
+
+    @contextmanager
+    def transaction(
+        self,
+        mode: WriteMode,
+        *,
+        params: HnswParams | None = None,
+        wait: Wait = False,
+        progress: Progress | None = None,
+        op: str = "write",
+    ) -> Iterator[Transaction]:
+        """Hold the writer lock and stream a write through a :class:`Transaction`.
+
+        Nothing is visible until ``tx.commit()``; leaving the block without committing
+        (or with an exception) discards everything the transaction wrote.
+        """
+        check_choice("mode", mode, WriteMode)
         with self._writing(wait) as snap:
-            manifest, result = apply_change(snap, change, name=self.name, progress=progress)
-            self._publish(manifest)
-        return result
+            tx = Transaction(snap, mode, publish=self._publish, params=params, op=op, progress=progress)
+            try:
+                yield tx
+            finally:
+                tx.rollback()  # a no-op once committed
 
     def delete(self, keys: Any, *, return_not_found: bool = False, wait: Wait = False) -> DeleteResult:
         """Delete live keys. Keys not found (including already deleted ones) are listed if asked."""
         key_array = pa.array(list(dict.fromkeys(as_keys(keys, "delete").to_pylist())), pa.string())
-        with self._writing(wait) as snap:
-            found = snap.ids.lookup(key_array) >= 0
-            not_found = key_array.filter(pa.array(~found)).to_pylist() if return_not_found else None
-            if not found.any():
-                return DeleteResult(deleted_count=0, not_found=not_found, generation=snap.manifest.generation)
-            change = Change(
-                mode="upsert",
-                keys=pa.array([], pa.string()),
-                vectors=None,
-                delete=key_array.filter(pa.array(found)),
-            )
-            manifest, result = apply_change(snap, change, name=self.name)
-            self._publish(manifest)
+        with self.transaction("upsert", wait=wait, op="delete") as tx:
+            missing = tx.delete(key_array)
+            not_found = missing.to_pylist() if return_not_found else None
+            if len(missing) == len(key_array):
+                return DeleteResult(deleted_count=0, not_found=not_found, generation=tx.generation - 1)
+            result = tx.commit()
         return DeleteResult(deleted_count=result.deleted, not_found=not_found, generation=result.generation)
 
     def rebuild(
@@ -494,23 +509,18 @@ class Collection:
             current = snap.manifest.config.params
             merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
             keys, vectors = log.read()
-            change = Change(
-                mode=log.header.mode,
-                keys=pa.array(keys, pa.string()),
-                vectors=vectors,
-                params=merged,
-                session_id=log.header.id,
-            )
+            tx = Transaction(snap, log.header.mode, publish=self._publish, params=merged, op="finalize")
             try:
-                manifest, result = apply_change(snap, change, name=self.name)
+                tx.add(pa.array(keys, pa.string()), vectors)
+                result = tx.commit(session_id=log.header.id)
             except BrinicleError:
+                tx.rollback()
                 log.discard()
                 self._log = None
                 raise
-            self._publish(manifest)
             log.discard()
             self._log = None
-            if optimize and manifest.needs_rebuild:
+            if optimize and self._snapshot().manifest.needs_rebuild:
                 self._compact(self._snapshot(), None, None)
         return result
 

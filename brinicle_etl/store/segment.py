@@ -23,7 +23,7 @@ from brinicle_etl.store.files import fsync_file
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.types import HnswParams
 
-__all__ = ["Segment", "build_segment", "extend_segment"]
+__all__ = ["Segment", "SegmentBuilder", "build_segment"]
 
 _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
@@ -60,6 +60,29 @@ def _save(index: Any, path: Path) -> None:
     fsync_file(path)
 
 
+class SegmentBuilder:
+    """A usearch index being filled in memory: fresh, or a copy of an existing file to extend."""
+
+    def __init__(self, config: CollectionConfig, params: HnswParams, source: Path | None = None):
+        self.params = params
+        if source is None:
+            self.index = _new_index(config, params)
+        else:
+            self.index = _restore(source, view=False)
+            self.index.expansion_add = params.ef_construction
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray, progress: Progress | None = None) -> None:
+        _add(self.index, keys, vectors, self.params, progress)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def save(self, path: Path) -> int:
+        """Write the index durably to ``path``; returns how many vectors it holds."""
+        _save(self.index, path)
+        return len(self.index)
+
+
 def build_segment(
     path: Path,
     keys: np.ndarray,
@@ -69,29 +92,9 @@ def build_segment(
     progress: Progress | None = None,
 ) -> int:
     """Write a fresh HNSW index of ``vectors`` under ``keys`` to ``path``; returns its size."""
-    index = _new_index(config, params)
-    _add(index, keys, vectors, params, progress)
-    _save(index, path)
-    return len(index)
-
-
-def extend_segment(
-    source: Path | None,
-    path: Path,
-    keys: np.ndarray,
-    vectors: np.ndarray,
-    config: CollectionConfig,
-    params: HnswParams,
-) -> int:
-    """Copy ``source`` (if any), add ``vectors`` incrementally, write the result to ``path``."""
-    if source is None:
-        index = _new_index(config, params)
-    else:
-        index = _restore(source, view=False)
-        index.expansion_add = params.ef_construction
-    _add(index, keys, vectors, params, None)
-    _save(index, path)
-    return len(index)
+    builder = SegmentBuilder(config, params)
+    builder.add(keys, vectors, progress)
+    return builder.save(path)
 
 
 def _restore(path: Path, *, view: bool) -> Any:

@@ -1,13 +1,16 @@
-"""Turning a change into the next generation's files and manifest.
+"""Writes: a transaction streams rows into new files, then publishes them as one generation.
 
-Everything here runs under the writer lock and only creates new files; nothing is
-visible to readers until the caller publishes the returned manifest. Validation
-(duplicate keys, insert conflicts) happens before the first file is written.
+Everything here runs under the writer lock and only creates files under fresh names;
+nothing is visible to readers until ``commit`` replaces the manifest. Rows can arrive
+in many batches (so a source larger than memory streams through), vectors go into
+the index as they come, and a failure at any point leaves the collection as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,31 +18,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from brinicle_etl.errors import ConflictError, InputError, format_values
+from brinicle_etl.errors import ConflictError, InputError, StateError, format_values
 from brinicle_etl.store.files import new_name
 from brinicle_etl.store.manifest import Manifest, RowsFile, SegmentInfo
 from brinicle_etl.store.rows import ROW_ID, is_in_sorted, read_rows, write_rows, write_table, write_tombstones
-from brinicle_etl.store.segment import build_segment, extend_segment
+from brinicle_etl.store.segment import SegmentBuilder, build_segment
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.types import HnswParams, WriteMode
 
-__all__ = ["Change", "DeleteResult", "WriteResult", "apply_change", "compact"]
+__all__ = ["DeleteResult", "Transaction", "WriteResult", "compact"]
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Change:
-    """One atomic write: rows to add (with or without vectors) and keys to delete."""
-
-    mode: WriteMode
-    keys: pa.Array
-    vectors: np.ndarray | None
-    rows: pa.Table | None = None
-    delete: pa.Array | None = None
-    params: HnswParams | None = None
-    meta: dict[str, object] | None = None
-    session_id: str | None = None
+Publish = Callable[[Manifest], None]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,130 +57,222 @@ def duplicate_keys(keys: pa.Array) -> list[str]:
     return values
 
 
-def apply_change(
-    snap: Snapshot, change: Change, *, name: str, progress: Progress | None = None
-) -> tuple[Manifest, WriteResult]:
-    old = snap.manifest
-    config = old.config
-    n = len(change.keys)
-    op = "finalize" if change.session_id else "write"
+class Transaction:
+    """One atomic write, built up by :meth:`add` and :meth:`delete`, published by :meth:`commit`.
 
-    if change.vectors is not None and change.vectors.shape != (n, config.dim):
-        raise InputError(f"{op}: expected a ({n}, {config.dim}) matrix of vectors, got {change.vectors.shape}")
-    dups = duplicate_keys(change.keys)
-    if dups:
-        raise ConflictError(
-            f"{op}: ids repeated within one write: {format_values(dups)}; nothing was applied", keys=dups
+    ``build`` replaces the whole collection with what is added; ``insert`` refuses keys
+    that exist; ``upsert`` replaces them. A key added twice, or both added and deleted,
+    fails the commit. Lookups see the collection as it was when the transaction began.
+    """
+
+    def __init__(
+        self,
+        snap: Snapshot,
+        mode: WriteMode,
+        *,
+        publish: Publish,
+        params: HnswParams | None = None,
+        op: str = "write",
+        progress: Progress | None = None,
+    ):
+        self.snapshot = snap
+        self.mode = mode
+        self.op = op
+        self._publish = publish
+        self._old = snap.manifest
+        self._config = snap.manifest.config
+        self._params = params or self._config.params
+        self._progress = progress
+        self.generation = self._old.generation + 1
+        self._next_row_id = self._old.next_row_id
+        self._keys: list[pa.Array] = []
+        self._deleted_keys: list[pa.Array] = []
+        self._rows: list[RowsFile] = []
+        self._created: list[str] = []
+        self._dead: list[np.ndarray] = []
+        self._builder: SegmentBuilder | None = None
+        self._builds_main = mode == "build" or self._old.main is None
+        self._updated = 0
+        self._deleted = 0
+        self._done = False
+        self._committed = False
+
+    # ---- reading the state the transaction started from ----
+
+    def lookup(self, keys: pa.Array) -> np.ndarray:
+        """Live row id of each key before this transaction, or -1."""
+        if self.mode == "build":
+            return np.full(len(keys), -1, dtype=np.int64)
+        return self.snapshot.ids.lookup(keys)
+
+    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of existing rows (float32), e.g. to carry them over unchanged."""
+        out = np.empty((len(row_ids), self._config.dim), dtype=np.float32)
+        found = np.zeros(len(row_ids), dtype=bool)
+        keys = row_ids.astype(np.uint64)
+        for seg in (self.snapshot.main, self.snapshot.delta):
+            if seg is not None and len(keys):
+                mask = ~found & seg.contains(keys)
+                if mask.any():
+                    out[mask] = seg.get(keys[mask])
+                    found |= mask
+        if not found.all():
+            raise StateError(f"{self.op}: {int((~found).sum())} existing row(s) have no stored vector")
+        return out
+
+    # ---- writing ----
+
+    def add(self, keys: pa.Array, vectors: np.ndarray | None, rows: pa.Table | None = None) -> np.ndarray:
+        """Stage rows (with vectors, or without for rows that are only stored); returns their row ids."""
+        self._check_open()
+        n = len(keys)
+        if vectors is not None and vectors.shape != (n, self._config.dim):
+            raise InputError(f"{self.op}: expected a ({n}, {self._config.dim}) matrix of vectors, got {vectors.shape}")
+        if rows is not None and rows.num_rows != n:
+            raise InputError(f"{self.op}: {n} keys but {rows.num_rows} rows")
+        dups = duplicate_keys(keys)
+        if dups:
+            raise ConflictError(
+                f"{self.op}: ids repeated within one write: {format_values(dups)}; nothing was applied", keys=dups
+            )
+        existing = self.lookup(keys)
+        hit = existing >= 0
+        if hit.any():
+            if self.mode == "insert":
+                taken = keys.filter(pa.array(hit)).to_pylist()
+                raise ConflictError(
+                    f"{self.op}: {len(taken)} id(s) already exist: {format_values(taken)}; "
+                    "use mode 'upsert' to replace them; nothing was applied",
+                    keys=taken,
+                )
+            self._dead.append(existing[hit].astype(np.uint64))
+            self._updated += int(hit.sum())
+        row_ids = np.arange(self._next_row_id, self._next_row_id + n, dtype=np.uint64)
+        self._next_row_id += n
+        self._keys.append(keys)
+        if n == 0:
+            return row_ids
+        if vectors is not None:
+            if self._builder is None:
+                source = None
+                if not self._builds_main and self._old.delta is not None:
+                    source = self.snapshot.directory / self._old.delta.file
+                self._builder = SegmentBuilder(self._config, self._params, source)
+            self._builder.add(row_ids, vectors, self._progress)
+        file = new_name("rows", self.generation, ".parquet")
+        self._created.append(file)
+        write_rows(self.snapshot.directory / file, row_ids, keys, rows)
+        self._rows.append(RowsFile(file=file, count=n))
+        return row_ids
+
+    def delete(self, keys: pa.Array) -> pa.Array:
+        """Remove live keys; returns the keys that were not found."""
+        self._check_open()
+        if self.mode == "build":
+            raise StateError(f"{self.op}: a build replaces everything; there is nothing to delete")
+        found = self.lookup(keys)
+        hit = found >= 0
+        self._dead.append(found[hit].astype(np.uint64))
+        self._deleted_keys.append(keys.filter(pa.array(hit)))
+        self._deleted += int(hit.sum())
+        missing: pa.Array = keys.filter(pa.array(~hit))
+        return missing
+
+    def commit(self, *, meta: dict[str, object] | None = None, session_id: str | None = None) -> WriteResult:
+        """Validate the whole transaction, write the index and publish the new generation."""
+        self._check_open()
+        try:
+            manifest = self._finish(meta, session_id)
+            self._publish(manifest)
+        except BaseException:
+            self.rollback()
+            raise
+        self._done = self._committed = True
+        inserted = self._next_row_id - self._old.next_row_id - self._updated
+        deleted = self._old.live_rows if self.mode == "build" else self._deleted
+        return WriteResult(
+            mode=self.mode, inserted=inserted, updated=self._updated, deleted=deleted, generation=self.generation
         )
-    if change.delete is not None and len(change.delete) and pc.any(pc.is_in(change.delete, change.keys)).as_py():
-        raise InputError(f"{op}: the same key cannot be both written and deleted in one change")
 
-    generation = old.generation + 1
-    params = change.params or config.params
-    row_ids = np.arange(old.next_row_id, old.next_row_id + n, dtype=np.uint64)
-    has_vectors = change.vectors is not None and n > 0
+    def rollback(self) -> None:
+        """Drop every file this transaction wrote; the collection stays as it was. No-op after commit."""
+        if self._committed:
+            return
+        self._done = True
+        for file in self._created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.snapshot.directory / file)
+        self._created.clear()
 
-    if change.mode == "build":
-        main = None
-        if has_vectors:
-            assert change.vectors is not None
-            file = new_name("main", generation, ".usearch")
-            count = build_segment(snap.directory / file, row_ids, change.vectors, config, params, progress)
-            main = SegmentInfo(file=file, count=count)
-        rows = _write_rows_file(snap, generation, row_ids, change)
-        manifest = dataclasses.replace(
+    def _check_open(self) -> None:
+        if self._done:
+            raise StateError(f"{self.op}: this transaction is already committed or rolled back")
+
+    def _finish(self, meta: dict[str, object] | None, session_id: str | None) -> Manifest:
+        keys = pa.chunked_array(self._keys, type=pa.string()).combine_chunks() if self._keys else None
+        if keys is not None:
+            dups = duplicate_keys(keys)
+            if dups:
+                raise ConflictError(
+                    f"{self.op}: ids repeated within one write: {format_values(dups)}; nothing was applied", keys=dups
+                )
+            if self._deleted_keys:
+                both = pa.chunked_array(self._deleted_keys, type=pa.string()).combine_chunks()
+                if len(both) and pc.any(pc.is_in(both, keys)).as_py():
+                    raise InputError(f"{self.op}: the same key cannot be both written and deleted in one change")
+
+        old, directory = self._old, self.snapshot.directory
+        segment: SegmentInfo | None = None
+        if self._builder is not None:
+            kind = "main" if self._builds_main else "delta"
+            file = new_name(kind, self.generation, ".usearch")
+            self._created.append(file)
+            segment = SegmentInfo(file=file, count=self._builder.save(directory / file))
+        updates: dict[str, object] = {"generation": self.generation, "next_row_id": self._next_row_id}
+        if session_id:
+            updates["last_session"] = session_id
+        if meta is not None:
+            updates["meta"] = meta
+
+        if self.mode == "build":
+            return dataclasses.replace(
+                old,
+                config=dataclasses.replace(self._config, params=self._params),
+                main=segment,
+                delta=None,
+                rows=tuple(self._rows),
+                tombstones=None,
+                dead_rows=0,
+                **updates,  # type: ignore[arg-type]
+            )
+
+        dead = np.unique(np.concatenate(self._dead)) if self._dead else np.empty(0, dtype=np.uint64)
+        main, delta = old.main, old.delta
+        if len(dead):
+            if main is not None and self.snapshot.main is not None:
+                main = dataclasses.replace(main, dead=main.dead + int(self.snapshot.main.contains(dead).sum()))
+            if delta is not None and self.snapshot.delta is not None:
+                delta = dataclasses.replace(delta, dead=delta.dead + int(self.snapshot.delta.contains(dead).sum()))
+        if segment is not None:
+            if self._builds_main:
+                main = segment
+                updates["config"] = dataclasses.replace(self._config, params=self._params)
+            else:
+                delta = dataclasses.replace(segment, dead=delta.dead if delta else 0)
+        tombstones = old.tombstones
+        if len(dead):
+            tombstones = new_name("tomb", self.generation, ".npy")
+            self._created.append(tombstones)
+            write_tombstones(directory / tombstones, np.union1d(self.snapshot.dead, dead))
+        return dataclasses.replace(
             old,
-            config=dataclasses.replace(config, params=params),
-            generation=generation,
-            next_row_id=old.next_row_id + n,
             main=main,
-            delta=None,
-            rows=rows,
-            tombstones=None,
-            dead_rows=0,
+            delta=delta,
+            rows=old.rows + tuple(self._rows),
+            tombstones=tombstones,
+            dead_rows=old.dead_rows + len(dead),
+            **updates,  # type: ignore[arg-type]
         )
-        result = WriteResult(mode="build", inserted=n, updated=0, deleted=old.live_rows, generation=generation)
-        return _finish(manifest, change), result
-
-    existing = snap.ids.lookup(change.keys)
-    hit = existing >= 0
-    if change.mode == "insert" and hit.any():
-        taken = change.keys.filter(pa.array(hit)).to_pylist()
-        raise ConflictError(
-            f"{op}: {len(taken)} id(s) already exist: {format_values(taken)}; "
-            "use mode 'upsert' to replace them; nothing was applied",
-            keys=taken,
-        )
-    removed = np.empty(0, dtype=np.int64)
-    if change.delete is not None and len(change.delete):
-        found = snap.ids.lookup(change.delete)
-        removed = found[found >= 0]
-    dead_new = np.unique(np.concatenate([existing[hit], removed]).astype(np.uint64))
-
-    main, delta = old.main, old.delta
-    main_dead, delta_dead = _dead_per_segment(snap, dead_new)
-    if main is not None:
-        main = dataclasses.replace(main, dead=main.dead + main_dead)
-    if delta is not None:
-        delta = dataclasses.replace(delta, dead=delta.dead + delta_dead)
-    if has_vectors:
-        assert change.vectors is not None
-        if main is None:
-            file = new_name("main", generation, ".usearch")
-            count = build_segment(snap.directory / file, row_ids, change.vectors, config, params, progress)
-            main = SegmentInfo(file=file, count=count)
-        else:
-            file = new_name("delta", generation, ".usearch")
-            source = snap.directory / old.delta.file if old.delta else None
-            count = extend_segment(source, snap.directory / file, row_ids, change.vectors, config, params)
-            delta = SegmentInfo(file=file, count=count, dead=delta.dead if delta else 0)
-
-    tombstones = old.tombstones
-    if len(dead_new):
-        all_dead = np.union1d(snap.dead, dead_new)
-        tombstones = new_name("tomb", generation, ".npy")
-        write_tombstones(snap.directory / tombstones, all_dead)
-    rows = old.rows + _write_rows_file(snap, generation, row_ids, change)
-    manifest = dataclasses.replace(
-        old,
-        generation=generation,
-        next_row_id=old.next_row_id + n,
-        main=main,
-        delta=delta,
-        rows=rows,
-        tombstones=tombstones,
-        dead_rows=old.dead_rows + len(dead_new),
-    )
-    updated = int(hit.sum())
-    result = WriteResult(
-        mode=change.mode, inserted=n - updated, updated=updated, deleted=len(removed), generation=generation
-    )
-    return _finish(manifest, change), result
-
-
-def _finish(manifest: Manifest, change: Change) -> Manifest:
-    updates: dict[str, object] = {}
-    if change.session_id:
-        updates["last_session"] = change.session_id
-    if change.meta is not None:
-        updates["meta"] = change.meta
-    return dataclasses.replace(manifest, **updates) if updates else manifest  # type: ignore[arg-type]
-
-
-def _dead_per_segment(snap: Snapshot, dead: np.ndarray) -> tuple[int, int]:
-    if not len(dead):
-        return 0, 0
-    in_main = int(snap.main.contains(dead).sum()) if snap.main else 0
-    in_delta = int(snap.delta.contains(dead).sum()) if snap.delta else 0
-    return in_main, in_delta
-
-
-def _write_rows_file(snap: Snapshot, generation: int, row_ids: np.ndarray, change: Change) -> tuple[RowsFile, ...]:
-    if not len(row_ids):
-        return ()
-    file = new_name("rows", generation, ".parquet")
-    write_rows(snap.directory / file, row_ids, change.keys, change.rows)
-    return (RowsFile(file=file, count=len(row_ids)),)
 
 
 def compact(snap: Snapshot, params: HnswParams, progress: Progress | None = None) -> Manifest:
