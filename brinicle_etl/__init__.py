@@ -18,6 +18,8 @@ from brinicle_etl.errors import (
     NotFoundError,
     StateError,
 )
+from brinicle_etl.pipeline import IngestResult, ingest
+from brinicle_etl.schema import TemplateSchema
 from brinicle_etl.store import (
     Collection,
     CollectionConfig,
@@ -46,6 +48,7 @@ __all__ = [
     "EngineError",
     "Hit",
     "HnswParams",
+    "IngestResult",
     "InputError",
     "LockedError",
     "Metric",
@@ -53,9 +56,11 @@ __all__ = [
     "NotFoundError",
     "StateError",
     "Store",
+    "TemplateSchema",
     "VectorDType",
     "VectorEngine",
     "VectorSource",
     "WriteMode",
     "WriteResult",
+    "ingest",
 ]

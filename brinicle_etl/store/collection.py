@@ -35,7 +35,6 @@ from brinicle_etl.errors import (
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
-from brinicle_etl.store.rows import KEY, ROW_ID, is_in_sorted, read_rows
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
@@ -291,16 +290,8 @@ class Collection:
         return bool(self._snapshot().ids.lookup(pa.array([key], pa.string()))[0] >= 0)
 
     def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """Live rows: ``_row_id``, ``_key`` and any payload columns, in row-id order."""
-        snap = self._snapshot()
-        wanted = None if columns is None else list(dict.fromkeys([ROW_ID, *columns]))
-        tables = [read_rows(self.directory / r.file, wanted) for r in snap.manifest.rows]
-        if not tables:
-            return pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
-        table = pa.concat_tables(tables, promote_options="default")
-        if len(snap.dead):
-            table = table.filter(pa.array(~is_in_sorted(table.column(ROW_ID).to_numpy(), snap.dead)))
-        return table if columns is None or ROW_ID in columns else table.drop_columns([ROW_ID])
+        """Live rows: ``_row_id``, ``_key`` and the payload columns asked for (all if None), in row-id order."""
+        return self._snapshot().rows(None if columns is None else list(columns))
 
     def vectors(self, keys: Sequence[str]) -> np.ndarray:
         """Stored vectors of live keys (as float32, after the collection's dtype rounding)."""

@@ -71,6 +71,17 @@ class Snapshot:
                     self._ids = IdMap(parts, self.dead)
         return self._ids
 
+    def rows(self, columns: list[str] | None = None) -> pa.Table:
+        """Live rows: ``_row_id``, ``_key`` and the requested payload columns (all if None), by row id."""
+        wanted = None if columns is None else list(dict.fromkeys([ROW_ID, KEY, *columns]))
+        tables = [read_rows(self.directory / r.file, wanted) for r in self.manifest.rows]
+        if not tables:
+            return pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
+        table = pa.concat_tables(tables, promote_options="default")
+        if len(self.dead):
+            table = table.filter(pa.array(~is_in_sorted(table.column(ROW_ID).to_numpy(), self.dead)))
+        return table
+
     def segments(self) -> list[tuple[Segment, SegmentInfo]]:
         """Segments with at least one live vector."""
         return self._segments

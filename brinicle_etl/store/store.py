@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -10,6 +11,7 @@ from typing import Any
 
 from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
+from brinicle_etl.store.files import atomic_write_bytes
 from brinicle_etl.store.manifest import MANIFEST
 from brinicle_etl.types import HnswParams, Metric, VectorDType
 
@@ -115,6 +117,40 @@ class Store:
         )
         with self._lock:
             return self._open.setdefault(key, collection)
+
+    # ---- schema templates, saved by name -----------------------------------------
+
+    @property
+    def config_dir(self) -> Path:
+        """Where the store keeps its own files (templates, the model registry)."""
+        return self.root / ".brinicle"
+
+    def template(self, name: str) -> dict[str, Any] | None:
+        """A saved template schema (as JSON data), or None."""
+        path = self._template_path(name)
+        if not path.exists():
+            return None
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"template {name!r} at {path} is not valid JSON: {exc}") from exc
+        return data
+
+    def save_template(self, name: str, data: dict[str, Any]) -> None:
+        path = self._template_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+
+    def templates(self) -> list[str]:
+        folder = self.config_dir / "templates"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def _template_path(self, name: str) -> Path:
+        if not isinstance(name, str) or not _PART.fullmatch(name):
+            raise ConfigError(
+                f"invalid template name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '-')"
+            )
+        return self.config_dir / "templates" / f"{name}.json"
 
     def forget(self, name: str) -> None:
         """Close a collection in this process; its files stay (brinicle's ``destroy=false``)."""

