@@ -45,3 +45,26 @@ def store(tmp_path: Path) -> Store:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+class CountingEmbedder:
+    """The hashing embedder, counting every text it is asked to embed."""
+
+    def __init__(self, dim: int = 32):
+        from brinicle_etl.embed import HashEmbedder
+
+        self._inner = HashEmbedder(dim, model_id=f"hash-{dim}")
+        self.dim = dim
+        self.model_id = self._inner.model_id
+        self.calls: list[int] = []
+        self.texts: list[str] = []
+
+    def embed_batch(self, texts):  # type: ignore[no-untyped-def]
+        self.calls.append(len(texts))
+        self.texts.extend(texts)
+        return self._inner.embed_batch(texts)
+
+
+@pytest.fixture
+def counting() -> CountingEmbedder:
+    return CountingEmbedder()

@@ -21,15 +21,21 @@ def _load(name_or_path: str, device: str) -> Any:
     with _lock:
         key = (name_or_path, device)
         if key not in _models:
+            # Never reach out to a model hub from a pipeline (models are local files), and keep
+            # the loaders' progress bars out of pipeline and CLI output.
+            for name, value in (
+                ("HF_HUB_OFFLINE", "1"),
+                ("TRANSFORMERS_OFFLINE", "1"),
+                ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                ("TRANSFORMERS_VERBOSITY", "error"),
+            ):
+                os.environ.setdefault(name, value)
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise MissingExtraError(
                     "embedding text needs sentence-transformers: pip install 'brinicle-etl[embed]'"
                 ) from exc
-            # Never reach out to a model hub from a pipeline: models are local files.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             try:
                 _models[key] = SentenceTransformer(name_or_path, device=device)
             except (OSError, ValueError) as exc:

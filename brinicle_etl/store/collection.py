@@ -35,6 +35,7 @@ from brinicle_etl.errors import (
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
+from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
@@ -278,6 +279,43 @@ class Collection:
             out.append(list(map(Hit, flat_keys[pos : pos + n], dists[i, :n].tolist())))
             pos += n
         return out
+
+    def search_table(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        ef: int | None = None,
+        threads: int = 0,
+        columns: Sequence[str] | None = (),
+    ) -> pa.Table:
+        """Results for many queries as one Arrow table, nearest first within each query.
+
+        Columns: ``query`` (the query's index), ``rank`` (0 = nearest), ``_key``,
+        ``distance``, then the rows' columns: ``columns=()`` adds none, ``None`` all.
+        """
+        snap = self._snapshot()
+        matrix = as_matrix(queries, snap.manifest.config.dim, "search")
+        k = _check_k(k, "search")
+        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads)
+        valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
+        hit_ids = row_ids[valid]
+        # valid is a prefix of each row, so a hit's column index is its rank
+        query, rank = np.nonzero(valid)
+        table = pa.table(
+            {
+                "query": pa.array(query.astype(np.int64)),
+                "rank": pa.array(rank.astype(np.int64)),
+                KEY: pa.array(snap.ids.keys_for(hit_ids), pa.string()),
+                "distance": pa.array(dists[valid].astype(np.float32)),
+            }
+        )
+        if columns is None or len(columns):
+            rows = snap.rows_at(hit_ids, None if columns is None else list(columns))
+            for name in rows.column_names:
+                if name not in (ROW_ID, KEY):
+                    table = table.append_column(name, rows.column(name))
+        return table
 
     def keys(self) -> list[str]:
         """Keys of every live row, in row-id order."""

@@ -25,21 +25,25 @@ _NO_KEY = np.uint64(2**64 - 1)
 
 
 class RowCache:
-    """Key columns of row files, kept across generations (row files never change)."""
+    """Row files read into memory, kept across generations (row files never change).
+
+    ``full=False`` caches the key columns only (what search needs to name its hits);
+    ``full=True`` every column (what a search that returns rows needs).
+    """
 
     def __init__(self) -> None:
-        self._tables: dict[str, pa.Table] = {}
+        self._tables: dict[tuple[str, bool], pa.Table] = {}
         self._lock = threading.Lock()
 
-    def get(self, directory: Path, names: list[str]) -> list[pa.Table]:
+    def get(self, directory: Path, names: list[str], *, full: bool = False) -> list[pa.Table]:
         with self._lock:
-            missing = [n for n in names if n not in self._tables]
-        loaded = {n: read_rows(directory / n, [ROW_ID, KEY]) for n in missing}
+            missing = [n for n in names if (n, full) not in self._tables]
+        loaded = {(n, full): read_rows(directory / n, None if full else [ROW_ID, KEY]) for n in missing}
         with self._lock:
             self._tables.update(loaded)
-            for stale in set(self._tables) - set(names):
+            for stale in [k for k in self._tables if k[0] not in names]:
                 del self._tables[stale]
-            return [self._tables[n] for n in names]
+            return [self._tables[(n, full)] for n in names]
 
 
 class Snapshot:
@@ -60,6 +64,8 @@ class Snapshot:
         ]
         self._row_cache = row_cache
         self._ids: IdMap | None = None
+        self._all_rows: pa.Table | None = None
+        self._rows_lock = threading.Lock()
         self._ids_lock = threading.Lock()
 
     @property
@@ -70,6 +76,19 @@ class Snapshot:
                     parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows])
                     self._ids = IdMap(parts, self.dead)
         return self._ids
+
+    def rows_at(self, row_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """The rows with these row ids (which must exist), in that order."""
+        with self._rows_lock:
+            if self._all_rows is None:
+                parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows], full=True)
+                self._all_rows = (
+                    pa.concat_tables(parts, promote_options="default")
+                    if parts
+                    else pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
+                )
+        table = self._all_rows if columns is None else self._all_rows.select(columns)
+        return table.take(pa.array(self.ids.positions(row_ids)))
 
     def rows(self, columns: list[str] | None = None) -> pa.Table:
         """Live rows: ``_row_id``, ``_key`` and the requested payload columns (all if None), by row id."""

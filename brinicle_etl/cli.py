@@ -1,0 +1,349 @@
+"""``brinicle-etl``: the command line over the library.
+
+Each command parses its arguments, calls one library function and prints the result,
+as a table or (``--json``) as JSON. Library errors become one ``error:`` line and
+exit status 1; bad usage exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from brinicle_etl.errors import BrinicleError
+from brinicle_etl.store import Store, default_store_path
+
+__all__ = ["main"]
+
+
+class Progress:
+    """Progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, *, enabled: bool = True):
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = stream.isatty()
+        self._last = 0.0
+        self._stage = ""
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if stage == self._stage and not finished and now - self._last < (0.1 if self.tty else 5.0):
+            return
+        self._last, self._stage = now, stage
+        label = {"read": "rows read", "embed": "rows embedded", "write": "rows written"}.get(stage, stage)
+        if total:
+            width = 30
+            filled = int(width * done / total)
+            text = f"{label:>14} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}"
+        else:
+            text = f"{label:>14} {done:,}"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if finished else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._stage:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: TextIO, *, max_width: int = 48) -> None:
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        text = text.replace("\n", " ")
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[TextIO], None]) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        human(sys.stdout)
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store(args.store)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# ---- commands ------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from brinicle_etl.pipeline import ingest
+    from brinicle_etl.types import HnswParams
+
+    schema: str | None = args.schema
+    if schema is not None and schema.startswith("@"):
+        schema = Path(schema[1:]).read_text()
+    progress = Progress(sys.stderr, enabled=not args.quiet)
+    params = HnswParams(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef_search)
+    try:
+        result = ingest(
+            args.path,
+            args.collection,
+            store=_store(args),
+            mode=args.mode,
+            on_conflict=args.on_conflict,
+            on_duplicate=args.on_duplicate,
+            sync=args.sync,
+            schema=schema,
+            template_name=args.template_name,
+            primary_key=args.pk,
+            semantic_fields=_split(args.text_fields),
+            template=args.template,
+            vector_col=args.vector_col,
+            model=args.model,
+            dim=args.dim,
+            metric=args.metric,
+            dtype=args.dtype,
+            params=params,
+            progress=progress,
+            wait=args.wait,
+        )
+    finally:
+        progress.close()
+
+    def human(out: TextIO) -> None:
+        verb = "Created" if result.mode == "Create" else "Updated"
+        model = f", model {result.schema.model}" if result.vector_source == "generated" else ""
+        out.write(f"{verb} {result.collection} from {args.path} ({result.vector_source} vectors{model})\n")
+        if result.inferred:
+            out.write(f"inferred: {result.inferred}\n")
+        out.write(
+            f"rows: {result.rows_read:,} read, {result.rows_inserted:,} inserted, {result.rows_updated:,} updated, "
+            f"{result.rows_skipped:,} skipped, {result.rows_unchanged:,} unchanged, {result.rows_deleted:,} deleted; "
+            f"{result.rows_embedded:,} embedded\n"
+        )
+        if result.conflicts:
+            shown = ", ".join(map(str, result.conflicts[:10]))
+            more = f" and {len(result.conflicts) - 10} more" if len(result.conflicts) > 10 else ""
+            out.write(f"conflicts ({result.on_conflict}): {shown}{more}\n")
+        t = result.timings
+        stages = ", ".join(f"{k} {t[k]:.1f}" for k in ("read", "plan", "embed", "write") if k in t)
+        out.write(f"took {t.get('total', 0):.1f} s ({stages}); generation {result.generation}\n")
+
+    _emit(args, result.to_dict(), human)
+
+
+def _parse_query(text: str) -> Any:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise BrinicleError(f"the query looks like a JSON vector but is not valid JSON: {exc}") from exc
+        if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
+            raise BrinicleError("a vector query must be a JSON array of numbers")
+        return value
+    return text
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from brinicle_etl.search import search
+
+    hits = search(args.collection, _parse_query(args.query), args.k, store=_store(args), ef=args.ef)
+
+    def human(out: TextIO) -> None:
+        if not hits:
+            out.write("no results\n")
+            return
+        # The key is the primary key's value (already a column) or a content hash: not worth a column.
+        columns = ["distance", *hits[0].row.keys()]
+        _table([{"distance": f"{h.distance:.4f}", **h.row} for h in hits], columns, out)
+
+    _emit(args, [h.to_dict() for h in hits], human)
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(status)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = _store(args).open(args.collection).status()
+    data = _status_dict(status)
+
+    def human(out: TextIO) -> None:
+        for key, value in data.items():
+            out.write(f"{key:>15}: {value}\n")
+
+    _emit(args, data, human)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    store = _store(args)
+    rows = []
+    for name in store.names():
+        s = store.open(name).status()
+        rows.append({"collection": name, "rows": s.live_count, "dim": s.dim, "generation": s.generation})
+
+    def human(out: TextIO) -> None:
+        if rows:
+            _table(rows, ["collection", "rows", "dim", "generation"], out)
+        else:
+            out.write(f"no collections in {store.root}\n")
+
+    _emit(args, rows, human)
+
+
+def cmd_delete(args: argparse.Namespace) -> None:
+    result = _store(args).open(args.collection).delete(args.keys, return_not_found=True, wait=args.wait)
+    data = {"deleted_count": result.deleted_count, "not_found": result.not_found, "generation": result.generation}
+
+    def human(out: TextIO) -> None:
+        out.write(f"deleted {result.deleted_count}")
+        out.write(f"; not found: {', '.join(result.not_found)}\n" if result.not_found else "\n")
+
+    _emit(args, data, human)
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    given = {"M": args.M, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    params = {k: v for k, v in given.items() if v is not None} or None
+    col = _store(args).open(args.collection)
+    generation = col.rebuild(params, wait=args.wait)
+    data = {"generation": generation, "params": col.config.params.to_dict()}
+    _emit(args, data, lambda out: out.write(f"rebuilt {col.name}: generation {generation}\n"))
+
+
+def cmd_optimize(args: argparse.Namespace) -> None:
+    col = _store(args).open(args.collection)
+    merged = col.optimize(wait=args.wait)
+    data = {"rebuilt": merged, "generation": col.generation}
+    message = "merged the delta into a fresh main" if merged else "nothing to do: needs_rebuild is false"
+    _emit(args, data, lambda out: out.write(f"{col.name}: {message}\n"))
+
+
+# ---- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        default=None,
+        metavar="DIR",
+        help=f"store directory (default: $BRINICLE_STORE, else ./{default_store_path()})",
+    )
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    writer = argparse.ArgumentParser(add_help=False)
+    writer.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
+
+    parser = argparse.ArgumentParser(
+        prog="brinicle-etl", description="Keep a vector index in sync with CSV / Parquet tables."
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", parents=[common, writer], help="ingest a CSV/Parquet file, glob or directory")
+    p.add_argument("path", help="a file, a glob such as 'data/*.csv', or a directory")
+    p.add_argument("--collection", "-c", required=True, help="collection as db/namespace (or db)")
+    p.add_argument("--mode", choices=["build", "insert", "upsert"], default="upsert")
+    p.add_argument("--on-conflict", choices=["error", "update", "skip"], default="error")
+    p.add_argument("--on-duplicate", choices=["error", "keep_last"], default="error")
+    p.add_argument("--sync", action="store_true", help="delete rows whose keys are no longer in the source")
+    p.add_argument("--pk", help="primary key column (inferred if omitted)")
+    p.add_argument("--text-fields", help="comma-separated columns to embed (inferred if omitted)")
+    p.add_argument("--template", help="text template over columns, e.g. '{title}: {description}'")
+    p.add_argument("--vector-col", help="column of precomputed vectors (JSON arrays in CSV)")
+    p.add_argument("--model", help="embedding model id (default all-MiniLM-L6-v2)")
+    p.add_argument("--schema", help="template schema as JSON, or @file.json")
+    p.add_argument("--template-name", help="use, or save under this name, the schema template")
+    p.add_argument("--dim", type=int, help="vector dimension (checked against the vectors)")
+    p.add_argument("--metric", choices=["cosine", "ip", "l2sq"], default="cosine")
+    p.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], default="bf16")
+    p.add_argument("--M", type=int, default=16, help="HNSW connectivity")
+    p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("search", parents=[common], help="search a collection by text or by vector")
+    p.add_argument("collection")
+    p.add_argument("query", help="text, or a JSON array for a vector")
+    p.add_argument("--k", "-k", type=int, default=10)
+    p.add_argument("--ef", type=int, help="search beam width (default: the collection's ef_search)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", parents=[common], help="a collection's settings and counts")
+    p.add_argument("collection")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", parents=[common], help="the store's collections")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("delete", parents=[common, writer], help="delete rows by key")
+    p.add_argument("collection")
+    p.add_argument("keys", nargs="+")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("rebuild", parents=[common, writer], help="compact into a fresh index")
+    p.add_argument("collection")
+    p.add_argument("--M", type=int)
+    p.add_argument("--ef-construction", type=int)
+    p.add_argument("--ef-search", type=int)
+    p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("optimize", parents=[common, writer], help="rebuild only if needs_rebuild")
+    p.add_argument("collection")
+    p.set_defaults(func=cmd_optimize)
+    return parser
+
+
+def _version() -> str:
+    from brinicle_etl import __version__
+
+    return f"brinicle-etl {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # The library logs what it infers; commands print it with their result instead.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except BrinicleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("BRINICLE_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (set BRINICLE_DEBUG=1 for a traceback)", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
