@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import datasets  # noqa: E402
+import datasets
 
 EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
 M, EF_CONSTRUCTION = 16, 200

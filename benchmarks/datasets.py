@@ -39,16 +39,32 @@ class World:
         return z @ self.proj + noise * rng.standard_normal((n, self.dim))
 
 
-def text_like(n: int, dim: int = 384, *, seed: int = 0, world_seed: int = 0, latent: int = 24, clusters: int = 1000,
-              noise: float = 1.2) -> np.ndarray:
+def text_like(
+    n: int,
+    dim: int = 384,
+    *,
+    seed: int = 0,
+    world_seed: int = 0,
+    latent: int = 24,
+    clusters: int = 1000,
+    noise: float = 1.2,
+) -> np.ndarray:
     """Unit vectors with a low intrinsic dimension and topical clusters, like sentence embeddings."""
     x = World(dim, latent=latent, clusters=clusters, seed=world_seed).sample(n, seed=seed, noise=noise)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
 
 
-def sift_like(n: int, dim: int = 128, *, seed: int = 0, world_seed: int = 0, latent: int = 24, clusters: int = 500,
-              noise: float = 0.75) -> np.ndarray:
+def sift_like(
+    n: int,
+    dim: int = 128,
+    *,
+    seed: int = 0,
+    world_seed: int = 0,
+    latent: int = 24,
+    clusters: int = 500,
+    noise: float = 0.75,
+) -> np.ndarray:
     """Non-negative, clustered, integer-valued vectors compared with squared L2, like SIFT descriptors."""
     x = World(dim, latent=latent, clusters=clusters, seed=world_seed).sample(n, seed=seed, noise=noise)
     return np.round(np.clip(25 * x + 20, 0, 255)).astype(np.float32)
@@ -70,10 +86,7 @@ def ground_truth(data: np.ndarray, queries: np.ndarray, k: int, metric: str) -> 
     for start in range(0, len(queries), 256):
         q = np.asarray(queries[start : start + 256], dtype=np.float32)
         dots = q @ data64.T
-        if metric == "l2sq":
-            d = sq[None, :] - 2 * dots
-        else:
-            d = -dots
+        d = sq[None, :] - 2 * dots if metric == "l2sq" else -dots
         part = np.argpartition(d, k, axis=1)[:, :k]
         order = np.take_along_axis(d, part, 1).argsort(1, kind="stable")
         out[start : start + 256] = np.take_along_axis(part, order, 1)

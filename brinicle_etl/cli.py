@@ -338,9 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("BRINICLE_DEBUG"):
             raise
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc} (set BRINICLE_DEBUG=1 for a traceback)", file=sys.stderr
-        )
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set BRINICLE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
     return 0
 

@@ -16,12 +16,22 @@ HERE = Path(__file__).resolve().parent
 CATALOGUE = {
     "footwear": [
         ("trail running shoes", "grippy lugged soles for muddy trails", ["mesh upper", "rock plate", "4 mm drop"]),
-        ("waterproof hiking boots", "a waterproof membrane that keeps feet dry in rain and snow",
-         ["full-grain leather", "ankle support", "Vibram outsole"]),
-        ("road running shoes", "light cushioning for daily miles on pavement",
-         ["breathable knit", "foam midsole", "reflective heel"]),
+        (
+            "waterproof hiking boots",
+            "a waterproof membrane that keeps feet dry in rain and snow",
+            ["full-grain leather", "ankle support", "Vibram outsole"],
+        ),
+        (
+            "road running shoes",
+            "light cushioning for daily miles on pavement",
+            ["breathable knit", "foam midsole", "reflective heel"],
+        ),
         ("approach shoes", "sticky rubber for scrambling over rock", ["suede upper", "climbing lacing", "toe rand"]),
-        ("winter snow boots", "insulation rated to minus thirty degrees", ["faux fur lining", "rubber shell", "gaiter ring"]),
+        (
+            "winter snow boots",
+            "insulation rated to minus thirty degrees",
+            ["faux fur lining", "rubber shell", "gaiter ring"],
+        ),
         ("sport sandals", "quick-drying straps for rivers and beaches", ["adjustable straps", "contoured footbed"]),
         ("slip-on sneakers", "easy everyday comfort for city walks", ["canvas upper", "memory foam insole"]),
     ],
@@ -29,8 +39,11 @@ CATALOGUE = {
         ("rain jacket", "a packable shell that sheds heavy rain", ["taped seams", "adjustable hood", "pit zips"]),
         ("down jacket", "warm goose down for cold, dry days", ["800-fill down", "packs into its pocket"]),
         ("fleece pullover", "a soft mid layer for chilly mornings", ["recycled polyester", "quarter zip"]),
-        ("merino base layer", "a wool layer that regulates temperature and resists odour",
-         ["flatlock seams", "thumb loops"]),
+        (
+            "merino base layer",
+            "a wool layer that regulates temperature and resists odour",
+            ["flatlock seams", "thumb loops"],
+        ),
         ("hiking trousers", "stretchy trousers that convert to shorts", ["zip-off legs", "UPF 50 fabric"]),
         ("running tights", "compression tights for long runs", ["phone pocket", "reflective details"]),
         ("sun hoodie", "a light hoodie that blocks UV on hot trails", ["UPF 50", "cooling fabric"]),
@@ -43,8 +56,11 @@ CATALOGUE = {
         ("camping stove", "a compact gas stove that boils water fast", ["piezo ignition", "wind shield"]),
         ("headlamp", "a bright rechargeable lamp for night hikes", ["400 lumens", "red light mode", "USB-C"]),
         ("camp chair", "a folding chair that weighs under a kilo", ["aluminium frame", "carry bag"]),
-        ("water filter", "a squeeze filter that makes stream water safe to drink",
-         ["0.1 micron", "fits standard bottles"]),
+        (
+            "water filter",
+            "a squeeze filter that makes stream water safe to drink",
+            ["0.1 micron", "fits standard bottles"],
+        ),
         ("cooler box", "an insulated cooler that keeps ice for days", ["rotomolded", "bear resistant"]),
     ],
     "packs": [
@@ -55,7 +71,11 @@ CATALOGUE = {
         ("camera sling", "a sling bag that keeps a camera within reach", ["padded dividers", "quick access"]),
     ],
     "kitchen": [
-        ("insulated water bottle", "keeps drinks cold for 24 hours or hot for 12", ["stainless steel", "leakproof lid"]),
+        (
+            "insulated water bottle",
+            "keeps drinks cold for 24 hours or hot for 12",
+            ["stainless steel", "leakproof lid"],
+        ),
         ("coffee grinder", "a burr grinder for consistent grounds", ["40 settings", "ceramic burrs"]),
         ("cast iron skillet", "a pre-seasoned pan that goes from stove to oven", ["12 inch", "helper handle"]),
         ("chef's knife", "a balanced knife for everyday chopping", ["high-carbon steel", "8 inch blade"]),
