@@ -159,6 +159,7 @@ def _resolve_schema(
         base = TemplateSchema.from_dict(saved) if saved is not None else None
     given = {k: v for k, v in overrides.items() if v is not None}
     if base is not None:
+        # A given template schema is taken as it is; only column types are inferred.
         for name in ("primary_key", "semantic_fields", "template", "vector_col", "model"):
             if name not in given and getattr(base, name):
                 given[name] = getattr(base, name)
@@ -166,7 +167,7 @@ def _resolve_schema(
     frame = sample.frame if sample is not None else pl.DataFrame(schema={c: pl.String for c in source.columns})
     if "semantic_fields" in given:
         given["semantic_fields"] = tuple(given["semantic_fields"])
-    inferred_schema, inferred = infer_schema(frame, **given)
+    inferred_schema, inferred = infer_schema(frame, **given, infer_fields=base is None)
     if base is not None and base.columns:
         inferred_schema = TemplateSchema.from_dict({**inferred_schema.to_dict(), "columns": base.columns})
     if inferred_schema.vector_source == "generated" and inferred_schema.model is None:

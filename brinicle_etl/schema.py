@@ -99,7 +99,7 @@ class TemplateSchema:
     def vector_source(self) -> VectorSource:
         if self.vector_col:
             return "precomputed"
-        if self.semantic_fields:
+        if self.semantic_fields or self.template:
             return "generated"
         return "none"
 
@@ -248,8 +248,14 @@ def infer_schema(
     vector_col: str | None = None,
     template: str | None = None,
     model: str | None = None,
+    infer_fields: bool = True,
 ) -> tuple[TemplateSchema, Inferred]:
-    """A schema for ``sample``'s columns; arguments given win over inference."""
+    """A schema for ``sample``'s columns; arguments given win over inference.
+
+    With ``infer_fields=False`` only column types are inferred: the key, text fields and
+    vector column are exactly what is given (a template schema that names no primary
+    key has none).
+    """
     notes: list[str] = []
     names = list(sample.columns)
     lowered = {c.lower(): c for c in names}
@@ -260,7 +266,7 @@ def infer_schema(
         if f not in names:
             raise InputError(f"semantic field {f!r} is not a column; columns are {names}")
 
-    if vector_col is None:
+    if vector_col is None and infer_fields:
         by_name = [lowered[n] for n in _VECTOR_NAMES if n in lowered and _looks_like_vectors(sample[lowered[n]])]
         by_type = [
             c for c in names if isinstance(sample[c].dtype, pl.List | pl.Array) and _looks_like_vectors(sample[c])
@@ -284,11 +290,13 @@ def infer_schema(
             )
         columns[name] = kind
 
-    if primary_key is None:
+    if primary_key is None and infer_fields:
         primary_key = _infer_key(sample, [c for c in names if c != vector_col], lowered)
         notes.append(f"primary key {primary_key!r}" if primary_key else "no primary key: rows are keyed by content")
 
-    if semantic_fields is None and template is None:
+    if semantic_fields is None and template is not None:
+        semantic_fields = tuple(dict.fromkeys(_template_fields(template)))
+    if semantic_fields is None and infer_fields:
         semantic_fields = _infer_text_fields(sample, columns, exclude={primary_key, vector_col})
         if vector_col is None:
             notes.append(f"semantic fields {list(semantic_fields)}" if semantic_fields else "no text fields to embed")

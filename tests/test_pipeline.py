@@ -1,0 +1,311 @@
+"""ingest(): every mode, policy and vector source; re-runs that cost only what changed; atomic failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from brinicle_etl import ConfigError, ConflictError, InputError, Store, TemplateSchema, ingest
+from brinicle_etl.search import search
+from tests.conftest import CountingEmbedder
+
+DAY1 = pl.DataFrame(
+    {
+        "product_id": [1, 2, 3, 4, 5],
+        "title": ["Trail shoes", "Hiking boots", "Water bottle", "Rain jacket", "Camp stove"],
+        "description": ["grippy soles", "waterproof leather", "keeps drinks cold", "sheds rain", "boils fast"],
+        "price": [89.9, 149.0, 24.5, 119.0, 59.0],
+    }
+)
+# 1: price only (same text), 2: new description, 3: unchanged, 4: dropped, 5: unchanged, 6: new
+DAY2 = pl.DataFrame(
+    {
+        "product_id": [1, 2, 3, 5, 6],
+        "title": ["Trail shoes", "Hiking boots", "Water bottle", "Camp stove", "Trekking poles"],
+        "description": ["grippy soles", "full-grain waterproof leather", "keeps drinks cold", "boils fast", "carbon"],
+        "price": [79.9, 149.0, 24.5, 59.0, 99.0],
+    }
+)
+
+
+def write_csv(path: Path, frame: pl.DataFrame) -> Path:
+    frame.write_csv(path)
+    return path
+
+
+def live(store: Store, name: str = "shop/products") -> dict[str, dict[str, object]]:
+    table = store.open(name).rows()
+    return {r["_key"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in table.to_pylist()}
+
+
+@pytest.fixture
+def day1(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "day1.csv", DAY1)
+
+
+@pytest.fixture
+def day2(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "day2.csv", DAY2)
+
+
+def test_first_ingest_creates_and_reports(store: Store, day1: Path, counting: CountingEmbedder) -> None:
+    result = ingest(day1, "shop/products", store=store, embedder=counting)
+    assert (result.mode, result.collection, result.namespace, result.vector_source) == (
+        "Create",
+        "shop/products",
+        "products",
+        "generated",
+    )
+    assert (result.rows_read, result.rows_added, result.rows_inserted, result.rows_embedded) == (5, 5, 5, 5)
+    assert result.inferred == "primary key 'product_id'; semantic fields ['title', 'description']"
+    assert set(result.timings) >= {"read", "plan", "embed", "write", "commit", "total"}
+    assert live(store)["2"] == {
+        "product_id": 2,
+        "title": "Hiking boots",
+        "description": "waterproof leather",
+        "price": 149.0,
+    }
+    assert counting.texts[0] == "Trail shoes\ngrippy soles"
+    spec = result.to_dict()
+    assert spec["status"] == "success"
+    assert json.loads(json.dumps(spec))["rows_inserted"] == 5
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("update", {"inserted": 1, "updated": 2, "skipped": 0, "unchanged": 2, "embedded": 2}),
+        ("skip", {"inserted": 1, "updated": 0, "skipped": 2, "unchanged": 2, "embedded": 1}),
+    ],
+)
+@pytest.mark.parametrize("sync", [False, True])
+def test_second_day_every_outcome(
+    store: Store, day1: Path, day2: Path, counting: CountingEmbedder, policy: str, expected: dict, sync: bool
+) -> None:
+    ingest(day1, "shop/products", store=store, embedder=counting)
+    counting.texts.clear()
+    result = ingest(day2, "shop/products", store=store, embedder=counting, on_conflict=policy, sync=sync)  # type: ignore[arg-type]
+    got = {
+        "inserted": result.rows_inserted,
+        "updated": result.rows_updated,
+        "skipped": result.rows_skipped,
+        "unchanged": result.rows_unchanged,
+        "embedded": result.rows_embedded,
+    }
+    assert got == expected
+    assert result.conflicts == [1, 2]
+    assert result.rows_deleted == (1 if sync else 0)
+    assert result.rows_added == expected["inserted"] + expected["updated"]
+    rows = live(store)
+    assert ("4" in rows) is not sync
+    assert rows["6"]["title"] == "Trekking poles"
+    if policy == "update":
+        assert rows["1"]["price"] == 79.9
+        assert rows["2"]["description"] == "full-grain waterproof leather"
+        # only the rewritten description and the new product were embedded; the price change reused its vector
+        assert counting.texts == ["Hiking boots\nfull-grain waterproof leather", "Trekking poles\ncarbon"]
+    else:
+        assert rows["1"]["price"] == 89.9
+        assert counting.texts == ["Trekking poles\ncarbon"]
+
+
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_conflicts_with_error_policy_write_nothing(
+    store: Store, day1: Path, day2: Path, counting: CountingEmbedder, mode: str
+) -> None:
+    ingest(day1, "shop/products", store=store, embedder=counting)
+    before, generation = live(store), store.open("shop/products").generation
+    calls = len(counting.calls)
+    with pytest.raises(ConflictError) as info:
+        ingest(day2, "shop/products", store=store, embedder=counting, mode=mode)  # type: ignore[arg-type]
+    assert str(info.value).startswith("primary key 'product_id' already holds different content for 2 row(s): 1, 2;")
+    assert (info.value.field, info.value.keys) == ("product_id", [1, 2])
+    assert live(store) == before
+    assert store.open("shop/products").generation == generation
+    assert len(counting.calls) == calls, "nothing is embedded before conflicts are checked"
+
+
+def test_insert_mode_skips_existing_rows(store: Store, day1: Path, day2: Path, counting: CountingEmbedder) -> None:
+    ingest(day1, "shop/products", store=store, embedder=counting)
+    result = ingest(day2, "shop/products", store=store, embedder=counting, mode="insert", on_conflict="skip")
+    assert (result.rows_inserted, result.rows_skipped, result.rows_updated) == (1, 2, 0)
+    with pytest.raises(ConfigError, match="mode 'insert' never replaces rows"):
+        ingest(day2, "shop/products", store=store, embedder=counting, mode="insert", on_conflict="update")
+
+
+def test_re_ingesting_the_same_file_embeds_nothing(store: Store, day1: Path, counting: CountingEmbedder) -> None:
+    first = ingest(day1, "shop/products", store=store, embedder=counting)
+    calls = len(counting.calls)
+    again = ingest(day1, "shop/products", store=store, embedder=counting)
+    assert (again.mode, again.rows_unchanged, again.rows_added, again.rows_embedded) == ("Append", 5, 0, 0)
+    assert len(counting.calls) == calls
+    assert again.generation == first.generation + 1
+
+
+def test_build_replaces_and_reuses_vectors(store: Store, day1: Path, day2: Path, counting: CountingEmbedder) -> None:
+    ingest(day1, "shop/products", store=store, embedder=counting)
+    counting.texts.clear()
+    result = ingest(day2, "shop/products", store=store, embedder=counting, mode="build")
+    assert (result.rows_inserted, result.rows_updated, result.rows_unchanged, result.rows_deleted) == (1, 2, 2, 1)
+    assert counting.texts == ["Hiking boots\nfull-grain waterproof leather", "Trekking poles\ncarbon"]
+    assert sorted(live(store), key=int) == ["1", "2", "3", "5", "6"]
+    hits = search("shop/products", "Trekking poles carbon", 1, store=store, registry=None)
+    assert hits[0].row["title"] == "Trekking poles"
+
+
+def test_row_ids_continue_across_appends(store: Store, day1: Path, day2: Path, counting: CountingEmbedder) -> None:
+    ingest(day1, "shop/products", store=store, embedder=counting)
+    ingest(day2, "shop/products", store=store, embedder=counting, on_conflict="update")
+    ids = store.open("shop/products").rows(["_row_id"]).column("_row_id").to_pylist()
+    # day 1 took row ids 0-4; day 2 rewrote products 1 and 2 as 5 and 6, and added product 6 as 7
+    assert sorted(ids) == [2, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("keep", ["error", "keep_last"])
+def test_duplicate_keys_in_the_source(store: Store, tmp_path: Path, counting: CountingEmbedder, keep: str) -> None:
+    dup = write_csv(tmp_path / "dup.csv", pl.concat([DAY1, DAY1.head(2).with_columns(price=pl.lit(1.0))]))
+    if keep == "error":
+        with pytest.raises(InputError) as info:
+            ingest(dup, "shop/products", store=store, embedder=counting, primary_key="product_id")
+        assert str(info.value).startswith(
+            "duplicate primary key 'product_id' in the source: 2 value(s) occur more "
+            f"than once, e.g. '1' ({dup} row 1, {dup} row 6)"
+        )
+        assert not store.exists("shop/products"), "a failed first ingest leaves no collection behind"
+        return
+    result = ingest(
+        dup, "shop/products", store=store, embedder=counting, primary_key="product_id", on_duplicate="keep_last"
+    )
+    assert (result.rows_inserted, result.duplicates_dropped) == (5, 2)
+    assert live(store)["1"]["price"] == 1.0
+
+
+def test_bad_value_fails_atomically_on_an_existing_collection(
+    store: Store, day1: Path, tmp_path: Path, counting: CountingEmbedder
+) -> None:
+    ingest(day1, "shop/products", store=store, embedder=counting)
+    before = live(store)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("product_id,title,description,price\n7,New,thing,1.0\n8,Other,thing,not-a-price\n")
+    with pytest.raises(InputError) as info:
+        ingest(bad, "shop/products", store=store, embedder=counting)
+    assert str(info.value) == f"{bad} row 2, column 'price': 'not-a-price' is not a valid float64"
+    assert live(store) == before
+    missing = tmp_path / "missing.csv"
+    missing.write_text("product_id,title,description,price\n7,New,thing,1.0\n,Other,thing,2.0\n")
+    with pytest.raises(InputError, match=r"missing.csv row 2: primary key 'product_id' is missing"):
+        ingest(missing, "shop/products", store=store, embedder=counting)
+
+
+def test_source_that_no_longer_fits_is_refused(store: Store, day1: Path, tmp_path: Path) -> None:
+    ingest(day1, "shop/products", store=store, model="hash-16")
+    other = write_csv(tmp_path / "other.csv", DAY1.drop("price").with_columns(colour=pl.lit("red")))
+    with pytest.raises(InputError, match="no longer fits the collection's schema: missing column"):
+        ingest(other, "shop/products", store=store)
+    with pytest.raises(ConfigError, match="has primary_key='product_id', not 'title'; an existing collection keeps"):
+        ingest(day1, "shop/products", store=store, primary_key="title")
+
+
+@pytest.mark.parametrize("fmt", ["csv-json", "parquet-list", "parquet-array"])
+def test_precomputed_vectors(store: Store, tmp_path: Path, fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((6, 8)).astype(np.float32)
+    frame = pl.DataFrame({"doc": [f"d{i}" for i in range(6)], "label": list("abcabc")})
+    if fmt == "csv-json":
+        path = tmp_path / "v.csv"
+        frame.with_columns(vec=pl.Series([json.dumps(v.tolist()) for v in vectors])).write_csv(path)
+    else:
+        dtype = pl.List(pl.Float32) if fmt == "parquet-list" else pl.Array(pl.Float32, 8)
+        path = tmp_path / "v.parquet"
+        frame.with_columns(vec=pl.Series(vectors.tolist(), dtype=dtype)).write_parquet(path)
+    result = ingest(path, "docs", store=store, vector_col="vec", primary_key="doc")
+    assert (result.vector_source, result.rows_inserted, result.rows_embedded) == ("precomputed", 6, 0)
+    col = store.open("docs")
+    assert col.dim == 8
+    assert "vec" not in col.rows().column_names
+    assert search(col, vectors[4], 1)[0].key == "d4"
+    again = ingest(path, "docs", store=store)
+    assert again.rows_unchanged == 6
+
+
+def test_precomputed_errors_name_the_row_and_leave_nothing(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "v.csv"
+    path.write_text('id,vec\na,"[1, 2, 3]"\nb,"[1, 2]"\n')
+    with pytest.raises(InputError) as info:
+        ingest(path, "docs", store=store, vector_col="vec")
+    assert str(info.value) == f"{path} row 2, column 'vec': the vector has 2 values, expected 3"
+    assert not store.exists("docs")
+    with pytest.raises(InputError, match="dimension mismatch: dim=4 was given, the vectors have 3 values"):
+        ingest(path, "docs", store=store, vector_col="vec", dim=4)
+
+
+def test_rows_without_vectors(store: Store, day1: Path) -> None:
+    schema = TemplateSchema(primary_key="product_id")
+    result = ingest(day1, "shop/catalogue", store=store, schema=schema, dim=128)
+    assert (result.vector_source, result.rows_inserted, result.rows_embedded) == ("none", 5, 0)
+    col = store.open("shop/catalogue")
+    assert len(col) == 5
+    assert col.status().main_count == 0
+
+
+def test_schema_as_json_and_saved_templates(store: Store, day1: Path, tmp_path: Path) -> None:
+    schema_json = '{"primary_key": "product_id", "semantic_fields": ["title"], "model": "hash-16"}'
+    first = ingest(day1, "a", store=store, schema=schema_json, template_name="catalogue")
+    assert first.schema.semantic_fields == ("title",)
+    assert store.templates() == ["catalogue"]
+    second = ingest(day1, "b", store=store, template_name="catalogue")
+    assert (second.schema.primary_key, second.schema.semantic_fields, second.schema.model) == (
+        "product_id",
+        ("title",),
+        "hash-16",
+    )
+    assert second.inferred is None or "primary key" not in second.inferred
+
+
+def test_template_text(store: Store, day1: Path, counting: CountingEmbedder) -> None:
+    ingest(day1, "t", store=store, embedder=counting, template="{title} costs {price}")
+    assert counting.texts[0] == "Trail shoes costs 89.9"
+
+
+def test_no_primary_key_keys_rows_by_content(store: Store, tmp_path: Path, counting: CountingEmbedder) -> None:
+    path = write_csv(tmp_path / "notes.csv", pl.DataFrame({"note": ["buy milk today please", "call the plumber now"]}))
+    first = ingest(path, "notes", store=store, embedder=counting)
+    assert first.schema.primary_key is None
+    again = ingest(path, "notes", store=store, embedder=counting)
+    assert (again.rows_unchanged, again.rows_inserted) == (2, 0)
+
+
+def test_batches_smaller_than_the_source(store: Store, tmp_path: Path, counting: CountingEmbedder) -> None:
+    n = 53
+    frame = pl.DataFrame({"id": list(range(n)), "text": [f"item number {i} text" for i in range(n)]})
+    path = write_csv(tmp_path / "many.csv", frame)
+    result = ingest(path, "many", store=store, embedder=counting, batch_rows=10)
+    assert (result.rows_inserted, len(store.open("many"))) == (n, n)
+    assert max(counting.calls) <= 10
+    again = ingest(path, "many", store=store, embedder=counting, batch_rows=7, sync=True)
+    assert again.rows_unchanged == n
+
+
+@pytest.mark.parametrize("kind", ["polars", "arrow", "pandas"])
+def test_in_memory_frames(store: Store, counting: CountingEmbedder, kind: str) -> None:
+    source = {"polars": DAY1, "arrow": DAY1.to_arrow(), "pandas": DAY1.to_pandas()}[kind]
+    result = ingest(source, "mem", store=store, embedder=counting)
+    assert result.rows_inserted == 5
+    assert live(store, "mem")["3"]["price"] == 24.5
+
+
+def test_invalid_policies_list_the_choices(store: Store, day1: Path) -> None:
+    with pytest.raises(ConfigError, match="on_conflict must be one of 'error', 'update', 'skip'; got 'replace'"):
+        ingest(day1, store=store, on_conflict="replace")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="mode must be one of 'build', 'insert', 'upsert'; got 'append'"):
+        ingest(day1, store=store, mode="append")  # type: ignore[arg-type]
+
+
+def test_vector_collections_are_not_ingest_targets(store: Store, day1: Path) -> None:
+    store.create("vec", dim=4)
+    with pytest.raises(ConfigError, match="holds vectors written without a schema"):
+        ingest(day1, "vec", store=store)
