@@ -74,7 +74,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: TextIO, *, m
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[TextIO], None]) -> None:
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[TextIO], object]) -> None:
     if args.json:
         json.dump(data, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

@@ -27,6 +27,7 @@ from brinicle_etl import (
     StateError,
     Store,
 )
+from brinicle_etl.store.collection import REFRESH_SECONDS
 from brinicle_etl.store.lock import writer_lock
 from tests.conftest import REPO, clustered, exact_knn
 
@@ -563,9 +564,11 @@ def test_reader_in_another_process_sees_new_generations(col: Collection) -> None
 
     assert ask(x[30]).startswith("20 ")
     col.write(["late"], x[30:31], mode="insert")
+    time.sleep(2 * REFRESH_SECONDS)  # readers look for a new manifest at most this often
     assert ask(x[30]) == "21 late"
     col.rebuild()
     col.delete(["late"])
+    time.sleep(2 * REFRESH_SECONDS)
     assert ask(x[30]).startswith("20 k")
     proc.stdin.close()
     assert proc.wait() == 0

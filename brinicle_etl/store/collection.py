@@ -9,16 +9,19 @@ replacing the manifest.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import secrets
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +47,31 @@ from brinicle_etl.types import Hit, HnswParams, Metric, VectorDType, WriteMode, 
 __all__ = ["Collection", "CollectionStatus"]
 
 SESSION_LOG = "session.log"
+REFRESH_SECONDS = 0.02
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Writes published by this process, per manifest: other Collection objects on the same
+# directory see them at once instead of after REFRESH_SECONDS.
+_published: dict[str, int] = {}
+
+
+def _retry_on_vanished(method: Callable[P, R]) -> Callable[P, R]:
+    """Retry a read once on a fresh snapshot if a file it needed was compacted away meanwhile."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except FileNotFoundError:
+            self = args[0]
+            assert isinstance(self, Collection)
+            self._snapshot(fresh=True)
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 Progress = Callable[[int, int], None]
 Wait = bool | float
 
@@ -94,15 +122,19 @@ def as_matrix(vectors: Any, dim: int, op: str, keys: Sequence[str] | pa.Array | 
 
 
 def as_vector(vector: Any, dim: int, op: str) -> np.ndarray:
-    try:
-        v = np.ascontiguousarray(vector, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{op}: vector must be numbers: {exc}") from exc
+    if type(vector) is np.ndarray and vector.dtype == np.float32 and vector.flags.c_contiguous:
+        v = vector  # the common case on the search path: no copy, no conversion
+    else:
+        try:
+            v = np.ascontiguousarray(vector, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{op}: vector must be numbers: {exc}") from exc
     if v.ndim != 1:
         raise InputError(f"{op}: expected one vector, got an array of {v.ndim} dimensions")
     if v.shape[0] != dim:
         raise DimensionError(f"{op}: dimension mismatch: vector has {v.shape[0]} values, the collection {dim}")
-    if not np.isfinite(v).all():
+    # One reduction answers for finite vectors; only a non-finite (or overflowing) dot looks closer.
+    if not math.isfinite(v.dot(v)) and not np.isfinite(v).all():
         raise InputError(f"{op}: vector contains NaN/Inf at index {int(np.argmin(np.isfinite(v)))}")
     return v
 
@@ -138,6 +170,8 @@ class Collection:
         if not (self.directory / MANIFEST).exists():
             raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
         self._manifest_path = str(self.directory / MANIFEST)
+        self._checked = 0.0
+        self._seen_published = 0
         self._rows = RowCache()
         self._snap: Snapshot | None = None
         self._snap_lock = threading.Lock()
@@ -180,13 +214,28 @@ class Collection:
 
     # ---- reading -------------------------------------------------------------------
 
-    def _snapshot(self) -> Snapshot:
-        """The current generation, reopened if another writer published a new one."""
+    def _snapshot(self, *, fresh: bool = False) -> Snapshot:
+        """The current generation, reopened if another writer published a new one.
+
+        The manifest is checked at most every ``REFRESH_SECONDS`` (a stat per query is a
+        measurable share of a fast search), except right after a write from this process
+        or when ``fresh`` is asked for, as every writer does under the lock.
+        """
+        snap = self._snap
+        published = _published.get(self._manifest_path, 0)
+        if (
+            not fresh
+            and snap is not None
+            and published == self._seen_published
+            and time.monotonic() - self._checked < REFRESH_SECONDS
+        ):
+            return snap
         for _attempt in range(20):
             try:
                 st = os.stat(self._manifest_path)
             except FileNotFoundError:
                 raise NotFoundError(f"collection {self.name!r} no longer exists at {self.directory}") from None
+            self._checked, self._seen_published = time.monotonic(), published
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             snap = self._snap
             if snap is not None and snap.stamp == stamp:
@@ -255,6 +304,7 @@ class Collection:
             staged_count=pending.count if pending else 0,
         )
 
+    @_retry_on_vanished
     def search(self, query: Any, k: int = 10, *, ef: int | None = None) -> list[Hit]:
         """The ``k`` nearest live rows to ``query``, nearest first."""
         snap = self._snapshot()
@@ -264,6 +314,7 @@ class Collection:
         row_ids, dists = snap.search_one(q, k, ef=_check_ef(ef))
         return list(map(Hit, snap.ids.keys_for(row_ids), dists.tolist()))
 
+    @_retry_on_vanished
     def search_batch(self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0) -> list[list[Hit]]:
         """Nearest rows for many queries at once, searched in parallel (``threads=0``: every core)."""
         snap = self._snapshot()
@@ -280,6 +331,7 @@ class Collection:
             pos += n
         return out
 
+    @_retry_on_vanished
     def search_table(
         self,
         queries: Any,
@@ -317,20 +369,24 @@ class Collection:
                     table = table.append_column(name, rows.column(name))
         return table
 
+    @_retry_on_vanished
     def keys(self) -> list[str]:
         """Keys of every live row, in row-id order."""
         keys: list[str] = self._snapshot().ids.live()[1].to_pylist()
         return keys
 
+    @_retry_on_vanished
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
         return bool(self._snapshot().ids.lookup(pa.array([key], pa.string()))[0] >= 0)
 
+    @_retry_on_vanished
     def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Live rows: ``_row_id``, ``_key`` and the payload columns asked for (all if None), in row-id order."""
         return self._snapshot().rows(None if columns is None else list(columns))
 
+    @_retry_on_vanished
     def vectors(self, keys: Sequence[str]) -> np.ndarray:
         """Stored vectors of live keys (as float32, after the collection's dtype rounding)."""
         snap = self._snapshot()
@@ -356,12 +412,13 @@ class Collection:
     @contextmanager
     def _writing(self, wait: Wait) -> Iterator[Snapshot]:
         with writer_lock(self.directory, wait=wait, name=self.name):
-            snap = self._snapshot()
+            snap = self._snapshot(fresh=True)
             remove_unreferenced(self.directory, snap.manifest.files())
             yield snap
 
     def _publish(self, manifest: Manifest) -> None:
         write_manifest(self.directory, manifest)
+        _published[self._manifest_path] = _published.get(self._manifest_path, 0) + 1
         # Published: what follows is housekeeping, and must not fail the write.
         with suppress(OSError):
             remove_unreferenced(self.directory, manifest.files())

@@ -88,7 +88,9 @@ class IdMap:
         # Keys are decoded straight from Arrow's buffers: a search turns ten row ids
         # into strings in about a microsecond, without a Python string per row in memory.
         _validity, offsets, data = keys.buffers()
-        self._offsets = np.frombuffer(offsets, dtype=np.int64)[keys.offset : keys.offset + len(keys) + 1]
+        offsets_array = np.frombuffer(offsets, dtype=np.int64)[keys.offset : keys.offset + len(keys) + 1]
+        # (start, end) of each key: one gather per search instead of two
+        self._bounds = np.stack([offsets_array[:-1], offsets_array[1:]], axis=1)
         self._data = memoryview(data) if data is not None else memoryview(b"")
         self._dead = dead
         self._live: tuple[np.ndarray, pa.Array] | None = None
@@ -106,7 +108,7 @@ class IdMap:
 
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         if self._contiguous:
-            return row_ids.astype(np.int64) - self._base
+            return row_ids if self._base == 0 else row_ids - np.uint64(self._base)
         if self._table is not None:
             found: np.ndarray = self._table[row_ids.astype(np.int64) - self._base]
             return found
@@ -114,11 +116,8 @@ class IdMap:
 
     def keys_for(self, row_ids: np.ndarray) -> list[str]:
         """External keys of the given row ids (which must exist)."""
-        positions = self.positions(row_ids)
-        starts = self._offsets[positions].tolist()
-        ends = self._offsets[positions + 1].tolist()
         data = self._data
-        return [str(data[s:e], "utf-8") for s, e in zip(starts, ends, strict=True)]
+        return [str(data[s:e], "utf-8") for s, e in self._bounds[self.positions(row_ids)].tolist()]
 
     def live(self) -> tuple[np.ndarray, pa.Array]:
         """Row ids and keys of live rows."""
