@@ -91,7 +91,7 @@ class IdMap:
         offsets_array = np.frombuffer(offsets, dtype=np.int64)[keys.offset : keys.offset + len(keys) + 1]
         # (start, end) of each key: one gather per search instead of two
         self._bounds = np.stack([offsets_array[:-1], offsets_array[1:]], axis=1)
-        self._data = memoryview(data) if data is not None else memoryview(b"")
+        self._data = data.to_pybytes() if data is not None else b""
         self._dead = dead
         self._live: tuple[np.ndarray, pa.Array] | None = None
         # Row id -> position: an offset when the ids are contiguous (after a build or
@@ -117,7 +117,7 @@ class IdMap:
     def keys_for(self, row_ids: np.ndarray) -> list[str]:
         """External keys of the given row ids (which must exist)."""
         data = self._data
-        return [str(data[s:e], "utf-8") for s, e in self._bounds[self.positions(row_ids)].tolist()]
+        return [data[s:e].decode() for s, e in self._bounds.take(self.positions(row_ids), axis=0).tolist()]
 
     def live(self) -> tuple[np.ndarray, pa.Array]:
         """Row ids and keys of live rows."""
