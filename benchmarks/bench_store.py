@@ -90,6 +90,28 @@ class RawUsearch(Engine):
         self.index.search(qs, 10, threads=0)
 
 
+class RerankedUsearch(RawUsearch):
+    """An experiment, not a product path: i8 candidates (4k of them) re-ranked by exact float32 distances."""
+
+    def __init__(self, metric: str):
+        super().__init__("i8", metric)
+        self.metric = metric
+
+    def build(self, data: np.ndarray) -> None:
+        super().build(data)
+        self.data = data
+
+    def search_one(self, q: np.ndarray) -> Any:
+        keys = self.index.search(q, 40, threads=1).keys
+        cand = self.data[keys]
+        scores = cand @ q
+        return keys[np.argsort(-scores)[:10]]
+
+    def search_batch(self, qs: np.ndarray) -> None:
+        for q in qs:
+            self.search_one(q)
+
+
 class Ours(Engine):
     def __init__(self, dtype: str, metric: str, directory: Path):
         import brinicle_etl  # noqa: F401  (imported before the RSS baseline, like the others' modules)
@@ -191,6 +213,8 @@ def make_engine(config: dict[str, Any], metric: str, tmp: Path) -> Engine:
         return Ours(dtype, metric, tmp / f"ours-{dtype}")
     if kind == "usearch":
         return RawUsearch(dtype, metric)
+    if kind == "usearch-rerank":
+        return RerankedUsearch(metric)
     if kind == "hnswlib":
         return Hnswlib(metric)
     return Faiss(metric)
@@ -393,6 +417,10 @@ def main() -> None:
             configs.append({**base, "engine": "ours", "insert_vs_rebuild": dtype == args.default_dtype})
         for engine in ("hnswlib", "faiss"):
             configs.append({"dataset": dataset, "n": args.n, "queries": args.queries, "engine": engine})
+        if dataset == "text384" and "i8" in args.dtypes:
+            configs.append(
+                {"dataset": dataset, "n": args.n, "queries": args.queries, "engine": "usearch-rerank", "dtype": "i8"}
+            )
     # Generate the data and ground truth once, before anything is timed.
     for dataset in args.datasets.split(","):
         load(dataset, args.n, args.queries)

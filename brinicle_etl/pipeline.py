@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors
+from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors, vector_digest
 from brinicle_etl.errors import ConfigError, InputError
 from brinicle_etl.plan import DuplicatePolicy, Hasher, Plan, Planner
 from brinicle_etl.read import DEFAULT_BATCH_ROWS, Batch, Source, SourceLike, open_source
@@ -245,6 +245,13 @@ def ingest(
         assert sch.model is not None
         embedder = model_registry(st).embedder(sch.model)
     vector_dim = _vector_dim(sch, embedder, existing, src, dim, batch_rows)
+    if sch.vector_source == "precomputed" and sch.model is not None:
+        # The model that made the vectors: text queries are embedded with it.
+        model_dim = model_registry(st).get(sch.model).dim
+        if model_dim != vector_dim:
+            raise InputError(
+                f"model {sch.model!r} makes {model_dim}-d vectors, but column {sch.vector_col!r} holds {vector_dim}-d"
+            )
     timings["schema"] = time.perf_counter() - started
 
     created = existing is None
@@ -374,7 +381,11 @@ def _hash_inputs(
     frame = typed
     columns = list(sch.columns)
     if sch.vector_col is not None:
-        frame = frame.with_columns(batch.frame[sch.vector_col])
+        vectors = batch.frame[sch.vector_col]
+        if vectors.dtype != pl.String:
+            # Arrays of floats: hash their bytes rather than their printed form (and check them early).
+            vectors = vector_digest(parse_vectors(vectors, dim=None, where=batch.where))
+        frame = frame.with_columns(vectors.alias(sch.vector_col))
         columns.append(sch.vector_col)
     text = None
     if sch.vector_source == "generated":
@@ -418,7 +429,7 @@ def _plan(
     hasher = Hasher()
     try:
         read = 0
-        for batch in src.batches(batch_rows=batch_rows, check=True):
+        for batch in src.batches(batch_rows=batch_rows):
             locations.add(batch)
             typed = cast_frame(batch.frame, sch, batch.where)
             frame, columns, text = _hash_inputs(batch, typed, sch, embedder)
@@ -492,7 +503,7 @@ def _write(
             rows = rows.append_column(
                 TEXT_HASH_COLUMN, text_hash if text_hash is not None else pa.nulls(len(keys), pa.string())
             )
-            tx.add(keys, vectors, rows)
+            tx.add(keys, vectors, rows, existing=plan.old[window][selected])
             written += len(keys)
             if progress:
                 progress("write", written, to_write)

@@ -45,12 +45,17 @@ def _quote(name: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """What to do with each source row (by position) and with the collection's other rows."""
+    """What to do with each source row (by position) and with the collection's other rows.
+
+    ``write``: the row is written; ``reuse``: the stored row whose vector it carries over
+    (-1: none); ``old``: the stored row with the same key (-1: a new key).
+    """
 
     rows: int
     keys: pa.Array
     write: np.ndarray
     reuse: np.ndarray
+    old: np.ndarray
     inserted: int
     updated: int
     skipped: int
@@ -220,6 +225,7 @@ class Planner:
             keys=keys.cast(pa.string()),
             write=write,
             reuse=reuse,
+            old=old,
             inserted=int((kind == NEW).sum()),
             updated=updated,
             skipped=skipped,

@@ -59,9 +59,13 @@ class Source:
     separator: str = ","
     columns: tuple[str, ...] = field(default=())
     schema: dict[str, pl.DataType] = field(default_factory=dict)
+    _checked: set[Path] = field(default_factory=set, compare=False, repr=False)
 
-    def batches(self, *, batch_rows: int = DEFAULT_BATCH_ROWS, check: bool = False) -> Iterator[Batch]:
-        """Rows in order, ``batch_rows`` at a time. ``check`` validates CSV shape on the way (first pass)."""
+    def batches(self, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Batch]:
+        """Rows in order, ``batch_rows`` at a time.
+
+        The first time a CSV file is read through this source, its shape is checked.
+        """
         offset = 0
         if self.frame is not None:
             for chunk in self.frame.collect_batches(chunk_size=batch_rows, maintain_order=True):
@@ -69,12 +73,20 @@ class Source:
                 offset += len(chunk)
             return
         for path in self.files:
-            if check and self.format == "csv":
+            if self.format == "csv" and path not in self._checked:
                 _check_csv_shape(path, self.separator)
+                self._checked.add(path)
             origin_offset = 0
-            for chunk in _scan(path, self.format, self.separator).collect_batches(
+            chunks = _scan(path, self.format, self.separator).collect_batches(
                 chunk_size=batch_rows, maintain_order=True
-            ):
+            )
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except pl.exceptions.PolarsError as exc:
+                    raise InputError(f"cannot read {path}: {exc}") from exc
                 if list(chunk.columns) != list(self.columns):
                     raise InputError(
                         f"{path}: columns {chunk.columns} differ from the first file's {list(self.columns)}; "

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from brinicle_etl import ConfigError, ConflictError, InputError, Store, TemplateSchema, ingest
+from brinicle_etl.embed import HashEmbedder
 from brinicle_etl.search import search
 from tests.conftest import CountingEmbedder
 
@@ -309,3 +310,69 @@ def test_vector_collections_are_not_ingest_targets(store: Store, day1: Path) -> 
     store.create("vec", dim=4)
     with pytest.raises(ConfigError, match="holds vectors written without a schema"):
         ingest(day1, "vec", store=store)
+
+
+def _with_vectors(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Day files for each vector source; a precomputed vector changes exactly when the description does."""
+    if source != "precomputed":
+        return frame
+    vectors = [HashEmbedder(6).embed_batch([d])[0].tolist() for d in frame["description"]]
+    return frame.with_columns(vec=pl.Series(vectors, dtype=pl.Array(pl.Float32, 6)))
+
+
+@pytest.mark.parametrize("source", ["generated", "precomputed", "none"])
+@pytest.mark.parametrize("policy", ["error", "update", "skip"])
+@pytest.mark.parametrize("mode", ["build", "insert", "upsert"])
+def test_mode_policy_source_matrix(store: Store, tmp_path: Path, mode: str, policy: str, source: str) -> None:
+    """Day 1 then day 2 (1 new, 2 unchanged, 1 price-only change, 1 text change, 1 dropped) under every setting."""
+    day1 = _with_vectors(DAY1, source)
+    day2 = _with_vectors(DAY2, source)
+    p1, p2 = tmp_path / "d1.parquet", tmp_path / "d2.parquet"
+    day1.write_parquet(p1)
+    day2.write_parquet(p2)
+    embedder = CountingEmbedder(16)
+    kwargs: dict = {"store": store, "primary_key": "product_id"}
+    if source == "generated":
+        kwargs["embedder"] = embedder
+    elif source == "precomputed":
+        kwargs["vector_col"] = "vec"
+    else:
+        kwargs.update(schema=TemplateSchema(primary_key="product_id"), dim=128)
+        kwargs.pop("primary_key")
+    first = ingest(p1, "m", **kwargs)
+    assert (first.vector_source, first.rows_inserted) == (source, 5)
+    before = live(store, "m")
+    embedder.texts.clear()
+    if mode != "build" and policy == "error":
+        with pytest.raises(ConflictError) as info:
+            ingest(p2, "m", **kwargs, mode=mode, on_conflict=policy)
+        assert info.value.keys == [1, 2]
+        assert live(store, "m") == before
+        return
+    if mode == "insert" and policy == "update":
+        with pytest.raises(ConfigError):
+            ingest(p2, "m", **kwargs, mode=mode, on_conflict=policy)
+        return
+    result = ingest(p2, "m", **kwargs, mode=mode, on_conflict=policy)
+    counts = (result.rows_inserted, result.rows_updated, result.rows_skipped, result.rows_unchanged)
+    rows = live(store, "m")
+    if mode == "build" or policy == "update":
+        assert counts == (1, 2, 0, 2)
+        assert rows["1"]["price"] == 79.9
+        assert rows["2"]["description"] == "full-grain waterproof leather"
+        assert result.rows_embedded == (2 if source == "generated" else 0)
+    else:
+        assert counts == (1, 0, 2, 2)
+        assert rows["1"]["price"] == 89.9
+        assert result.rows_embedded == (1 if source == "generated" else 0)
+    assert ("4" in rows) is (mode != "build")
+    assert result.rows_deleted == (1 if mode == "build" else 0)
+    assert len(embedder.texts) == result.rows_embedded
+    if source != "none":
+        assert store.open("m").status().live_count == len(rows)
+        row2 = (day2 if mode == "build" or policy == "update" else day1).filter(pl.col("product_id") == 2)
+        if source == "generated":
+            expected = embedder.embed_batch([f"Hiking boots\n{row2['description'][0]}"])[0]
+        else:
+            expected = np.array(row2["vec"][0])
+        np.testing.assert_allclose(store.open("m").vectors(["2"])[0], expected, atol=1e-2)

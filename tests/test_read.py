@@ -22,7 +22,7 @@ def rows(source: object, **kwargs: object) -> pl.DataFrame:
 def test_quoted_commas_newlines_and_bom(tmp_path: Path) -> None:
     path = tmp_path / "q.csv"
     path.write_bytes('\ufeffid,title\n1,"hello, world\nsecond line"\n2,"say ""hi"""\n'.encode())
-    df = rows(path, check=True)
+    df = rows(path)
     assert df.columns == ["id", "title"]
     assert df["title"].to_list() == ["hello, world\nsecond line", 'say "hi"']
 
@@ -39,7 +39,7 @@ def test_ragged_rows_name_the_line(tmp_path: Path, body: str, message: str) -> N
     path = tmp_path / "r.csv"
     path.write_text(body)
     with pytest.raises(InputError) as info:
-        rows(path, check=True)
+        rows(path)
     assert str(info.value) == f"{path}: {message}"
 
 
@@ -47,7 +47,7 @@ def test_invalid_utf8_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("id,title\n1,caf\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match="not valid UTF-8 near byte 14; save the file as UTF-8"):
-        rows(path, check=True)
+        rows(path)
 
 
 def test_empty_and_header_only_files(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_empty_and_header_only_files(tmp_path: Path) -> None:
     header.write_text("id,title\n")
     src = open_source(header)
     assert src.columns == ("id", "title")
-    assert sum(len(b.frame) for b in src.batches(check=True)) == 0
+    assert sum(len(b.frame) for b in src.batches()) == 0
 
 
 def test_glob_and_directory_read_files_in_order_and_skip_empty_ones(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from brinicle_etl.embed.base import Embedder, embed_unique
 from brinicle_etl.embed.hashing import HashEmbedder
 from brinicle_etl.embed.models import DEFAULT_MODEL, ModelRegistry, ModelSpec
 from brinicle_etl.embed.sentence import SentenceTransformerEmbedder
-from brinicle_etl.embed.vectors import parse_vectors
+from brinicle_etl.embed.vectors import parse_vectors, vector_digest
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -15,4 +15,5 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "embed_unique",
     "parse_vectors",
+    "vector_digest",
 ]

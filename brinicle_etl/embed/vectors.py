@@ -10,7 +10,7 @@ import polars as pl
 
 from brinicle_etl.errors import InputError
 
-__all__ = ["parse_vectors"]
+__all__ = ["parse_vectors", "vector_digest"]
 
 
 def parse_vectors(column: pl.Series, *, dim: int | None, where: Callable[[int], str]) -> np.ndarray:
@@ -68,3 +68,21 @@ def _raise_first_malformed(column: pl.Series, name: str, where: Callable[[int], 
         if not all(np.isfinite(v) for v in value):
             raise InputError(f"{where(i)}, column {name!r}: the vector contains NaN or Inf")
     raise InputError(f"column {name!r}: cannot parse the vectors as JSON arrays of numbers")
+
+
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def vector_digest(matrix: np.ndarray) -> pl.Series:
+    """A digest of each row's float32 bytes (FNV-1a over 32-bit words), as text.
+
+    Stable across machines and library versions, and far cheaper than printing the
+    floats, so precomputed vectors join the row's content hash at little cost.
+    """
+    words = np.ascontiguousarray(matrix, dtype="<f4").view("<u4")
+    h = np.full(len(words), _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(words.shape[1]):
+            h ^= words[:, j].astype(np.uint64)
+            h *= _FNV_PRIME
+    return pl.Series("vector_digest", h).cast(pl.String)

@@ -122,8 +122,19 @@ class Transaction:
 
     # ---- writing ----
 
-    def add(self, keys: pa.Array, vectors: np.ndarray | None, rows: pa.Table | None = None) -> np.ndarray:
-        """Stage rows (with vectors, or without for rows that are only stored); returns their row ids."""
+    def add(
+        self,
+        keys: pa.Array,
+        vectors: np.ndarray | None,
+        rows: pa.Table | None = None,
+        *,
+        existing: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Stage rows (with vectors, or without for rows that are only stored); returns their row ids.
+
+        ``existing`` may give each key's current row id (-1 for new keys) when the caller
+        already looked them up against :attr:`snapshot`, saving the lookup.
+        """
         self._check_open()
         n = len(keys)
         if vectors is not None and vectors.shape != (n, self._config.dim):
@@ -135,7 +146,10 @@ class Transaction:
             raise ConflictError(
                 f"{self.op}: ids repeated within one write: {format_values(dups)}; nothing was applied", keys=dups
             )
-        existing = self.lookup(keys)
+        if existing is None or self.mode == "build":
+            existing = self.lookup(keys)
+        elif len(existing) != n:
+            raise InputError(f"{self.op}: {n} keys but {len(existing)} existing row ids")
         hit = existing >= 0
         if hit.any():
             if self.mode == "insert":

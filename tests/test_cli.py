@@ -1,0 +1,135 @@
+"""The brinicle-etl command line: every command, JSON output, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from brinicle_etl.cli import main
+from tests.conftest import REPO
+
+ROWS = pl.DataFrame(
+    {
+        "sku": ["A1", "B2", "C3"],
+        "title": ["Trail running shoes", "Waterproof hiking boots", "Insulated water bottle"],
+        "price": [89.9, 149.0, 24.5],
+    }
+)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def csv(tmp_path: Path) -> Path:
+    path = tmp_path / "products.csv"
+    ROWS.write_csv(path)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+def test_ingest_search_status_list(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    code, out, _ = run(capsys, "ingest", str(csv), "-c", "shop/items", "--model", "hash-32", "--store", store, "-q")
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        f"Created shop/items from {csv} (generated vectors, model hash-32)",
+        "inferred: primary key 'sku'; semantic fields ['title']",
+        "rows: 3 read, 3 inserted, 0 updated, 0 skipped, 0 unchanged, 0 deleted; 3 embedded",
+    ]
+    code, out, _ = run(capsys, "search", "shop/items", "hiking boots", "--k", "2", "--store", store, "--json")
+    hits = json.loads(out)
+    assert code == 0
+    assert next(h["key"] for h in hits) == "B2"
+    assert hits[0]["row"] == {"sku": "B2", "title": "Waterproof hiking boots", "price": 149.0}
+    assert hits[0]["distance"] <= hits[1]["distance"]
+    code, out, _ = run(capsys, "search", "shop/items", "hiking boots", "--store", store)
+    assert out.splitlines()[0].split() == ["distance", "sku", "title", "price"]
+    assert "Waterproof hiking boots" in out.splitlines()[2]
+    code, out, _ = run(capsys, "status", "shop/items", "--store", store, "--json")
+    status = json.loads(out)
+    assert (status["live_count"], status["dim"], status["metric"]) == (3, 32, "cosine")
+    code, out, _ = run(capsys, "list", "--store", store)
+    assert out.splitlines()[2].split() == ["shop/items", "3", "32", "1"]
+
+
+def test_vector_query_and_json_ingest(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    code, out, _ = run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "--json")
+    result = json.loads(out)
+    assert (code, result["mode"], result["rows_inserted"], result["namespace"]) == (0, "Create", 3, "default")
+    code, out, _ = run(capsys, "search", "shop", json.dumps([1, 0, 0, 0, 0, 0, 0, 0]), "--store", store, "--json")
+    assert code == 0
+    assert len(json.loads(out)) == 3
+
+
+def test_delete_rebuild_optimize(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = run(capsys, "delete", "shop", "A1", "ZZ", "--store", store)
+    assert (code, out) == (0, "deleted 1; not found: ZZ\n")
+    code, out, _ = run(capsys, "optimize", "shop", "--store", store, "--json")
+    assert json.loads(out)["rebuilt"] is True  # 1 delete >= 0.1 * 2 live rows
+    code, out, _ = run(capsys, "rebuild", "shop", "--M", "8", "--store", store, "--json")
+    assert json.loads(out)["params"]["M"] == 8
+
+
+def test_conflicts_and_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], csv: Path, tmp_path: Path, store: str
+) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    changed = tmp_path / "changed.csv"
+    ROWS.with_columns(price=pl.lit(1.0)).write_csv(changed)
+    code, out, err = run(capsys, "ingest", str(changed), "-c", "shop", "--store", store, "-q")
+    assert code == 1
+    assert out == ""
+    assert err == (
+        "error: primary key 'sku' already holds different content for 3 row(s): 'A1', 'B2', 'C3'; nothing was "
+        "written; pass on_conflict='update' to replace them or 'skip' to keep the stored rows\n"
+    )
+    code, out, _ = run(capsys, "ingest", str(changed), "-c", "shop", "--store", store, "-q", "--on-conflict", "skip")
+    assert "conflicts (skip): A1, B2, C3" in out
+    code, _, err = run(capsys, "search", "nope", "x", "--store", store)
+    assert (code, err) == (
+        1,
+        "error: collection 'nope/default' not found at " + str(Path(store) / "nope" / "default") + "\n",
+    )
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["ingest", "x.csv", "-c", "a", "--mode", "append"])
+    assert info.value.code == 2
+    assert "invalid choice: 'append'" in capsys.readouterr().err
+
+
+def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,title\n1,a\n2,b,c\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "brinicle_etl.cli", "ingest", str(bad), "-c", "x", "--store", str(tmp_path / "s")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: {bad}: line 3: expected 2 fields like the header, found 3\n"
+    assert "Traceback" not in proc.stderr
+
+
+def test_store_from_environment(
+    capsys: pytest.CaptureFixture[str], csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRINICLE_STORE", str(tmp_path / "env-store"))
+    code, _, _ = run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "-q")
+    assert code == 0
+    assert (tmp_path / "env-store" / "shop" / "default" / "manifest.json").exists()

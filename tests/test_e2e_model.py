@@ -1,0 +1,91 @@
+"""End to end with the real all-MiniLM-L6-v2 model on the bundled sample data, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brinicle_etl import Store, ingest
+from brinicle_etl.search import search
+from tests.conftest import REPO
+
+pytest.importorskip("sentence_transformers")
+SAMPLE = REPO / "sample_data"
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    store = Store(tmp_path_factory.mktemp("e2e") / "store")
+    first = ingest(SAMPLE / "products.csv", "shop/products", store=store)
+    assert (first.mode, first.rows_inserted, first.rows_embedded) == ("Create", 300, 300)
+    assert first.schema.model == "all-MiniLM-L6-v2"
+    assert first.inferred == "primary key 'product_id'; semantic fields ['title', 'description']"
+    return store
+
+
+def test_search_by_meaning(catalogue: Store) -> None:
+    hits = search("shop/products", "waterproof boots for hiking in the rain", 5, store=catalogue)
+    assert all("Waterproof Hiking Boots" in h.row["title"] for h in hits)
+    assert hits[0].distance < 0.3
+    coffee = search("shop/products", "something to make coffee in the morning", 3, store=catalogue)
+    assert {h.row["category"] for h in coffee} == {"kitchen"}
+    assert any("Coffee" in h.row["title"] or "French Press" in h.row["title"] for h in coffee)
+
+
+def test_second_day_embeds_only_what_changed(catalogue: Store) -> None:
+    result = ingest(SAMPLE / "products_day2.csv", "shop/products", store=catalogue, on_conflict="update", sync=True)
+    got = (result.rows_inserted, result.rows_updated, result.rows_unchanged, result.rows_deleted, result.rows_embedded)
+    assert got == (30, 40, 250, 10, 45)
+    assert len(catalogue.open("shop/products")) == 320
+    again = ingest(SAMPLE / "products_day2.csv", "shop/products", store=catalogue, on_conflict="update", sync=True)
+    assert (again.rows_unchanged, again.rows_embedded) == (320, 0)
+
+
+def test_precomputed_vectors_from_the_same_model_answer_text_queries(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    result = ingest(SAMPLE / "products_vectors.parquet", "shop/vectors", store=store, model="all-MiniLM-L6-v2")
+    assert (result.vector_source, result.rows_inserted, result.rows_embedded) == ("precomputed", 300, 0)
+    assert result.schema.vector_col == "embedding"
+    hits = search("shop/vectors", "waterproof boots for hiking in the rain", 3, store=store)
+    assert all("Waterproof Hiking Boots" in h.row["title"] for h in hits)
+
+
+def test_readme_demo_commands(tmp_path: Path) -> None:
+    """The commands `make demo` runs, as a user would type them."""
+    env = {**os.environ, "BRINICLE_STORE": str(tmp_path / "store")}
+    cli = [sys.executable, "-m", "brinicle_etl.cli"]
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([*cli, *args], cwd=REPO, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    out = run("ingest", "sample_data/products.csv", "--collection", "shop/products", "--mode", "build")
+    assert "rows: 300 read, 300 inserted" in out
+    out = run(
+        "ingest",
+        "sample_data/products_day2.csv",
+        "--collection",
+        "shop/products",
+        "--on-conflict",
+        "update",
+        "--sync",
+        "--json",
+    )
+    result = json.loads(out)
+    assert (result["rows_inserted"], result["rows_updated"], result["rows_deleted"], result["rows_embedded"]) == (
+        30,
+        40,
+        10,
+        45,
+    )
+    out = run("search", "shop/products", "waterproof boots for hiking in the rain", "--k", "5")
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["distance", "product_id", "title"]
+    assert len(lines) == 7
+    assert all("Waterproof Hiking Boots" in line for line in lines[2:])
