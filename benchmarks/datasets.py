@@ -91,3 +91,14 @@ def ground_truth(data: np.ndarray, queries: np.ndarray, k: int, metric: str) -> 
         order = np.take_along_axis(d, part, 1).argsort(1, kind="stable")
         out[start : start + 256] = np.take_along_axis(part, order, 1)
     return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (VmHWM).
+
+    Not ``ru_maxrss``: on Linux that carries the parent's peak over fork and exec, so a
+    fresh worker process would report its parent's memory.
+    """
+    with open("/proc/self/status") as fh:
+        line = next(line for line in fh if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
