@@ -240,6 +240,60 @@ def cmd_optimize(args: argparse.Namespace) -> None:
     _emit(args, data, lambda out: out.write(f"{col.name}: {message}\n"))
 
 
+def _print_result(table: Any, args: argparse.Namespace) -> None:
+    if table is None:
+        return
+    rows = table.to_pylist()
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif rows:
+        _table(rows, table.column_names, sys.stdout)
+        sys.stdout.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+    else:
+        sys.stdout.write("(no rows)\n")
+
+
+def cmd_sql(args: argparse.Namespace) -> None:
+    from brinicle_etl.sql import connect, run
+
+    con = connect(_store(args))
+    try:
+        if args.query:
+            _print_result(run(con, args.query), args)
+            return
+        _repl(con, args)
+    finally:
+        con.close()
+
+
+def _repl(con: Any, args: argparse.Namespace) -> None:
+    """Statements end with ';'. Errors are printed and the prompt continues; .quit or EOF leaves."""
+    from brinicle_etl.sql import run
+
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"brinicle-etl SQL on {_store(args).root} (end statements with ';', .quit to leave)")
+    buffer: list[str] = []
+    while True:
+        try:
+            line = input("brinicle> " if not buffer else "      ...> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and line == "":
+            break
+        if not buffer and line.strip() in (".quit", ".exit", "\\q"):
+            break
+        buffer.append(line.rstrip("\n"))
+        if line.rstrip().endswith(";"):
+            statement = "\n".join(buffer)
+            buffer = []
+            try:
+                _print_result(run(con, statement), args)
+            except BrinicleError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+
+
 # ---- parser --------------------------------------------------------------------------
 
 
@@ -309,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-construction", type=int)
     p.add_argument("--ef-search", type=int)
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("sql", parents=[common], help="run SQL with the brinicle_* functions (no query: a prompt)")
+    p.add_argument("query", nargs="?", help="e.g. \"SELECT * FROM brinicle_search('shop/products', 'boots')\"")
+    p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("optimize", parents=[common, writer], help="rebuild only if needs_rebuild")
     p.add_argument("collection")

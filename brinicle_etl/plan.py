@@ -140,13 +140,13 @@ class Planner:
         """How many keys occur more than once, and the first ``limit`` with their positions."""
         total = self._con.execute(
             "SELECT count(*) FROM (SELECT key FROM incoming GROUP BY key HAVING count(*) > 1)"
-        ).fetchone()
+        ).fetchall()[0]
         rows = self._con.execute(
             "SELECT key, list(pos ORDER BY pos) FROM incoming GROUP BY key HAVING count(*) > 1 "
             "ORDER BY min(pos) LIMIT ?",
             [limit],
         ).fetchall()
-        return int(total[0]) if total else 0, [(k, list(p)) for k, p in rows]
+        return int(total[0]), [(k, list(p)) for k, p in rows]
 
     def finish(
         self,

@@ -580,3 +580,70 @@ def test_environment_store_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("BRINICLE_STORE")
     assert Store().root == Path("brinicle_store")
     assert os.fspath(Store(tmp_path).root) == str(tmp_path)
+
+
+# ---- filtered search ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("share", [0.0005, 0.01, 0.5])
+def test_allowed_rows_keep_k_results(store: Store, share: float) -> None:
+    """Few allowed rows are searched exactly, many through the graph; either way k allowed rows come back."""
+    n = 12_000
+    x = clustered(n, DIM, seed=21)
+    col = store.create("f", dim=DIM, dtype="f32")
+    col.write(ids(n), x, mode="build")
+    rng = np.random.default_rng(3)
+    allowed_idx = np.sort(rng.choice(n, max(3, int(n * share)), replace=False))
+    col.delete([f"k{allowed_idx[0]}"])  # a deleted row in the allowed set never comes back
+    live_allowed = allowed_idx[1:]
+    allow = [f"k{i}" for i in allowed_idx]
+    q = clustered(20, DIM, seed=22)
+    k = 10
+    got = col.search_batch(q, k, allow=allow, ef=128)
+    truth = exact_knn(x[live_allowed], q, k)
+    recalls = []
+    for hits, t in zip(got, truth, strict=True):
+        assert len(hits) == min(k, len(live_allowed))
+        assert {h.id for h in hits} <= {f"k{i}" for i in live_allowed}
+        recalls.append(len({h.id for h in hits} & {f"k{live_allowed[j]}" for j in t}) / len(hits))
+    assert np.mean(recalls) >= (1.0 if len(live_allowed) <= 4096 else 0.9)
+    single = col.search(q[0], k, allow=allow, ef=128)
+    assert [h.id for h in single] == [h.id for h in got[0]]
+    assert all(a.distance <= b.distance for a, b in itertools.pairwise(single))
+
+
+def test_allowed_keys_that_do_not_exist_are_ignored(col: Collection) -> None:
+    x = clustered(50, DIM)
+    col.write(ids(50), x, mode="build")
+    hits = col.search(x[0], 5, allow=["k3", "k4", "nope"])
+    assert sorted(h.id for h in hits) == ["k3", "k4"]
+    assert col.search(x[0], 5, allow=[]) == []
+
+
+def test_sampled_recall_against_exact_search(col: Collection) -> None:
+    x = clustered(3000, DIM, seed=31)
+    col.write(ids(3000), x, mode="build")
+    col.delete(ids(300))
+    good = col.recall(sample=200, k=10, ef=200)
+    assert 0.95 <= good <= 1.0
+    # the same number computed by hand: graph search against numpy over the live vectors
+    rng = np.random.default_rng(0)
+    live = np.arange(300, 3000)
+    picked = np.sort(rng.choice(live, 200, replace=False))
+    queries = col.vectors([f"k{i}" for i in picked])
+    approx = col.search_batch(queries, 10, ef=7)
+    stored = col.vectors([f"k{i}" for i in live])
+    truth = exact_knn(stored, queries, 10) + 300
+    by_hand = np.mean([len({h.id for h in a} & {f"k{j}" for j in t}) / 10 for a, t in zip(approx, truth, strict=True)])
+    assert col.recall(sample=200, k=10, ef=7) == pytest.approx(by_hand, abs=0.01)
+    # exact search itself agrees with numpy on the live rows
+    snap = col._snapshot()
+    q = clustered(5, DIM, seed=32)
+    row_ids, _, counts = snap.search(q, 10, ef=None, threads=0, exact=True)
+    truth = exact_knn(x[300:], q, 10) + 300
+    for i in range(5):
+        assert set(snap.ids.keys_for(row_ids[i, : counts[i]])) == {f"k{j}" for j in truth[i]}
+
+
+def test_recall_of_an_empty_collection_is_one(col: Collection) -> None:
+    assert col.recall() == 1.0

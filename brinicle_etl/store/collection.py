@@ -305,24 +305,41 @@ class Collection:
         )
 
     @_retry_on_vanished
-    def search(self, query: Any, k: int = 10, *, ef: int | None = None) -> list[Hit]:
-        """The ``k`` nearest live rows to ``query``, nearest first."""
+    def search(self, query: Any, k: int = 10, *, ef: int | None = None, allow: Any = None) -> list[Hit]:
+        """The ``k`` nearest live rows to ``query``, nearest first.
+
+        ``allow`` (keys) restricts the search to those rows: still ``k`` results
+        whenever ``k`` of them are live, not the unfiltered top ``k`` thinned out.
+        """
         snap = self._snapshot()
         q = as_vector(query, snap.manifest.config.dim, "search")
         if type(k) is not int or k < 1:
             k = _check_k(k, "search")
+        if allow is not None:
+            return self.search_batch(q.reshape(1, -1), k, ef=ef, threads=1, allow=allow)[0]
         row_ids, dists = snap.search_one(q, k, ef=_check_ef(ef))
         return list(map(Hit, snap.ids.keys_for(row_ids), dists.tolist()))
 
+    def _allowed(self, snap: Snapshot, allow: Any, allow_row_ids: np.ndarray | None) -> np.ndarray | None:
+        if allow is not None:
+            found = snap.ids.lookup(as_keys(allow, "search"))
+            return np.unique(found[found >= 0].astype(np.uint64))
+        if allow_row_ids is not None:
+            return np.unique(np.asarray(allow_row_ids, dtype=np.uint64))
+        return None
+
     @_retry_on_vanished
-    def search_batch(self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0) -> list[list[Hit]]:
+    def search_batch(
+        self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0, allow: Any = None
+    ) -> list[list[Hit]]:
         """Nearest rows for many queries at once, searched in parallel (``threads=0``: every core)."""
         snap = self._snapshot()
         matrix = as_matrix(queries, snap.manifest.config.dim, "search_batch")
         k = _check_k(k, "search_batch")
         if not len(matrix):
             return []
-        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads)
+        allowed = self._allowed(snap, allow, None)
+        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads, allowed=allowed)
         flat_keys = snap.ids.keys_for(row_ids[np.arange(row_ids.shape[1])[None, :] < counts[:, None]])
         out: list[list[Hit]] = []
         pos = 0
@@ -340,16 +357,20 @@ class Collection:
         ef: int | None = None,
         threads: int = 0,
         columns: Sequence[str] | None = (),
+        allow: Any = None,
+        allow_row_ids: np.ndarray | None = None,
     ) -> pa.Table:
         """Results for many queries as one Arrow table, nearest first within each query.
 
         Columns: ``query`` (the query's index), ``rank`` (0 = nearest), ``_key``,
         ``distance``, then the rows' columns: ``columns=()`` adds none, ``None`` all.
+        ``allow`` (keys) or ``allow_row_ids`` restrict the search to those rows.
         """
         snap = self._snapshot()
         matrix = as_matrix(queries, snap.manifest.config.dim, "search")
         k = _check_k(k, "search")
-        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads)
+        allowed = self._allowed(snap, allow, allow_row_ids)
+        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads, allowed=allowed)
         valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
         hit_ids = row_ids[valid]
         # valid is a prefix of each row, so a hit's column index is its rank
@@ -368,6 +389,42 @@ class Collection:
                 if name not in (ROW_ID, KEY):
                     table = table.append_column(name, rows.column(name))
         return table
+
+    def recall(self, *, sample: int = 100, k: int = 10, ef: int | None = None, seed: int = 0) -> float:
+        """Sampled recall@k of the index against exact search, with stored vectors as queries.
+
+        The share of the exact ``k`` nearest rows that the graph search finds too: the
+        number to watch after many inserts and deletes (see ``needs_rebuild``).
+        """
+        snap = self._snapshot()
+        live_ids, _keys = snap.ids.live()
+        segments = snap.segments()
+        with_vectors = np.concatenate(
+            [live_ids[seg.contains(live_ids)] for seg, _info in segments] or [np.empty(0, np.uint64)]
+        )
+        if len(with_vectors) == 0:
+            return 1.0
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(with_vectors, min(sample, len(with_vectors)), replace=False))
+        parts = [seg.get(picked[mask]) for seg, _info in segments if (mask := seg.contains(picked)).any()]
+        queries = np.concatenate(parts)
+        k = min(k, len(with_vectors))
+        approx, _, approx_n = snap.search(queries, k, ef=_check_ef(ef), threads=0)
+        truth, _, truth_n = snap.search(queries, k, ef=None, threads=0, exact=True)
+        found = sum(
+            len(set(approx[i, : approx_n[i]].tolist()) & set(truth[i, : truth_n[i]].tolist()))
+            for i in range(len(queries))
+        )
+        return found / max(1, int(truth_n.sum()))
+
+    def row_files(self) -> list[Path]:
+        """The Parquet files holding this generation's rows (dead rows included: see deleted_row_ids)."""
+        snap = self._snapshot()
+        return [self.directory / r.file for r in snap.manifest.rows]
+
+    def deleted_row_ids(self) -> np.ndarray:
+        """Row ids in :meth:`row_files` that are deleted or replaced (sorted)."""
+        return self._snapshot().dead
 
     @_retry_on_vanished
     def keys(self) -> list[str]:

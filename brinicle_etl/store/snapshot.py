@@ -22,6 +22,26 @@ from brinicle_etl.store.segment import Segment
 __all__ = ["RowCache", "Snapshot"]
 
 _NO_KEY = np.uint64(2**64 - 1)
+# A filtered search brute-forces the allowed rows when there are at most this many, or
+# when they are under this share of the live rows (the graph would need too many candidates).
+EXACT_ALLOWED = 4096
+EXACT_FRACTION = 0.02
+
+
+def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Distances in usearch's convention: 1 - cosine, 1 - inner product, or squared L2."""
+    q = np.asarray(queries, dtype=np.float32)
+    v = np.asarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+        out: np.ndarray = 1.0 - qn @ vn.T
+    elif metric == "ip":
+        out = 1.0 - q @ v.T
+    else:
+        out = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + (v * v).sum(1)[None, :]
+        np.maximum(out, 0.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 class RowCache:
@@ -120,11 +140,30 @@ class Snapshot:
         return keys2[0, :n], dists2[0, :n]
 
     def search(
-        self, queries: np.ndarray, k: int, *, ef: int | None, threads: int
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        ef: int | None,
+        threads: int,
+        allowed: np.ndarray | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row ids, distances, valid count per query), nearest first; rows padded past the count."""
+        """(row ids, distances, valid count per query), nearest first; rows padded past the count.
+
+        ``allowed`` (sorted row ids) restricts the search to those rows, still returning
+        ``k`` results per query whenever ``k`` of them are live. ``exact`` compares the
+        queries with every vector instead of walking the graph.
+        """
         nq = len(queries)
-        parts = [self._search_segment(seg, info, queries, k, ef, threads) for seg, info in self._segments]
+        if allowed is not None:
+            allowed = allowed[~is_in_sorted(allowed, self.dead)] if len(self.dead) else allowed
+            live = self.manifest.live_rows
+            if len(allowed) <= EXACT_ALLOWED or len(allowed) < EXACT_FRACTION * live:
+                return self._search_exact(queries, k, allowed)
+        parts = [
+            self._search_segment(seg, info, queries, k, ef, threads, allowed, exact) for seg, info in self._segments
+        ]
         if not parts:
             return (np.full((nq, 0), _NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
         if len(parts) == 1:
@@ -138,25 +177,66 @@ class Snapshot:
         counts = np.isfinite(dists).sum(axis=1)
         return keys, dists, counts
 
+    def _search_exact(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Brute force over a few allowed rows: cheaper than asking the graph for many candidates."""
+        nq = len(queries)
+        ids_parts, vec_parts = [], []
+        for seg, _info in self._segments:
+            here = allowed[seg.contains(allowed)]
+            if len(here):
+                ids_parts.append(here)
+                vec_parts.append(seg.get(here))
+        if not ids_parts:
+            return (np.full((nq, 0), _NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
+        ids = np.concatenate(ids_parts)
+        dists = exact_distances(queries, np.concatenate(vec_parts), self.manifest.config.metric)
+        width = min(k, len(ids))
+        top = (
+            np.argpartition(dists, width - 1, axis=1)[:, :width]
+            if width < len(ids)
+            else np.tile(np.arange(len(ids)), (nq, 1))
+        )
+        order = np.take_along_axis(dists, top, axis=1).argsort(axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        return ids[top], np.take_along_axis(dists, top, axis=1), np.full(nq, width, dtype=np.int64)
+
     def _search_segment(
-        self, seg: Segment, info: SegmentInfo, queries: np.ndarray, k: int, ef: int | None, threads: int
+        self,
+        seg: Segment,
+        info: SegmentInfo,
+        queries: np.ndarray,
+        k: int,
+        ef: int | None,
+        threads: int,
+        allowed: np.ndarray | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         nq = len(queries)
-        want = min(k, info.live)
-        width = min(k, info.live)
+        live = info.live if allowed is None else int(seg.contains(allowed).sum())
+        want = width = min(k, live)
         out_keys = np.full((nq, width), _NO_KEY, dtype=np.uint64)
         out_dists = np.full((nq, width), np.inf, dtype=np.float32)
-        # Expect a fraction dead/count of candidates to be tombstones; ask for enough
-        # to cover that twice over, and grow fourfold on each shortfall.
-        count = min(info.count, k + math.ceil(2 * k * info.dead / info.count) + (4 if info.dead else 0))
+        if want == 0:
+            return out_keys, out_dists
+        # Expect a share 1 - live/count of candidates to be rejected (tombstoned, or not
+        # allowed); ask for enough to cover that twice over, and grow fourfold on each shortfall.
+        rejected = 1 - live / info.count
+        count = min(info.count, k + math.ceil(2 * k * rejected / (1 - rejected)) + (4 if rejected else 0))
+        if exact:
+            # Exactly the nearest k + rejected contain at least k live ones.
+            count = min(info.count, k + info.count - live)
         pending = np.arange(nq)
         while len(pending):
-            exact = count * 2 >= info.count
-            if exact:
+            exact = exact or count * 2 >= info.count
+            if exact and count * 2 >= info.count:
                 count = info.count
             keys, dists, valid_n = seg.search(queries[pending], count, ef=ef, exact=exact, threads=threads)
             valid = np.arange(keys.shape[1])[None, :] < valid_n[:, None]
-            if info.dead:
+            if allowed is not None:
+                valid &= is_in_sorted(keys, allowed)
+            elif info.dead:
                 valid &= ~is_in_sorted(keys, self.dead)
             done = (valid.sum(axis=1) >= want) | exact
             rows = pending[done]

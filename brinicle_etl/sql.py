@@ -1,0 +1,282 @@
+"""Search from SQL: DuckDB functions over a store's collections.
+
+``register(con, store)`` gives a DuckDB connection:
+
+- ``brinicle_search(collection, query, k := 10, filter := NULL)``: a table of the nearest
+  rows: ``_key``, ``_distance``, then the collection's columns, nearest first;
+- ``brinicle_search_ids(collection, query, k := 10, filter := NULL)``: a list of
+  ``{key, distance}`` structs, for ``unnest`` and for searching a table of queries;
+- ``brinicle_rows(collection)``: the collection's live rows (``_key`` and its columns);
+- ``brinicle_embed(collection, text)``: the text's vector under the collection's model.
+
+A query is text (embedded with the collection's own model) or a vector: a ``FLOAT[]``
+or ``FLOAT[N]`` literal, a prepared parameter or a column. ``filter`` is a SQL predicate
+on the collection's columns (``'price < 100 AND category = ''footwear'''``); the search
+is restricted to matching rows and still returns ``k`` of them when ``k`` match.
+Distances follow usearch: ``1 - cos`` for cosine, ``1 - dot`` for ip, squared L2 for l2sq.
+
+DuckDB cannot take table functions from Python, so the table-shaped functions are TEMP
+macros over vectorised Arrow UDFs; register them on every connection that needs them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from duckdb import func
+
+from brinicle_etl.embed import ModelRegistry
+from brinicle_etl.errors import InputError
+from brinicle_etl.search import embed_query
+from brinicle_etl.store import Collection, Store
+
+__all__ = ["connect", "register", "run"]
+
+ARROW, SPECIAL = func.PythonUDFType.ARROW, func.FunctionNullHandling.SPECIAL
+_HIT = pa.struct([("key", pa.string()), ("distance", pa.float32())])
+_HIDDEN = "('_row_id', '_hash', '_text_hash')"
+
+
+def _hit_type() -> Any:
+    return duckdb.struct_type({"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("FLOAT")})
+
+
+class _Functions:
+    """The Python side of the SQL functions, bound to one store."""
+
+    def __init__(self, store: Store, registry: ModelRegistry, cursor: duckdb.DuckDBPyConnection):
+        self.store = store
+        self.registry = registry
+        self._cursor = cursor
+        self._cursor_lock = threading.Lock()
+        self._allowed: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+        self._allowed_lock = threading.Lock()
+
+    def _collection(self, name: str) -> Collection:
+        return self.store.open(name)
+
+    # ---- rows ----
+
+    def _paths(self, col: Collection) -> list[str]:
+        return [str(p) for p in col.row_files()] or [str(self._empty_rows())]
+
+    def files(self, names: pa.Array) -> pa.Array:
+        return pa.array([self._paths(self._collection(n)) for n in names.to_pylist()], pa.list_(pa.string()))
+
+    def dead(self, names: pa.Array) -> pa.Array:
+        out = [self._collection(n).deleted_row_ids() for n in names.to_pylist()]
+        return pa.array([d.tolist() for d in out], pa.list_(pa.uint64()))
+
+    def _empty_rows(self) -> Path:
+        """A Parquet file with no rows, for a collection that has none yet (read_parquet needs a file)."""
+        path = self.store.config_dir / "empty-rows.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.tmp-{threading.get_ident()}")
+            pq.write_table(pa.table({"_row_id": pa.array([], pa.uint64()), "_key": pa.array([], pa.string())}), tmp)
+            tmp.replace(path)
+        return path
+
+    # ---- search ----
+
+    def _allowed_rows(self, col: Collection, predicate: str) -> np.ndarray:
+        """Row ids of live rows matching a SQL predicate, cached per generation."""
+        key = (col.name, col.generation, predicate)
+        with self._allowed_lock:
+            if key in self._allowed:
+                self._allowed.move_to_end(key)
+                return self._allowed[key]
+        # The UDF cannot query the connection that is running it; a cursor of its own can.
+        sql = f"SELECT _row_id FROM read_parquet(?, union_by_name := true) WHERE ({predicate})"
+        with self._cursor_lock:
+            try:
+                found = self._cursor.execute(sql, [self._paths(col)]).fetchnumpy()["_row_id"]
+            except duckdb.Error as exc:
+                # DuckDB's message points into our internal query; keep what it says, not where.
+                reason = " ".join(str(exc).split("\nLINE ")[0].split())
+                raise InputError(f"filter {predicate!r} on {col.name!r} failed: {reason}") from exc
+        allowed = np.asarray(found, dtype=np.uint64)  # dead rows are dropped by the search itself
+        with self._allowed_lock:
+            self._allowed[key] = allowed
+            while len(self._allowed) > 32:
+                self._allowed.popitem(last=False)
+        return allowed
+
+    def search_text(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
+        return self._search(names, queries, ks, filters, text=True)
+
+    def search_vector(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
+        return self._search(names, queries, ks, filters, text=False)
+
+    def _search(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array, *, text: bool) -> pa.Array:
+        names, queries, ks, filters = _flat(names), _flat(queries), _flat(ks), _flat(filters)
+        n = len(names)
+        name_list, k_list, filter_list = names.to_pylist(), ks.to_pylist(), filters.to_pylist()
+        present = queries.is_valid().to_numpy(zero_copy_only=False)
+        # Rows of one call usually share collection, k and filter: one batch search each.
+        groups: dict[tuple[str, int, str | None], list[int]] = {}
+        for i in range(n):
+            if present[i] and name_list[i] is not None and k_list[i] is not None:
+                groups.setdefault((name_list[i], k_list[i], filter_list[i]), []).append(i)
+        parts: list[pa.Array] = []
+        where = np.full(n, -1, dtype=np.int64)  # row -> position in the concatenated parts
+        done = 0
+        for (name, k, predicate), rows in groups.items():
+            col = self._collection(name)
+            if text:
+                matrix = embed_query(col, [queries[i].as_py() for i in rows], self.registry)
+            else:
+                matrix = _vectors(queries, rows, col.dim)
+            allowed = self._allowed_rows(col, predicate) if predicate is not None else None
+            table = col.search_table(matrix, k, allow_row_ids=allowed)
+            counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+            hits = pa.StructArray.from_arrays(
+                [table.column("_key").combine_chunks(), table.column("distance").combine_chunks()],
+                fields=list(_HIT),
+            )
+            parts.append(pa.ListArray.from_arrays(pa.array(offsets), hits))
+            where[rows] = np.arange(done, done + len(rows))
+            done += len(rows)
+        if done == n and len(parts) == 1 and (where == np.arange(n)).all():
+            return parts[0]
+        parts.append(pa.nulls(1, pa.list_(_HIT)))
+        where[where < 0] = done  # the null entry
+        return pa.concat_arrays(parts).take(pa.array(where))
+
+    def embed(self, names: pa.Array, texts: pa.Array) -> pa.Array:
+        out: list[list[float] | None] = [None] * len(names)
+        name_list, text_list = names.to_pylist(), texts.to_pylist()
+        groups: dict[str, list[int]] = {}
+        for i, (name, text) in enumerate(zip(name_list, text_list, strict=True)):
+            if name is not None and text is not None:
+                groups.setdefault(name, []).append(i)
+        for name, rows in groups.items():
+            vectors = embed_query(self._collection(name), [text_list[i] for i in rows], self.registry)
+            for pos, i in enumerate(rows):
+                out[i] = vectors[pos].tolist()
+        return pa.array(out, pa.list_(pa.float32()))
+
+
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """DuckDB may hand a UDF chunked arrays; the code below wants one array."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _vectors(queries: pa.Array, rows: Sequence[int], dim: int) -> np.ndarray:
+    """The query vectors of ``rows`` as a float32 matrix; a wrong length names the row."""
+    picked = queries.take(pa.array(rows))
+    if isinstance(picked.type, pa.FixedSizeListType):
+        picked = picked.cast(pa.list_(picked.type.value_type))
+    lengths = picked.value_lengths().to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != dim)
+    if len(wrong):
+        raise InputError(
+            f"search: dimension mismatch: query vector {rows[int(wrong[0])] + 1} has {lengths[wrong[0]]} values, "
+            f"the collection {dim}"
+        )
+    values = picked.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(len(rows), dim)
+
+
+def register(
+    con: duckdb.DuckDBPyConnection,
+    store: Store | str | Path | None = None,
+    *,
+    registry: ModelRegistry | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Make ``con`` able to search the collections of ``store`` (see the module docstring)."""
+    st = store if isinstance(store, Store) else Store(store)
+    fns = _Functions(st, registry or ModelRegistry(st.config_dir / "models.json"), con.cursor())
+    varchar, bigint = duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")
+    floats = duckdb.list_type(duckdb.sqltype("FLOAT"))
+    hits = duckdb.list_type(_hit_type())
+    # Deterministic (side_effects=False) so DuckDB folds constant calls at bind time:
+    # read_parquet needs its file list then.
+    con.create_function(
+        "__brinicle_files", fns.files, [varchar], duckdb.list_type(varchar), type=ARROW, side_effects=False
+    )
+    con.create_function(
+        "__brinicle_dead",
+        fns.dead,
+        [varchar],
+        duckdb.list_type(duckdb.sqltype("UBIGINT")),
+        type=ARROW,
+        side_effects=False,
+    )
+    con.create_function(
+        "__brinicle_search_text",
+        fns.search_text,
+        [varchar, varchar, bigint, varchar],
+        hits,
+        type=ARROW,
+        null_handling=SPECIAL,
+    )
+    con.create_function(
+        "__brinicle_search_vector",
+        fns.search_vector,
+        [varchar, floats, bigint, varchar],
+        hits,
+        type=ARROW,
+        null_handling=SPECIAL,
+    )
+    con.create_function("brinicle_embed", fns.embed, [varchar, varchar], floats, type=ARROW)
+    for statement in _MACROS:
+        con.execute(statement)
+    return con
+
+
+_MACROS = [
+    """
+    CREATE OR REPLACE TEMP MACRO __brinicle_all_rows(c) AS TABLE
+        SELECT * FROM read_parquet(__brinicle_files(c), union_by_name := true)
+        WHERE _row_id NOT IN (SELECT unnest(__brinicle_dead(c)))
+    """,
+    f"""
+    CREATE OR REPLACE TEMP MACRO brinicle_rows(c) AS TABLE
+        SELECT COLUMNS(lambda x: x NOT IN {_HIDDEN}) FROM __brinicle_all_rows(c)
+    """,
+    """
+    CREATE OR REPLACE TEMP MACRO brinicle_search_ids(c, q, k := 10, filter := NULL) AS
+        CASE WHEN typeof(q) = 'VARCHAR'
+             THEN __brinicle_search_text(c, q::VARCHAR, k, filter::VARCHAR)
+             ELSE __brinicle_search_vector(c, q::FLOAT[], k, filter::VARCHAR) END
+    """,
+    """
+    CREATE OR REPLACE TEMP MACRO brinicle_search(c, q, k := 10, filter := NULL) AS TABLE
+        SELECT h.key AS _key, h.distance AS _distance, r.* EXCLUDE (_key)
+        FROM (SELECT unnest(brinicle_search_ids(c, q, k, filter), recursive := true)) AS h
+        LEFT JOIN brinicle_rows(c) AS r ON r._key = h.key
+        ORDER BY h.distance, h.key
+    """,
+]
+
+
+def connect(store: Store | str | Path | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A new DuckDB connection with the functions registered against ``store``."""
+    return register(duckdb.connect(database), store)
+
+
+def run(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table | None:
+    """Run one SQL statement; its result as Arrow, or None for a statement without one.
+
+    DuckDB errors become :class:`InputError`, so callers see one readable message.
+    """
+    try:
+        relation = con.sql(query)
+    except duckdb.Error as exc:
+        raise InputError(str(exc)) from exc
+    if relation is None:
+        return None
+    try:
+        return relation.to_arrow_table()
+    except duckdb.Error as exc:
+        raise InputError(str(exc)) from exc

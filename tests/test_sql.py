@@ -1,0 +1,189 @@
+"""DuckDB functions: search by text and vector, rows, embed, filters, batches, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from brinicle_etl import Store, ingest
+from brinicle_etl.errors import InputError
+from brinicle_etl.sql import connect, register, run
+from tests.conftest import clustered, exact_knn
+
+PRODUCTS = pl.DataFrame(
+    {
+        "product_id": [1, 2, 3, 4, 5, 6],
+        "title": [
+            "Trail running shoes",
+            "Waterproof hiking boots",
+            "Insulated water bottle",
+            "Rain jacket",
+            "Camping stove",
+            "Leather hiking boots",
+        ],
+        "category": ["footwear", "footwear", "kitchen", "apparel", "camping", "footwear"],
+        "price": [89.0, 149.0, 24.5, 119.0, 59.0, 99.0],
+    }
+)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "store")
+    ingest(PRODUCTS, "shop/products", store=store, model="hash-64", semantic_fields=["title"])
+    return store
+
+
+@pytest.fixture
+def con(shop: Store) -> duckdb.DuckDBPyConnection:
+    c = connect(shop)
+    yield c
+    c.close()
+
+
+def test_table_search_by_text_returns_rows_nearest_first(con: duckdb.DuckDBPyConnection) -> None:
+    rows = con.sql("SELECT * FROM brinicle_search('shop/products', 'hiking boots', k := 3)").fetchall()
+    columns = [
+        d[0] for d in con.sql("SELECT * FROM brinicle_search('shop/products', 'hiking boots', k := 3)").description
+    ]
+    assert columns == ["_key", "_distance", "product_id", "title", "category", "price"]
+    assert len(rows) == 3
+    assert {r[3] for r in rows[:2]} == {"Waterproof hiking boots", "Leather hiking boots"}
+    assert [r[1] for r in rows] == sorted(r[1] for r in rows)
+
+
+def test_search_ids_and_unnest(con: duckdb.DuckDBPyConnection) -> None:
+    value = con.execute("SELECT brinicle_search_ids('shop/products', 'rain jacket', 2)").fetchall()[0][0]
+    assert value[0]["key"] == "4"
+    assert set(value[0]) == {"key", "distance"}
+    rows = con.sql(
+        "SELECT h.key, h.distance FROM (SELECT unnest(brinicle_search_ids('shop/products', 'stove', 2)) AS h)"
+    ).fetchall()
+    assert rows[0][0] == "5"
+
+
+def test_rows_as_a_table(con: duckdb.DuckDBPyConnection, shop: Store) -> None:
+    rows = con.sql("SELECT _key, title, price FROM brinicle_rows('shop/products') WHERE price < 90 ORDER BY price")
+    assert rows.fetchall() == [
+        ("3", "Insulated water bottle", 24.5),
+        ("5", "Camping stove", 59.0),
+        ("1", "Trail running shoes", 89.0),
+    ]
+    shop.open("shop/products").delete(["3"])
+    assert con.execute("SELECT count(*) FROM brinicle_rows('shop/products')").fetchall()[0][0] == 5
+    cols = [d[0] for d in con.sql("SELECT * FROM brinicle_rows('shop/products')").description]
+    assert cols == ["_key", "product_id", "title", "category", "price"]
+
+
+def test_embed_matches_the_collection_model(con: duckdb.DuckDBPyConnection) -> None:
+    from brinicle_etl.embed import HashEmbedder
+
+    vec = con.execute("SELECT brinicle_embed('shop/products', 'hiking boots')").fetchall()[0][0]
+    np.testing.assert_allclose(vec, HashEmbedder(64).embed_batch(["hiking boots"])[0], rtol=1e-6)
+    same = con.sql(
+        "SELECT * FROM brinicle_search('shop/products', brinicle_embed('shop/products', 'hiking boots'), k := 2)"
+    ).fetchall()
+    assert {r[0] for r in same} == {"2", "6"}
+
+
+def test_filter_restricts_before_ranking(con: duckdb.DuckDBPyConnection) -> None:
+    rows = con.sql(
+        "SELECT title, category FROM brinicle_search('shop/products', 'hiking boots', k := 3, "
+        "filter := 'category <> ''footwear''')"
+    ).fetchall()
+    assert len(rows) == 3, "k results although the 3 nearest are all filtered out"
+    assert all(cat != "footwear" for _, cat in rows)
+    cheap = con.sql(
+        "SELECT title FROM brinicle_search('shop/products', 'boots', k := 10, filter := 'price < 100')"
+    ).fetchall()
+    assert {t for (t,) in cheap} == {
+        "Trail running shoes",
+        "Insulated water bottle",
+        "Camping stove",
+        "Leather hiking boots",
+    }
+
+
+def test_vector_queries_literals_parameters_and_columns(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vs")
+    x = clustered(500, 8, seed=5)
+    store.create("vec", dim=8, dtype="f32").write([f"v{i}" for i in range(500)], x, mode="build")
+    con = connect(store)
+    literal = "[" + ", ".join(f"{v:.6f}" for v in x[7]) + "]"
+    for query, params in [
+        (f"SELECT * FROM brinicle_search('vec', {literal}, k := 1)", None),
+        (f"SELECT * FROM brinicle_search('vec', {literal}::FLOAT[8], k := 1)", None),
+        ("SELECT * FROM brinicle_search('vec', ?, k := 1)", [x[7].tolist()]),
+        ("SELECT * FROM brinicle_search('vec', $v::FLOAT[], k := 1)", {"v": x[7].tolist()}),
+    ]:
+        got = con.execute(query, params).fetchall() if params is not None else con.sql(query).fetchall()
+        assert got[0][0] == "v7", query
+    con.execute(
+        "CREATE TABLE queries AS SELECT i AS id, v::FLOAT[8] AS vec FROM (SELECT unnest(range(20)) AS i, "
+        "unnest(?) AS v)",
+        [x[:20].tolist()],
+    )
+    rows = con.sql(
+        "SELECT q.id, unnest(brinicle_search_ids('vec', q.vec, 3)) AS h FROM queries q ORDER BY q.id"
+    ).fetchall()
+    assert len(rows) == 60
+    truth = exact_knn(x, x[:20], 3)
+    got = {}
+    for qid, hit in rows:
+        got.setdefault(qid, set()).add(hit["key"])
+    recall = np.mean([len(got[i] & {f"v{j}" for j in truth[i]}) / 3 for i in range(20)])
+    assert recall > 0.9
+    con.close()
+
+
+def test_errors_read_as_one_line(con: duckdb.DuckDBPyConnection) -> None:
+    cases = [
+        ("SELECT * FROM brinicle_search('nope', 'x')", "collection 'nope/default' not found"),
+        (
+            "SELECT * FROM brinicle_search('shop/products', [1.0, 2.0])",
+            "search: dimension mismatch: query vector 1 has 2 values, the collection 64",
+        ),
+        ("SELECT * FROM brinicle_search('shop/products', 'x', k := 0)", "search: k must be a positive integer; got 0"),
+        (
+            "SELECT * FROM brinicle_search('shop/products', 'x', filter := 'colour = 1')",
+            "filter 'colour = 1' on 'shop/products' failed: Binder Error: Referenced column \"colour\" not found",
+        ),
+        ("SELECT * FROM brinicle_search('../etc', 'x')", "invalid collection name '../etc'"),
+    ]
+    for query, message in cases:
+        with pytest.raises(duckdb.Error) as info:
+            con.sql(query).fetchall()
+        text = str(info.value)
+        assert message in text, text
+        assert "Traceback" not in text
+        assert "\n" not in text.strip()
+
+
+def test_run_returns_arrow_and_wraps_errors(con: duckdb.DuckDBPyConnection) -> None:
+    table = run(con, "SELECT count(*) AS n FROM brinicle_rows('shop/products')")
+    assert table is not None
+    assert table.to_pylist() == [{"n": 6}]
+    with pytest.raises(InputError, match="Catalog Error"):
+        run(con, "SELECT * FROM no_such_table")
+
+
+def test_sees_new_generations_without_reregistering(con: duckdb.DuckDBPyConnection, shop: Store) -> None:
+    before = con.execute("SELECT count(*) FROM brinicle_rows('shop/products')").fetchall()[0][0]
+    ingest(PRODUCTS.with_columns(product_id=PRODUCTS["product_id"] + 100), "shop/products", store=shop)
+    after = con.execute("SELECT count(*) FROM brinicle_rows('shop/products')").fetchall()[0][0]
+    assert (before, after) == (6, 12)
+    fresh = con.sql("SELECT _key FROM brinicle_search('shop/products', 'rain jacket', k := 2)").fetchall()
+    assert {k for (k,) in fresh} == {"4", "104"}
+
+
+def test_empty_collection(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    store.create("empty", dim=4)
+    con = register(duckdb.connect(), store)
+    assert con.execute("SELECT count(*) FROM brinicle_rows('empty')").fetchall()[0][0] == 0
+    assert con.sql("SELECT * FROM brinicle_search('empty', [1.0, 0, 0, 0])").fetchall() == []
+    con.close()
