@@ -10,7 +10,7 @@ STORE ?= brinicle_store
 TORCH_CONSTRAINTS ?= constraints/torch-cpu.txt
 PIP_CONSTRAINTS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS))
 
-.PHONY: setup demo test test-slow test-all lint bench clean
+.PHONY: setup demo dagster test test-slow test-all lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(TORCH_CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: setup
 	$(BIN)/brinicle-etl ingest sample_data/products_day2.csv --collection shop/products --on-conflict update --sync --store $(STORE)
 	@echo "== search by meaning"
 	$(BIN)/brinicle-etl search shop/products "waterproof boots for hiking in the rain" --k 5 --store $(STORE)
+
+dagster: setup
+	mkdir -p .dagster_home
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -m pipelines -h 127.0.0.1 -p 3000
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -43,6 +47,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_store.py
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_sql.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache .mypy_cache .ruff_cache

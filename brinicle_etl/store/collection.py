@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import secrets
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -30,23 +28,22 @@ from brinicle_etl.errors import (
     AlreadyExistsError,
     BrinicleError,
     ConfigError,
-    DimensionError,
     InputError,
     NotFoundError,
-    StateError,
 )
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
 from brinicle_etl.store.rows import KEY, ROW_ID
+from brinicle_etl.store.sessions import SESSION_LOG, SessionsMixin
 from brinicle_etl.store.snapshot import RowCache, Snapshot
-from brinicle_etl.store.staging import StagingLog, encode_keys
+from brinicle_etl.store.staging import StagingLog
+from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
 from brinicle_etl.types import Hit, HnswParams, Metric, VectorDType, WriteMode, check_choice
 
 __all__ = ["Collection", "CollectionStatus"]
 
-SESSION_LOG = "session.log"
 REFRESH_SECONDS = 0.02
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,70 +95,7 @@ class CollectionStatus:
     staged_count: int
 
 
-def as_matrix(vectors: Any, dim: int, op: str, keys: Sequence[str] | pa.Array | None = None) -> np.ndarray:
-    """A C-contiguous float32 (n, dim) matrix of finite values, or InputError saying which row is bad."""
-    try:
-        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{op}: vectors must be numbers: {exc}") from exc
-    if matrix.ndim == 1 and matrix.size == 0:
-        matrix = matrix.reshape(0, dim)
-    if matrix.ndim != 2:
-        raise InputError(f"{op}: expected a 2-D matrix of vectors, got {matrix.ndim} dimension(s)")
-    if matrix.shape[1] != dim:
-        raise DimensionError(f"{op}: dimension mismatch: vectors have {matrix.shape[1]} values, the collection {dim}")
-    finite = np.isfinite(matrix).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        col = int(np.argmin(np.isfinite(matrix[row])))
-        key = keys[row] if keys is not None else None
-        key = key.as_py() if isinstance(key, pa.Scalar) else key
-        where = f"row {row}" + (f" (id {key!r})" if keys is not None else "")
-        raise InputError(f"{op}: vector contains NaN/Inf at {where}, index {col}")
-    return matrix
-
-
-def as_vector(vector: Any, dim: int, op: str) -> np.ndarray:
-    if type(vector) is np.ndarray and vector.dtype == np.float32 and vector.flags.c_contiguous:
-        v = vector  # the common case on the search path: no copy, no conversion
-    else:
-        try:
-            v = np.ascontiguousarray(vector, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{op}: vector must be numbers: {exc}") from exc
-    if v.ndim != 1:
-        raise InputError(f"{op}: expected one vector, got an array of {v.ndim} dimensions")
-    if v.shape[0] != dim:
-        raise DimensionError(f"{op}: dimension mismatch: vector has {v.shape[0]} values, the collection {dim}")
-    # One reduction answers for finite vectors; only a non-finite (or overflowing) dot looks closer.
-    if not math.isfinite(v.dot(v)) and not np.isfinite(v).all():
-        raise InputError(f"{op}: vector contains NaN/Inf at index {int(np.argmin(np.isfinite(v)))}")
-    return v
-
-
-def as_keys(keys: Any, op: str) -> pa.Array:
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks()
-    if isinstance(keys, pa.Array):
-        if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
-            raise InputError(f"{op}: ids must be strings, got an Arrow array of {keys.type}")
-        if keys.null_count:
-            raise InputError(f"{op}: ids must not be null")
-        return keys.cast(pa.string())
-    if isinstance(keys, str):
-        raise InputError(f"{op}: expected a list of ids, got a single string")
-    items = list(keys)
-    encode_keys(items, op)  # rejects non-strings and text that is not valid Unicode
-    return pa.array(items, type=pa.string())
-
-
-def _check_k(k: object, op: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ConfigError(f"{op}: k must be a positive integer; got {k!r}")
-    return int(k)
-
-
-class Collection:
+class Collection(SessionsMixin):
     """Open an existing collection directory. Use :meth:`create` (or a ``Store``) to make one."""
 
     def __init__(self, directory: str | os.PathLike[str], *, name: str | None = None):
@@ -314,10 +248,10 @@ class Collection:
         snap = self._snapshot()
         q = as_vector(query, snap.manifest.config.dim, "search")
         if type(k) is not int or k < 1:
-            k = _check_k(k, "search")
+            k = check_k(k, "search")
         if allow is not None:
             return self.search_batch(q.reshape(1, -1), k, ef=ef, threads=1, allow=allow)[0]
-        row_ids, dists = snap.search_one(q, k, ef=_check_ef(ef))
+        row_ids, dists = snap.search_one(q, k, ef=check_ef(ef))
         return list(map(Hit, snap.ids.keys_for(row_ids), dists.tolist()))
 
     def _allowed(self, snap: Snapshot, allow: Any, allow_row_ids: np.ndarray | None) -> np.ndarray | None:
@@ -335,11 +269,11 @@ class Collection:
         """Nearest rows for many queries at once, searched in parallel (``threads=0``: every core)."""
         snap = self._snapshot()
         matrix = as_matrix(queries, snap.manifest.config.dim, "search_batch")
-        k = _check_k(k, "search_batch")
+        k = check_k(k, "search_batch")
         if not len(matrix):
             return []
         allowed = self._allowed(snap, allow, None)
-        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads, allowed=allowed)
+        row_ids, dists, counts = snap.search(matrix, k, ef=check_ef(ef), threads=threads, allowed=allowed)
         flat_keys = snap.ids.keys_for(row_ids[np.arange(row_ids.shape[1])[None, :] < counts[:, None]])
         out: list[list[Hit]] = []
         pos = 0
@@ -368,9 +302,9 @@ class Collection:
         """
         snap = self._snapshot()
         matrix = as_matrix(queries, snap.manifest.config.dim, "search")
-        k = _check_k(k, "search")
+        k = check_k(k, "search")
         allowed = self._allowed(snap, allow, allow_row_ids)
-        row_ids, dists, counts = snap.search(matrix, k, ef=_check_ef(ef), threads=threads, allowed=allowed)
+        row_ids, dists, counts = snap.search(matrix, k, ef=check_ef(ef), threads=threads, allowed=allowed)
         valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
         hit_ids = row_ids[valid]
         # valid is a prefix of each row, so a hit's column index is its rank
@@ -409,7 +343,7 @@ class Collection:
         parts = [seg.get(picked[mask]) for seg, _info in segments if (mask := seg.contains(picked)).any()]
         queries = np.concatenate(parts)
         k = min(k, len(with_vectors))
-        approx, _, approx_n = snap.search(queries, k, ef=_check_ef(ef), threads=0)
+        approx, _, approx_n = snap.search(queries, k, ef=check_ef(ef), threads=0)
         truth, _, truth_n = snap.search(queries, k, ef=None, threads=0, exact=True)
         found = sum(
             len(set(approx[i, : approx_n[i]].tolist()) & set(truth[i, : truth_n[i]].tolist()))
@@ -585,99 +519,3 @@ class Collection:
         """Replace the collection's free-form metadata (a new generation, nothing else changes)."""
         with self._writing(wait) as snap:
             self._publish(dataclasses.replace(snap.manifest, generation=snap.manifest.generation + 1, meta=meta))
-
-    # ---- ingest sessions -------------------------------------------------------------
-
-    def _pending(self, snap: Snapshot) -> StagingLog | None:
-        log = StagingLog.open(self.directory / SESSION_LOG)
-        if log is None:
-            self._log = None
-            return None
-        if log.header.id == snap.manifest.last_session:
-            # Finalized, but the writer died before removing the log.
-            log.discard()
-            self._log = None
-            return None
-        if self._log is not None and self._log.header.id == log.header.id:
-            return self._log
-        self._log = log
-        return log
-
-    def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
-        """Start an ingest session; nothing is visible until :meth:`finalize`."""
-        if mode not in ("build", "insert", "upsert"):
-            raise ConfigError(f"init(mode): mode must be 'build', 'insert' or 'upsert'; got {mode!r}")
-        with self._writing(wait) as snap:
-            pending = self._pending(snap)
-            if pending is not None:
-                raise StateError(
-                    f"init: an ingest session is already pending on {self.name!r} "
-                    f"(mode {pending.header.mode!r}, {pending.count} vectors staged); "
-                    "call finalize() to apply it or abort() to discard it"
-                )
-            self._log = StagingLog.create(
-                self.directory / SESSION_LOG, session_id=uuid.uuid4().hex, mode=mode, dim=snap.manifest.config.dim
-            )
-
-    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
-        """Stage one vector; it is on disk when this returns."""
-        v = as_vector(vector, self.dim, "ingest")
-        block = encode_keys([key], "ingest")
-        with self._writing(wait) as snap:
-            self._require_session(snap, "ingest").append(block, v.reshape(1, -1))
-
-    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
-        """Stage many vectors in one durable append; returns how many."""
-        keys = list(keys)
-        matrix = as_matrix(vectors, self.dim, "ingest_batch", keys)
-        if len(matrix) != len(keys):
-            raise InputError(f"ingest_batch: {len(keys)} ids but {len(matrix)} vectors")
-        block = encode_keys(keys, "ingest_batch")
-        with self._writing(wait) as snap:
-            self._require_session(snap, "ingest_batch").append(block, matrix)
-        return len(keys)
-
-    def _require_session(self, snap: Snapshot, op: str) -> StagingLog:
-        log = self._pending(snap)
-        if log is None:
-            raise StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
-        return log
-
-    def finalize(
-        self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
-    ) -> WriteResult:
-        """Apply the session atomically. On an id conflict nothing is applied and the session ends."""
-        with self._writing(wait) as snap:
-            log = self._require_session(snap, "finalize")
-            current = snap.manifest.config.params
-            merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
-            keys, vectors = log.read()
-            tx = Transaction(snap, log.header.mode, publish=self._publish, params=merged, op="finalize")
-            try:
-                tx.add(pa.array(keys, pa.string()), vectors)
-                result = tx.commit(session_id=log.header.id)
-            except BrinicleError:
-                tx.rollback()
-                log.discard()
-                self._log = None
-                raise
-            log.discard()
-            self._log = None
-            if optimize and self._snapshot().manifest.needs_rebuild:
-                self._compact(self._snapshot(), None, None)
-        return result
-
-    def abort(self, *, wait: Wait = True) -> int:
-        """Discard the pending session; returns how many staged vectors were dropped."""
-        with self._writing(wait) as snap:
-            log = self._require_session(snap, "abort")
-            dropped = log.count
-            log.discard()
-            self._log = None
-        return dropped
-
-
-def _check_ef(ef: int | None) -> int | None:
-    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1):
-        raise ConfigError(f"ef must be a positive integer; got {ef!r}")
-    return None if ef is None else int(ef)

@@ -1,13 +1,18 @@
 """The ingest session's staging log: acknowledged vectors survive a crash before ``finalize``.
 
 ``session.log`` holds a header (session id, mode, dimension) and then one record per
-``ingest`` or ``ingest_batch`` call, each synced to disk before the call returns.
-A record cut short by a crash was never acknowledged; it is dropped (and the file
-truncated) the next time the log is read or appended to.
+``ingest``, ``ingest_batch`` or streamed binary batch, each synced to disk before the
+call returns. A record cut short by a crash was never acknowledged; it is dropped (and
+the file truncated) the next time the log is read or appended to.
 
-Record layout, little-endian: ``b"REC1"``, row count (u32), key block length (u64),
-CRC32 of both blocks (u32); then the key block (one u32 byte length per key, then the
-UTF-8 bytes) and the vector block (rows x dim float32).
+Two record layouts, little-endian:
+
+- ``REC1``: row count (u32), key block length (u64), CRC32 of both blocks (u32); then the
+  key block (one u32 byte length per key, then the UTF-8 bytes) and the vectors
+  (rows x dim float32).
+- ``BIN1``: row count (u32, all ones until the record is sealed), id width (u16), zero
+  (u16); then rows of ``id width`` NUL-padded id bytes and dim float32 (brinicle's
+  binary batch format, written as it streams in); then the CRC32 of the rows (u32).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -26,11 +32,13 @@ from brinicle_etl.errors import CorruptCollectionError, InputError
 from brinicle_etl.store.files import fsync_dir
 from brinicle_etl.types import WriteMode
 
-__all__ = ["SessionHeader", "StagingLog", "encode_keys"]
+__all__ = ["BinaryAppend", "SessionHeader", "StagingLog", "encode_keys"]
 
 _MAGIC = b"BRSESS01"
 _RECORD = struct.Struct("<4sIQI")
-_RECORD_MAGIC = b"REC1"
+_BINARY = struct.Struct("<4sIHH")
+_CRC = struct.Struct("<I")
+_UNSEALED = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,12 @@ def _decode_keys(block: bytes, n: int) -> list[str]:
     ends = np.cumsum(lengths, dtype=np.int64) + 4 * n
     starts = ends - lengths
     return [block[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class StagingLog:
@@ -101,18 +115,29 @@ class StagingLog:
         header = SessionHeader(id=data["id"], mode=data["mode"], dim=data["dim"], created_at=data["created_at"])
         return cls(path, header, 12 + size)
 
+    def _record_end(self, f: BinaryIO, offset: int, size: int) -> tuple[int, int] | None:
+        """(end offset, rows) of the complete record at ``offset``, or None."""
+        f.seek(offset)
+        head = f.read(_RECORD.size)
+        if head[:4] == b"REC1" and len(head) == _RECORD.size:
+            _magic, n, key_len, _crc = _RECORD.unpack(head)
+            end = offset + _RECORD.size + key_len + n * self.header.dim * 4
+        elif head[:4] == b"BIN1" and len(head) >= _BINARY.size:
+            _magic, n, width, _zero = _BINARY.unpack(head[: _BINARY.size])
+            if n == _UNSEALED:
+                return None
+            end = offset + _BINARY.size + n * (width + 4 * self.header.dim) + _CRC.size
+        else:
+            return None
+        return (end, n) if end <= size else None
+
     def _scan(self) -> None:
         """Find the end of the last complete record, counting rows on the way."""
         size = os.path.getsize(self.path)
         offset, count = self._data_start, 0
         with open(self.path, "rb") as f:
-            while offset + _RECORD.size <= size:
-                f.seek(offset)
-                magic, n, key_len, _crc = _RECORD.unpack(f.read(_RECORD.size))
-                end = offset + _RECORD.size + key_len + n * self.header.dim * 4
-                if magic != _RECORD_MAGIC or end > size:
-                    break
-                offset, count = end, count + n
+            while (found := self._record_end(f, offset, size)) is not None:
+                offset, count = found[0], count + found[1]
         self._end, self._count = offset, count
 
     def _sync_end(self) -> None:
@@ -131,17 +156,20 @@ class StagingLog:
         self._sync_end()
         vec_bytes = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         crc = zlib.crc32(vec_bytes, zlib.crc32(key_block))
-        record = _RECORD.pack(_RECORD_MAGIC, len(vectors), len(key_block), crc) + key_block + vec_bytes
+        record = _RECORD.pack(b"REC1", len(vectors), len(key_block), crc) + key_block + vec_bytes
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, record)
             os.fdatasync(fd)
         finally:
             os.close(fd)
         self._end += len(record)
         self._count += len(vectors)
+
+    def begin_binary(self, id_width: int) -> BinaryAppend:
+        """Start a streamed record; the caller holds the writer lock until it commits or rolls back."""
+        self._sync_end()
+        return BinaryAppend(self, id_width)
 
     def read(self) -> tuple[list[str], np.ndarray]:
         """Every staged (key, vector), in ingest order."""
@@ -150,19 +178,33 @@ class StagingLog:
         keys: list[str] = []
         blocks: list[np.ndarray] = []
         with open(self.path, "rb") as f:
-            f.seek(self._data_start)
             offset = self._data_start
             while offset < self._end:
-                _magic, n, key_len, crc = _RECORD.unpack(f.read(_RECORD.size))
-                key_block = f.read(key_len)
-                vec_bytes = f.read(n * dim * 4)
-                if zlib.crc32(vec_bytes, zlib.crc32(key_block)) != crc:
+                f.seek(offset)
+                head = f.read(_RECORD.size)
+                if head[:4] == b"REC1":
+                    _magic, n, key_len, crc = _RECORD.unpack(head)
+                    key_block = f.read(key_len)
+                    vec_bytes = f.read(n * dim * 4)
+                    ok = zlib.crc32(vec_bytes, zlib.crc32(key_block)) == crc
+                    keys.extend(_decode_keys(key_block, n))
+                    blocks.append(np.frombuffer(vec_bytes, dtype="<f4").reshape(n, dim))
+                    end = offset + _RECORD.size + key_len + n * dim * 4
+                else:
+                    _magic, n, width, _zero = _BINARY.unpack(head[: _BINARY.size])
+                    f.seek(offset + _BINARY.size)
+                    rows = f.read(n * (width + 4 * dim))
+                    (crc,) = _CRC.unpack(f.read(_CRC.size))
+                    ok = zlib.crc32(rows) == crc
+                    table = np.frombuffer(rows, dtype=np.dtype([("id", f"S{width}"), ("v", "<f4", (dim,))]))
+                    keys.extend(raw.decode("utf-8") for raw in table["id"].tolist())
+                    blocks.append(np.ascontiguousarray(table["v"]))
+                    end = offset + _BINARY.size + len(rows) + _CRC.size
+                if not ok:
                     raise CorruptCollectionError(
                         f"session log {self.path} is damaged at byte {offset}; abort() the session and ingest again"
                     )
-                keys.extend(_decode_keys(key_block, n))
-                blocks.append(np.frombuffer(vec_bytes, dtype="<f4").reshape(n, dim))
-                offset += _RECORD.size + key_len + n * dim * 4
+                offset = end
         vectors = np.concatenate(blocks) if blocks else np.empty((0, dim), dtype=np.float32)
         return keys, vectors
 
@@ -172,6 +214,53 @@ class StagingLog:
         except FileNotFoundError:
             return
         fsync_dir(self.path.parent)
+
+
+class BinaryAppend:
+    """A ``BIN1`` record being streamed into the log; invisible until :meth:`commit`."""
+
+    def __init__(self, log: StagingLog, id_width: int):
+        self._log = log
+        self._start = log._end
+        self._rows = 0
+        self._crc = 0
+        self._row_bytes = id_width + 4 * log.header.dim
+        self._fd = os.open(log.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            _write_all(self._fd, _BINARY.pack(b"BIN1", _UNSEALED, id_width, 0))
+        except BaseException:
+            self.rollback()
+            raise
+
+    def write(self, rows: bytes | memoryview) -> None:
+        """Append whole rows (already checked by the caller)."""
+        _write_all(self._fd, rows)
+        self._crc = zlib.crc32(rows, self._crc)
+        self._rows += len(rows) // self._row_bytes
+
+    def commit(self) -> None:
+        """Seal the record: CRC trailer, sync, then the row count in the header, sync again."""
+        try:
+            _write_all(self._fd, _CRC.pack(self._crc))
+            os.fdatasync(self._fd)
+            # A second descriptor: pwrite on an O_APPEND descriptor appends on Linux.
+            fixup = os.open(self._log.path, os.O_WRONLY)
+            try:
+                os.pwrite(fixup, struct.pack("<I", self._rows), self._start + 4)
+                os.fdatasync(fixup)
+            finally:
+                os.close(fixup)
+        finally:
+            os.close(self._fd)
+        self._log._end = self._start + _BINARY.size + self._rows * self._row_bytes + _CRC.size
+        self._log._count += self._rows
+
+    def rollback(self) -> None:
+        """Cut the log back to where this record began."""
+        try:
+            os.ftruncate(self._fd, self._start)
+        finally:
+            os.close(self._fd)
 
 
 def _header_dict(header: SessionHeader) -> dict[str, object]:

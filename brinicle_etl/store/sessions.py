@@ -1,0 +1,239 @@
+"""Ingest sessions: ``init`` -> ``ingest`` / ``ingest_batch`` / ``ingest_binary`` -> ``finalize`` or ``abort``.
+
+Staged vectors live in the collection's ``session.log`` (see :mod:`staging`), synced
+before a call returns, so nothing acknowledged is lost to a crash before ``finalize``.
+``finalize`` applies the whole session as one transaction or, on an id conflict,
+nothing; either way the session ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from brinicle_etl.errors import BrinicleError, ConfigError, InputError, StateError
+from brinicle_etl.store.lock import writer_lock
+from brinicle_etl.store.snapshot import Snapshot
+from brinicle_etl.store.staging import BinaryAppend, StagingLog, encode_keys
+from brinicle_etl.store.validate import as_matrix, as_vector
+from brinicle_etl.store.writer import Transaction, WriteResult
+from brinicle_etl.types import HnswParams, WriteMode
+
+__all__ = ["SESSION_LOG", "BinaryIngest", "SessionsMixin"]
+
+SESSION_LOG = "session.log"
+Wait = bool | float
+
+
+class SessionsMixin:
+    """The session half of :class:`Collection`."""
+
+    directory: Path
+    name: str
+    _log: StagingLog | None
+
+    if TYPE_CHECKING:
+
+        @property
+        def dim(self) -> int: ...
+        def _writing(self, wait: Wait) -> AbstractContextManager[Snapshot]: ...
+        def _snapshot(self, *, fresh: bool = False) -> Snapshot: ...
+        def _publish(self, manifest: Any) -> None: ...
+        def _compact(self, snap: Snapshot, params: Any, progress: Any) -> int: ...
+
+    def _pending(self, snap: Snapshot) -> StagingLog | None:
+        log = StagingLog.open(self.directory / SESSION_LOG)
+        if log is None:
+            self._log = None
+            return None
+        if log.header.id == snap.manifest.last_session:
+            # Finalized, but the writer died before removing the log.
+            log.discard()
+            self._log = None
+            return None
+        if self._log is not None and self._log.header.id == log.header.id:
+            return self._log
+        self._log = log
+        return log
+
+    def _require_session(self, snap: Snapshot, op: str) -> StagingLog:
+        log = self._pending(snap)
+        if log is None:
+            raise StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
+        return log
+
+    def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
+        """Start an ingest session; nothing is visible until :meth:`finalize`."""
+        if mode not in ("build", "insert", "upsert"):
+            raise ConfigError(f"init(mode): mode must be 'build', 'insert' or 'upsert'; got {mode!r}")
+        with self._writing(wait) as snap:
+            pending = self._pending(snap)
+            if pending is not None:
+                raise StateError(
+                    f"init: an ingest session is already pending on {self.name!r} "
+                    f"(mode {pending.header.mode!r}, {pending.count} vectors staged); "
+                    "call finalize() to apply it or abort() to discard it"
+                )
+            self._log = StagingLog.create(
+                self.directory / SESSION_LOG, session_id=uuid.uuid4().hex, mode=mode, dim=snap.manifest.config.dim
+            )
+
+    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
+        """Stage one vector; it is on disk when this returns."""
+        v = as_vector(vector, self.dim, "ingest")
+        block = encode_keys([key], "ingest")
+        with self._writing(wait) as snap:
+            self._require_session(snap, "ingest").append(block, v.reshape(1, -1))
+
+    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
+        """Stage many vectors in one durable append; returns how many."""
+        keys = list(keys)
+        matrix = as_matrix(vectors, self.dim, "ingest_batch", keys)
+        if len(matrix) != len(keys):
+            raise InputError(f"ingest_batch: {len(keys)} ids but {len(matrix)} vectors")
+        block = encode_keys(keys, "ingest_batch")
+        with self._writing(wait) as snap:
+            self._require_session(snap, "ingest_batch").append(block, matrix)
+        return len(keys)
+
+    def ingest_binary(self, *, id_width: int = 32, wait: Wait = True) -> BinaryIngest:
+        """Stage rows of ``id_width`` id bytes (right-padded with NUL) and ``dim`` float32 values,
+        fed in pieces of any size: brinicle's binary batch format, streamed.
+
+        Returns a :class:`BinaryIngest`: ``feed`` it bytes, then ``finish()`` (all rows
+        staged at once, durably) or ``abort()`` (nothing staged). It holds the writer lock
+        until then.
+        """
+        return BinaryIngest(self, id_width=id_width, wait=wait)
+
+    def finalize(
+        self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
+    ) -> WriteResult:
+        """Apply the session atomically. On an id conflict nothing is applied and the session ends."""
+        with self._writing(wait) as snap:
+            log = self._require_session(snap, "finalize")
+            current = snap.manifest.config.params
+            merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
+            keys, vectors = log.read()
+            tx = Transaction(snap, log.header.mode, publish=self._publish, params=merged, op="finalize")
+            try:
+                tx.add(pa.array(keys, pa.string()), vectors)
+                result = tx.commit(session_id=log.header.id)
+            except BrinicleError:
+                tx.rollback()
+                log.discard()
+                self._log = None
+                raise
+            log.discard()
+            self._log = None
+            if optimize and self._snapshot().manifest.needs_rebuild:
+                self._compact(self._snapshot(), None, None)
+        return result
+
+    def abort(self, *, wait: Wait = True) -> int:
+        """Discard the pending session; returns how many staged vectors were dropped."""
+        with self._writing(wait) as snap:
+            log = self._require_session(snap, "abort")
+            dropped = log.count
+            log.discard()
+            self._log = None
+        return dropped
+
+
+class BinaryIngest:
+    """One streamed binary batch into the pending session: all rows, or none.
+
+    Rows are checked as they arrive (an empty id, an id that is not UTF-8 text, a NaN or
+    Inf value: an error naming the row) and written straight into one session-log record,
+    which only counts once :meth:`finish` seals it.
+    """
+
+    def __init__(self, col: SessionsMixin, *, id_width: int, wait: Wait):
+        self.dim = col.dim
+        self.id_width = id_width
+        self.row_bytes = id_width + 4 * self.dim
+        self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
+        self._stack = ExitStack()
+        self._append: BinaryAppend | None = None
+        try:
+            self._stack.enter_context(writer_lock(col.directory, wait=wait, name=col.name))
+            snap = col._snapshot(fresh=True)
+            log = col._require_session(snap, "ingest_batch")
+            self._append = log.begin_binary(id_width)
+        except BaseException:
+            self._stack.close()
+            raise
+        self._carry = b""
+        self.count = 0
+
+    def __enter__(self) -> BinaryIngest:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._append is not None:
+            self.abort()
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the stream; whole rows are checked and written."""
+        if self._append is None:
+            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+        buffer = self._carry + data if self._carry else data
+        usable = len(buffer) - len(buffer) % self.row_bytes
+        self._carry = bytes(buffer[usable:])
+        if usable:
+            rows = memoryview(buffer)[:usable]
+            self._check(np.frombuffer(rows, dtype=self._dtype))
+            self._append.write(rows)
+            self.count += usable // self.row_bytes
+
+    def _check(self, rows: np.ndarray) -> None:
+        ids = rows["id"]
+        empty = ids == b""
+        if empty.any():
+            raise InputError(f"ingest_batch: row {self.count + int(np.argmax(empty))} has an empty external id")
+        finite = np.isfinite(rows["v"]).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            raise InputError(f"ingest_batch: row {self.count + row} (id {_id(ids[row])!r}) contains NaN/Inf")
+        for i, raw in enumerate(ids.tolist()):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"ingest_batch: row {self.count + i} has an id that is not UTF-8 text") from None
+
+    def finish(self) -> int:
+        """Seal the record (all rows become staged at once); returns how many rows."""
+        if self._append is None:
+            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+        if self._carry:
+            leftover = len(self._carry)
+            self.abort()
+            raise InputError(
+                f"ingest_batch: payload not aligned to rows: leftover {leftover} bytes, "
+                f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
+            )
+        try:
+            self._append.commit()
+        finally:
+            self._append = None
+            self._stack.close()
+        return self.count
+
+    def abort(self) -> None:
+        """Drop everything fed so far; the session is as it was before."""
+        if self._append is not None:
+            try:
+                self._append.rollback()
+            finally:
+                self._append = None
+                self._stack.close()
+
+
+def _id(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")

@@ -1,0 +1,111 @@
+"""Streamed binary batches into a session: all rows or none, checked row by row, crash safe."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from brinicle_etl import Collection, InputError, StateError, Store
+from tests.conftest import clustered
+
+DIM = 8
+
+
+def rows(ids: list[str], vectors: np.ndarray, width: int = 32) -> bytes:
+    return b"".join(
+        i.encode().ljust(width, b"\0") + v.astype("<f4").tobytes() for i, v in zip(ids, vectors, strict=True)
+    )
+
+
+def stream(col: Collection, payload: bytes) -> int:
+    with col.ingest_binary() as batch:
+        batch.feed(payload)
+        return batch.finish()
+
+
+@pytest.fixture
+def col(store: Store) -> Collection:
+    c = store.create("bin", dim=DIM, dtype="f32")
+    c.init("build")
+    return c
+
+
+def test_stream_in_odd_pieces(col: Collection) -> None:
+    x = clustered(50, DIM)
+    payload = rows([f"id{i}" for i in range(50)], x)
+    with col.ingest_binary() as batch:
+        for start in range(0, len(payload), 77):  # pieces that split rows anywhere
+            batch.feed(payload[start : start + 77])
+        assert batch.finish() == 50
+    assert col.status().staged_count == 50
+    col.finalize()
+    assert col.search(x[7], 1)[0].id == "id7"
+    np.testing.assert_array_equal(col.vectors(["id3"])[0], x[3])
+
+
+def test_mixed_with_json_ingests(col: Collection) -> None:
+    x = clustered(4, DIM)
+    col.ingest("first", x[0])
+    with col.ingest_binary() as batch:
+        batch.feed(rows(["b1", "b2"], x[1:3]))
+        batch.finish()
+    col.ingest_batch(["last"], x[3:4])
+    col.finalize()
+    assert sorted(col.keys()) == ["b1", "b2", "first", "last"]
+
+
+@pytest.mark.parametrize(
+    ("payload_fn", "message"),
+    [
+        (
+            lambda x: rows(["a", "b"], x[:2]) + b"\0" * 10,
+            "leftover 10 bytes, rows are 64 bytes (32-byte id + 8 float32)",
+        ),
+        (lambda x: rows(["a", ""], x[:2]), "ingest_batch: row 1 has an empty external id"),
+        (lambda x: rows(["a", "b"], np.vstack([x[0], np.full(DIM, np.nan)])), "row 1 (id 'b') contains NaN/Inf"),
+        (
+            lambda x: rows(["a"], x[:1]) + b"\xff\xfe".ljust(32, b"\0") + x[1].astype("<f4").tobytes(),
+            "ingest_batch: row 1 has an id that is not UTF-8 text",
+        ),
+    ],
+)
+def test_a_rejected_batch_stages_nothing(col: Collection, payload_fn: object, message: str) -> None:
+    x = clustered(3, DIM)
+    col.ingest("kept", x[2])
+    log = col.directory / "session.log"
+    size = os.path.getsize(log)
+    payload = payload_fn(x)  # type: ignore[operator]
+    with pytest.raises(InputError) as info:
+        stream(col, payload)
+    assert message in str(info.value)
+    assert os.path.getsize(log) == size
+    assert col.status().staged_count == 1
+    col.finalize()
+    assert col.keys() == ["kept"]
+
+
+def test_an_unsealed_record_from_a_crash_is_ignored(col: Collection) -> None:
+    x = clustered(3, DIM)
+    col.ingest("kept", x[0])
+    batch = col.ingest_binary()
+    batch.feed(rows(["lost1", "lost2"], x[1:3]))
+    # the process dies here: no finish(), no abort(); the lock goes with it
+    batch._stack.close()
+    fresh = Collection(col.directory)
+    assert fresh.status().staged_count == 1
+    fresh.ingest("after", x[1])
+    fresh.finalize()
+    assert sorted(fresh.keys()) == ["after", "kept"]
+
+
+def test_needs_a_session(store: Store) -> None:
+    c = store.create("nosession", dim=DIM)
+    with pytest.raises(StateError, match="ingest_batch: no pending ingest session"):
+        c.ingest_binary()
+    c.init("build")
+    batch = c.ingest_binary()
+    batch.finish()
+    with pytest.raises(StateError, match="already finished or aborted"):
+        batch.feed(b"")
