@@ -18,6 +18,13 @@ from typing import Any
 import numpy as np
 from usearch.index import Index
 
+try:
+    from usearch.compiled import ScalarKind
+
+    _UNKNOWN_DTYPE: Any = ScalarKind.Unknown
+except ImportError:  # pragma: no cover - older usearch: the public search is used
+    _UNKNOWN_DTYPE = None
+
 from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.store.files import fsync_file
 from brinicle_etl.store.manifest import CollectionConfig
@@ -58,6 +65,32 @@ def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, 
 def _save(index: Any, path: Path) -> None:
     index.save(str(path))
     fsync_file(path)
+
+
+def _search_many(
+    index: Any, queries: np.ndarray, count: int, *, exact: bool, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys, distances, valid counts) for a matrix of queries, always padded to ``count`` columns.
+
+    Calls the compiled search directly when it is there: usearch's Python wrapper builds
+    result objects per call that cost a measurable share of a fast query (usearch 2.x;
+    the public method is the fallback).
+    """
+    compiled = getattr(index, "_compiled", None)
+    if compiled is not None and _UNKNOWN_DTYPE is not None:
+        keys, dists, counts = compiled.search_many(
+            queries, count=count, exact=exact, threads=threads, dtype=_UNKNOWN_DTYPE
+        )[:3]
+        return keys, dists, counts
+    found = index.search(queries, count, exact=exact, threads=threads)
+    if len(queries) == 1:  # the wrapper hands back one query's matches unpadded
+        n = len(found.keys)
+        keys = np.full((1, count), _NO_KEY, dtype=np.uint64)
+        dists = np.full((1, count), np.inf, dtype=np.float32)
+        keys[0, :n] = found.keys
+        dists[0, :n] = found.distances
+        return keys, dists, np.array([n])
+    return np.asarray(found.keys), np.asarray(found.distances), np.asarray(found.counts)
 
 
 class SegmentBuilder:
@@ -143,18 +176,10 @@ class Segment:
             want_ef = ef or self._ef
             if index.expansion_search != want_ef:
                 index.expansion_search = want_ef
-            found = index.search(queries, count, exact=exact, threads=threads)
+            keys, dists, counts = _search_many(index, queries, count, exact=exact, threads=threads)
         finally:
             self._pool.put(index)
-        if len(queries) == 1:
-            # usearch hands back a single query's matches unpadded.
-            n = len(found.keys)
-            keys = np.full((1, count), _NO_KEY, dtype=np.uint64)
-            dists = np.full((1, count), np.inf, dtype=np.float32)
-            keys[0, :n] = found.keys
-            dists[0, :n] = found.distances
-            return keys, dists, np.array([n])
-        return np.asarray(found.keys), np.asarray(found.distances), np.asarray(found.counts)
+        return keys, dists, counts
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
         """One query's valid matches: (keys, distances)."""
@@ -163,10 +188,11 @@ class Segment:
             want_ef = ef or self._ef
             if index.expansion_search != want_ef:
                 index.expansion_search = want_ef
-            found = index.search(query, count, threads=1)
+            keys, dists, counts = _search_many(index, query.reshape(1, -1), count, exact=False, threads=1)
         finally:
             self._pool.put(index)
-        return found.keys, found.distances
+        n = int(counts[0])
+        return keys[0, :n], dists[0, :n]
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         index = self._acquire()
