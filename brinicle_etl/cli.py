@@ -294,6 +294,14 @@ def _repl(con: Any, args: argparse.Namespace) -> None:
                 print(f"error: {exc}", file=sys.stderr)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from brinicle_etl.server import serve
+
+    keys = tuple(args.api_key or ())
+    print(f"serving {_store(args).root} on http://{args.host}:{args.port} (OpenAPI page: /docs)", file=sys.stderr)
+    serve(str(_store(args).root), host=args.host, port=args.port, api_keys=keys, workers=args.workers)
+
+
 # ---- parser --------------------------------------------------------------------------
 
 
@@ -367,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sql", parents=[common], help="run SQL with the brinicle_* functions (no query: a prompt)")
     p.add_argument("query", nargs="?", help="e.g. \"SELECT * FROM brinicle_search('shop/products', 'boots')\"")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the store over HTTP (brinicle's API)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=1984)
+    p.add_argument(
+        "--api-key", action="append", help="require this X-API-Key (repeat for several; or $BRINICLE_API_KEYS)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="server processes (collections are safe to share)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("optimize", parents=[common, writer], help="rebuild only if needs_rebuild")
     p.add_argument("collection")

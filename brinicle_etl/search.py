@@ -7,18 +7,22 @@ ingested). Distances follow usearch's convention, smaller is nearer: ``cosine`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import ConfigError, InputError
 from brinicle_etl.schema import TemplateSchema
 from brinicle_etl.store import Collection, Store
 
-__all__ = ["SearchHit", "embed_query", "search", "search_batch"]
+__all__ = ["SearchHit", "allowed_row_ids", "embed_query", "filter_expression", "search", "search_batch"]
 
 HIDDEN_COLUMNS = ("_row_id", "_key", "_hash", "_text_hash")
 
@@ -33,6 +37,92 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "distance": self.distance, "row": self.row}
+
+
+_OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "nin")
+_SCALARS = (str, int, float, bool)
+
+
+def _literal(column: str, op: str, value: Any) -> Any:
+    if op in ("in", "nin"):
+        if not isinstance(value, list) or not all(v is None or isinstance(v, _SCALARS) for v in value):
+            raise InputError(f"filter on {column!r}: {op!r} takes a list of numbers, strings or booleans")
+        return value
+    if value is not None and not isinstance(value, _SCALARS):
+        raise InputError(f"filter on {column!r}: {op!r} takes a number, string or boolean, got {type(value).__name__}")
+    return value
+
+
+def filter_expression(spec: Mapping[str, Any], columns: Sequence[str]) -> pl.Expr:
+    """A structured filter as a polars expression; conditions on different columns are ANDed.
+
+    ``{"category": "footwear", "price": {"gte": 10, "lt": 100}, "brand": {"in": ["A", "B"]}}``:
+    a value means equality, a list means "one of", an object combines operators
+    ``eq ne lt lte gt gte in nin``. Only column names and literal values: a filter can
+    never run code or read anything but the collection's own rows.
+    """
+    if not isinstance(spec, Mapping) or not spec:
+        raise InputError("filter must be a non-empty object of column conditions")
+    known = set(columns) - set(HIDDEN_COLUMNS)
+    parts: list[pl.Expr] = []
+    for column, condition in spec.items():
+        if column not in known:
+            raise InputError(f"filter: unknown column {column!r}; columns are {sorted(known)}")
+        if isinstance(condition, Mapping):
+            conditions = dict(condition)
+        else:
+            conditions = {"in" if isinstance(condition, list) else "eq": condition}
+        if not conditions:
+            raise InputError(f"filter on {column!r}: an empty condition")
+        for op, raw in conditions.items():
+            if op not in _OPERATORS:
+                listed = ", ".join(_OPERATORS)
+                raise InputError(f"filter on {column!r}: unknown operator {op!r}; operators are {listed}")
+            parts.append(_condition(pl.col(column), op, _literal(column, op, raw)))
+    expr = parts[0]
+    for part in parts[1:]:
+        expr = expr & part
+    return expr
+
+
+def _condition(col: pl.Expr, op: str, value: Any) -> pl.Expr:
+    if op == "eq":
+        return col.is_null() if value is None else col == value
+    if op == "ne":
+        return col.is_not_null() if value is None else col != value
+    if op in ("lt", "lte", "gt", "gte"):
+        method = {"lt": col.lt, "lte": col.le, "gt": col.gt, "gte": col.ge}[op]
+        return method(value)
+    if op == "in":
+        return col.is_in(value)
+    return ~col.is_in(value)
+
+
+_allowed_cache: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+_allowed_lock = threading.Lock()
+
+
+def allowed_row_ids(collection: Collection, spec: Mapping[str, Any]) -> np.ndarray:
+    """Row ids of the rows matching a structured filter (cached per generation)."""
+    key = (str(collection.directory), collection.generation, json.dumps(spec, sort_keys=True, default=str))
+    with _allowed_lock:
+        if key in _allowed_cache:
+            _allowed_cache.move_to_end(key)
+            return _allowed_cache[key]
+    table = collection.cached_rows()
+    expr = filter_expression(spec, table.column_names)
+    try:
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        matched = frame.lazy().filter(expr).select("_row_id").collect()
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"filter {key[2]} cannot be applied: {exc}") from exc
+    ids = np.asarray(matched.to_series().to_numpy(), dtype=np.uint64)
+    with _allowed_lock:
+        _allowed_cache[key] = ids
+        while len(_allowed_cache) > 64:
+            _allowed_cache.popitem(last=False)
+    return ids
 
 
 def _resolve(collection: Collection | str, store: Store | str | None) -> tuple[Collection, Store | None]:
@@ -73,14 +163,20 @@ def search_batch(
     *,
     store: Store | str | None = None,
     ef: int | None = None,
+    filter: Mapping[str, Any] | None = None,
     registry: ModelRegistry | None = None,
 ) -> list[list[SearchHit]]:
-    """Nearest rows for each query (texts or vectors), with their columns."""
+    """Nearest rows for each query (texts or vectors), with their columns.
+
+    ``filter`` (see :func:`filter_expression`) restricts the search to matching rows,
+    still returning ``k`` of them whenever ``k`` match.
+    """
     col, st = _resolve(collection, store)
     if registry is None and st is not None:
         registry = ModelRegistry(st.config_dir / "models.json")
     vectors = _as_queries(col, queries, registry)
-    table = col.search_table(vectors, k, ef=ef, columns=None)
+    allowed = allowed_row_ids(col, filter) if filter is not None else None
+    table = col.search_table(vectors, k, ef=ef, columns=None, allow_row_ids=allowed)
     payload = [c for c in table.column_names[4:] if c not in HIDDEN_COLUMNS]
     out: list[list[SearchHit]] = [[] for _ in range(len(vectors))]
     for q, key, distance, row in zip(
@@ -101,9 +197,10 @@ def search(
     *,
     store: Store | str | None = None,
     ef: int | None = None,
+    filter: Mapping[str, Any] | None = None,
     registry: ModelRegistry | None = None,
 ) -> list[SearchHit]:
     """The ``k`` rows nearest to ``query`` (a text, embedded with the collection's model, or a vector)."""
     if isinstance(query, np.ndarray) and query.ndim != 1:
         raise InputError(f"search: expected one query vector, got an array of shape {query.shape}")
-    return search_batch(collection, [query], k, store=store, ef=ef, registry=registry)[0]
+    return search_batch(collection, [query], k, store=store, ef=ef, filter=filter, registry=registry)[0]

@@ -351,6 +351,15 @@ class Collection(SessionsMixin):
         )
         return found / max(1, int(truth_n.sum()))
 
+    def cached_rows(self) -> pa.Table:
+        """Every row of this generation's files, kept in memory for repeated lookups.
+
+        Includes deleted and replaced rows (see :meth:`deleted_row_ids`); searches never
+        return those, so filters may run over this table as it is.
+        """
+        snap = self._snapshot()
+        return snap.rows_at(snap.ids.row_ids)
+
     def row_files(self) -> list[Path]:
         """The Parquet files holding this generation's rows (dead rows included: see deleted_row_ids)."""
         snap = self._snapshot()

@@ -1,0 +1,270 @@
+"""``BrinicleClient``: a small Python client for the brinicle HTTP API (ours or brinicle's own server).
+
+Methods follow brinicle's documented SDK; an error response raises a typed
+:class:`HTTPError` (``BadRequestError``, ``UnauthorizedError``, ``NotFoundHTTPError``,
+``ConflictHTTPError``, ``PayloadTooLargeError``, ``ServerError``) carrying the status and the
+server's ``detail``. Needs the ``client`` extra (httpx).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from brinicle_etl.errors import BrinicleError, ConflictError, InputError, MissingExtraError, NotFoundError
+
+__all__ = [
+    "BadRequestError",
+    "BrinicleClient",
+    "ConflictHTTPError",
+    "HTTPError",
+    "NotFoundHTTPError",
+    "PayloadTooLargeError",
+    "ServerError",
+    "UnauthorizedError",
+    "encode_batch",
+]
+
+ID_WIDTH = 32
+
+
+class HTTPError(BrinicleError):
+    """An error response: ``status`` and the server's ``detail``."""
+
+    def __init__(self, status: int, detail: Any):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class BadRequestError(HTTPError, InputError):
+    """400 or 422: the request was malformed or its data invalid."""
+
+
+class UnauthorizedError(HTTPError):
+    """401: a missing or wrong API key."""
+
+
+class NotFoundHTTPError(HTTPError, NotFoundError):
+    """404: no such index (or task)."""
+
+
+class ConflictHTTPError(HTTPError, ConflictError):
+    """409: the index exists, or keys conflict."""
+
+
+class PayloadTooLargeError(HTTPError, InputError):
+    """413: the upload is over the server's limit."""
+
+
+class ServerError(HTTPError):
+    """5xx."""
+
+
+_ERRORS: dict[int, type[HTTPError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    404: NotFoundHTTPError,
+    409: ConflictHTTPError,
+    413: PayloadTooLargeError,
+    422: BadRequestError,
+}
+
+
+def encode_batch(ids: Sequence[str], vectors: Any) -> bytes:
+    """Rows of a 32-byte NUL-padded id and float32 values: the ``/ingest/batch`` body.
+
+    Ids longer than 32 bytes are refused rather than cut (brinicle's own client cuts them,
+    which silently merges ids sharing a prefix).
+    """
+    matrix = np.ascontiguousarray(vectors, dtype="<f4")
+    if matrix.ndim != 2 or len(matrix) != len(ids):
+        raise InputError(f"ingest_batch: {len(ids)} ids need a ({len(ids)}, dim) matrix, got {matrix.shape}")
+    encoded = [i.encode("utf-8") for i in ids]
+    for key, raw in zip(ids, encoded, strict=True):
+        if not raw or len(raw) > ID_WIDTH or b"\0" in raw:
+            raise InputError(f"ingest_batch: id {key!r} must be 1-{ID_WIDTH} bytes of UTF-8 without NUL")
+    rows = np.empty(len(ids), dtype=np.dtype([("id", f"S{ID_WIDTH}"), ("v", "<f4", (matrix.shape[1],))]))
+    rows["id"] = encoded
+    rows["v"] = matrix
+    return rows.tobytes()
+
+
+class BrinicleClient:
+    """``BrinicleClient("http://127.0.0.1:1984", api_key=None)``; also a context manager."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:1984", *, api_key: str | None = None, timeout: float = 300.0):
+        try:
+            import httpx
+        except ImportError as exc:
+            raise MissingExtraError("BrinicleClient needs httpx: pip install 'brinicle-etl[client]'") from exc
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> BrinicleClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            cls = _ERRORS.get(response.status_code, ServerError if response.status_code >= 500 else HTTPError)
+            raise cls(response.status_code, detail)
+        return response.json()
+
+    # ---- indexes ----
+
+    def health_check(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/")
+        return result
+
+    def list_indexes(self) -> list[str]:
+        return list(self._request("GET", "/indexes")["indexes"])
+
+    def create_index(
+        self,
+        index_name: str,
+        dim: int,
+        *,
+        delta_ratio: float = 0.10,
+        params: Mapping[str, int] | None = None,
+        metric: str | None = None,
+        dtype: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"index_name": index_name, "dim": dim, "delta_ratio": delta_ratio}
+        if params:
+            body["params"] = dict(params)
+        if metric:
+            body["metric"] = metric
+        if dtype:
+            body["dtype"] = dtype
+        result: dict[str, Any] = self._request("POST", "/indexes", json=body)
+        return result
+
+    def delete_index(self, index_name: str, *, destroy: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "DELETE", f"/indexes/{index_name}", params={"destroy": str(destroy).lower()}
+        )
+        return result
+
+    def get_index_status(self, index_name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/indexes/{index_name}/status")
+        return result
+
+    def load_index(self, index_name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/indexes/load", json={"index_name": index_name})
+        return result
+
+    # ---- ingest ----
+
+    def init(self, index_name: str, mode: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/init", json={"index_name": index_name, "mode": mode})
+        return result
+
+    def ingest(self, index_name: str, external_id: str, vector: Any) -> dict[str, Any]:
+        values = np.asarray(vector, dtype=np.float32).tolist()
+        body = {"index_name": index_name, "external_id": external_id, "vector": values}
+        result: dict[str, Any] = self._request("POST", "/ingest", json=body)
+        return result
+
+    def ingest_batch(self, index_name: str, ids: Sequence[str], vectors: Any) -> int:
+        """Stage many vectors in one binary request; returns how many the server took."""
+        result = self._request(
+            "POST",
+            "/ingest/batch",
+            params={"index_name": index_name},
+            content=encode_batch(ids, vectors),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return int(result["count"])
+
+    def finalize(
+        self, index_name: str, *, optimize: bool = False, params: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"index_name": index_name, "optimize": optimize}
+        if params:
+            body["params"] = dict(params)
+        result: dict[str, Any] = self._request("POST", "/finalize", json=body)
+        return result
+
+    # ---- maintenance ----
+
+    def delete_items(
+        self, index_name: str, external_ids: Sequence[str], *, return_not_found: bool = False
+    ) -> dict[str, Any]:
+        body = {"index_name": index_name, "external_ids": list(external_ids), "return_not_found": return_not_found}
+        result: dict[str, Any] = self._request("POST", "/delete", json=body)
+        return result
+
+    def rebuild(self, index_name: str, *, params: Mapping[str, int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"index_name": index_name}
+        if params:
+            body["params"] = dict(params)
+        result: dict[str, Any] = self._request("POST", "/rebuild", json=body)
+        return result
+
+    def optimize(self, index_name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/optimize", json={"index_name": index_name})
+        return result
+
+    # ---- search ----
+
+    def search(self, index_name: str, query: Any, k: int = 10, *, efs: int = 64) -> list[str]:
+        """External ids of the ``k`` nearest vectors (``/search.bin``)."""
+        body = np.ascontiguousarray(query, dtype="<f4").tobytes()
+        return list(
+            self._request(
+                "POST",
+                "/search.bin",
+                params={"index_name": index_name, "k": k, "efs": efs},
+                content=body,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        )
+
+    def search_batch(self, index_name: str, queries: Any, k: int = 10, *, efs: int = 64) -> list[list[str]]:
+        body = np.ascontiguousarray(queries, dtype="<f4").tobytes()
+        return list(
+            self._request(
+                "POST",
+                "/search/batch.bin",
+                params={"index_name": index_name, "k": k, "efs": efs},
+                content=body,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        )
+
+    def search_rows(
+        self,
+        index_name: str,
+        query: str | Sequence[float],
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ef: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """``POST /search``: hits with ``key``, ``distance`` and the row's columns."""
+        body: dict[str, Any] = {
+            "index_name": index_name,
+            "query": query if isinstance(query, str) else np.asarray(query, dtype=np.float32).tolist(),
+            "k": k,
+        }
+        if filter is not None:
+            body["filter"] = dict(filter)
+        if ef is not None:
+            body["ef"] = ef
+        return list(self._request("POST", "/search", json=body)["results"])

@@ -1,0 +1,41 @@
+"""``POST /search``: a text or a vector, the nearest rows with their columns, optionally filtered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from brinicle_etl.search import search
+from brinicle_etl.server.app import json_response, state_of
+
+router = APIRouter()
+
+
+class SearchRequest(BaseModel):
+    """``filter``: column conditions ANDed together, e.g. ``{"category": "footwear",
+    "price": {"lt": 100}, "brand": {"in": ["A", "B"]}}``; operators eq ne lt lte gt gte in nin."""
+
+    model_config = ConfigDict(extra="forbid")
+    index_name: str
+    query: str | list[float]
+    k: int = Field(default=10, ge=1, le=10_000)
+    ef: int | None = Field(default=None, ge=1)
+    filter: dict[str, Any] | None = None
+
+
+@router.post("/search", summary="Search by text or vector; rows come back with their columns")
+def search_rows(request: Request, body: SearchRequest) -> Response:
+    state = state_of(request)
+    col = state.collection(body.index_name)
+    if isinstance(body.query, str) and not body.query.strip():
+        raise HTTPException(status_code=400, detail="search: the query text is empty")
+    hits = search(col, body.query, body.k, ef=body.ef, filter=body.filter, registry=state.registry)
+    return json_response(
+        {
+            "index_name": body.index_name,
+            "results": [{"key": h.key, "distance": h.distance, "row": h.row} for h in hits],
+        }
+    )
