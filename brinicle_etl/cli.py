@@ -298,8 +298,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from brinicle_etl.server import serve
 
     keys = tuple(args.api_key or ())
+    quotas = {}
+    for entry in args.quota or ():
+        key, _, megabytes = entry.rpartition("=")
+        if not key:
+            raise BrinicleError(f"--quota takes KEY=MB; got {entry!r}")
+        quotas[key] = float(megabytes)
     print(f"serving {_store(args).root} on http://{args.host}:{args.port} (OpenAPI page: /docs)", file=sys.stderr)
-    serve(str(_store(args).root), host=args.host, port=args.port, api_keys=keys, workers=args.workers)
+    serve(
+        str(_store(args).root),
+        host=args.host,
+        port=args.port,
+        api_keys=keys,
+        quotas=quotas,
+        max_upload_mb=args.max_upload_mb,
+        workers=args.workers,
+    )
 
 
 # ---- parser --------------------------------------------------------------------------
@@ -382,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key", action="append", help="require this X-API-Key (repeat for several; or $BRINICLE_API_KEYS)"
     )
+    p.add_argument("--quota", action="append", metavar="KEY=MB", help="storage quota of an API key (repeatable)")
+    p.add_argument("--max-upload-mb", type=float, help="largest CSV upload accepted (default 512)")
     p.add_argument("--workers", type=int, default=1, help="server processes (collections are safe to share)")
     p.set_defaults(func=cmd_serve)
 

@@ -8,7 +8,10 @@ server's ``detail``. Needs the ``client`` extra (httpx).
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -220,6 +223,89 @@ class BrinicleClient:
     def optimize(self, index_name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("POST", "/optimize", json={"index_name": index_name})
         return result
+
+    # ---- CSV ingest and upsertion tasks ----
+
+    def build_ingest_data(
+        self,
+        file: str | Any,
+        *,
+        dim: int,
+        seed: int = 0,
+        depth: int = 2,
+        db_name: str | None = None,
+        namespace: str | None = None,
+        vector_col: str | None = None,
+        dtype_config: str | None = None,
+        template_name: str | None = None,
+        template_schema: str | Mapping[str, Any] | None = None,
+        on_conflict: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /build_ingest_data/``: upload a CSV file (a path or an open binary file)."""
+        fields: dict[str, Any] = {"dim": dim, "seed": seed, "depth": depth}
+        optional = {
+            "db_name": db_name,
+            "namespace": namespace,
+            "vector_col": vector_col,
+            "dtype_config": dtype_config,
+            "template_name": template_name,
+            "template_schema": template_schema
+            if isinstance(template_schema, str | None)
+            else json.dumps(dict(template_schema)),
+            "on_conflict": on_conflict,
+        }
+        fields.update({k: v for k, v in optional.items() if v is not None})
+        if isinstance(file, str | Path):
+            with open(file, "rb") as fh:
+                files = {"file": (Path(file).name, fh, "text/csv")}
+                result: dict[str, Any] = self._request("POST", "/build_ingest_data/", data=fields, files=files)
+                return result
+        result = self._request("POST", "/build_ingest_data/", data=fields, files={"file": ("upload.csv", file)})
+        return result
+
+    def run_upsertion_task(
+        self,
+        embedding_model_id: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        task_id: str | None = None,
+        index_name: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"embedding_model_id": embedding_model_id, "items": [dict(i) for i in items]}
+        if task_id is not None:
+            body["task_id"] = task_id
+        if index_name is not None:
+            body["index_name"] = index_name
+        result: dict[str, Any] = self._request("POST", "/internal/upsertion-tasks/run", json=body)
+        return result
+
+    def get_upsertion_task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/internal/upsertion-tasks/info", params={"task_id": task_id})
+        return result
+
+    def list_upsertion_tasks(self, *, offset: int = 0, limit: int = 100, status: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if status is not None:
+            params["status"] = status
+        result: dict[str, Any] = self._request("GET", "/internal/upsertion-tasks/list", params=params)
+        return result
+
+    def restart_upsertion_task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("PUT", "/internal/upsertion-tasks/restart", params={"task_id": task_id})
+        return result
+
+    def cancel_upsertion_task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("PUT", "/internal/upsertion-tasks/cancel", params={"task_id": task_id})
+        return result
+
+    def wait_for_task(self, task_id: str, *, timeout: float = 600.0, poll: float = 0.2) -> dict[str, Any]:
+        """Poll a task until it is no longer pending or running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.get_upsertion_task(task_id)
+            if task["status"] not in ("pending", "running") or time.monotonic() > deadline:
+                return task
+            time.sleep(poll)
 
     # ---- search ----
 

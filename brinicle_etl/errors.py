@@ -14,6 +14,7 @@ Dagster) can map each branch to their own form of failure::
     ├── LockedError          another writer holds the collection               (RuntimeError)
     ├── CorruptCollectionError  files on disk are missing or unreadable
     ├── EngineError          what the brinicle-compatible VectorEngine raises  (RuntimeError)
+    ├── QuotaExceededError   a write would take an API key past its storage quota
     └── MissingExtraError    an optional dependency is not installed           (ImportError)
 
 Messages name the operation, say what is wrong, and where possible what to do
@@ -37,6 +38,7 @@ __all__ = [
     "LockedError",
     "MissingExtraError",
     "NotFoundError",
+    "QuotaExceededError",
     "StateError",
     "format_values",
 ]
@@ -93,6 +95,10 @@ class CorruptCollectionError(BrinicleError):
 
 class EngineError(BrinicleError, RuntimeError):
     """Raised by :class:`brinicle_etl.VectorEngine` for state and data errors, as brinicle raises RuntimeError."""
+
+
+class QuotaExceededError(BrinicleError):
+    """A write would take its owner past a storage quota."""
 
 
 class MissingExtraError(BrinicleError, ImportError):

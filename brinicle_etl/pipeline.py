@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -203,6 +203,7 @@ def ingest(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: Progress | None = None,
     wait: bool | float = False,
+    meta: Mapping[str, Any] | None = None,
 ) -> IngestResult:
     """Bring collection ``db/namespace`` up to date with ``source``.
 
@@ -213,6 +214,7 @@ def ingest(
     with the source. Rows identical to the stored ones are never conflicts and never
     re-embedded. ``sync=True`` also deletes keys the source no longer has.
     ``on_duplicate='keep_last'`` keeps the last of repeated keys instead of refusing.
+    ``meta`` entries are stored in the collection's metadata in the same atomic commit.
     """
     check_choice("mode", mode, WriteMode)
     check_choice("on_conflict", on_conflict, ConflictPolicy)
@@ -284,8 +286,7 @@ def ingest(
             t = time.perf_counter()
             if len(plan.deletes) and mode != "build":
                 tx.delete(plan.deletes)
-            meta = {**col.meta, "schema": sch.to_dict()}
-            written = tx.commit(meta=meta)
+            written = tx.commit(meta={**col.meta, **(meta or {}), "schema": sch.to_dict()})
             timings["commit"] = time.perf_counter() - t
     except BaseException:
         if created:
@@ -355,6 +356,11 @@ def _vector_dim(
     else:
         return dim or (existing.dim if existing is not None else 1)
     if dim is not None and dim != found:
+        if sch.vector_source == "generated":
+            raise InputError(
+                f"dimension mismatch: dim={dim} was given, but model {sch.model!r} makes {found}-d vectors; "
+                "register a model of that dimension in the store, or use its dimension"
+            )
         raise InputError(f"dimension mismatch: dim={dim} was given, the vectors have {found} values")
     return found
 

@@ -19,16 +19,22 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 1984,
     api_keys: tuple[str, ...] = (),
+    quotas: dict[str, float] | None = None,
+    max_upload_mb: float | None = None,
     workers: int = 1,
     log_level: str = "info",
 ) -> None:
-    """Run the server on uvicorn until interrupted."""
+    """Run the server on uvicorn until interrupted. ``quotas``: API key -> MB of storage."""
     import os
 
     if store is not None:
         os.environ["BRINICLE_STORE"] = store
     if api_keys:
         os.environ["BRINICLE_API_KEYS"] = ",".join(api_keys)
+    if quotas:
+        os.environ["BRINICLE_QUOTAS"] = ",".join(f"{k}={v}" for k, v in quotas.items())
+    if max_upload_mb is not None:
+        os.environ["BRINICLE_MAX_UPLOAD_MB"] = str(max_upload_mb)
     uvicorn.run(
         "brinicle_etl.server.app:app_from_env",
         factory=True,

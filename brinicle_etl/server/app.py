@@ -32,9 +32,11 @@ from brinicle_etl.errors import (
     LockedError,
     MissingExtraError,
     NotFoundError,
+    QuotaExceededError,
     StateError,
 )
 from brinicle_etl.store import Collection, Store
+from brinicle_etl.tasks import TaskStore, TaskWorker
 
 __all__ = ["ServerSettings", "ServerState", "create_app"]
 
@@ -49,18 +51,25 @@ class ServerSettings:
 
     store: Path
     api_keys: tuple[str, ...] = ()
+    quotas: dict[str, int] = field(default_factory=dict)
     max_upload_bytes: int = 512 * 2**20
     max_search_batch: int = 8192
     feed_bytes: int = 4 * 2**20
+    task_batch_size: int = 512
 
     @classmethod
     def from_env(cls) -> ServerSettings:
-        """Settings from ``BRINICLE_STORE``, ``BRINICLE_API_KEYS`` (comma-separated), ``BRINICLE_MAX_UPLOAD_MB``."""
+        """Settings from ``BRINICLE_STORE``, ``BRINICLE_API_KEYS`` (comma-separated),
+        ``BRINICLE_QUOTAS`` (``key=MB,...``) and ``BRINICLE_MAX_UPLOAD_MB``."""
         keys = tuple(k.strip() for k in os.environ.get("BRINICLE_API_KEYS", "").split(",") if k.strip())
-        upload = int(os.environ.get("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20
-        return cls(
-            store=Path(os.environ.get("BRINICLE_STORE") or "brinicle_store"), api_keys=keys, max_upload_bytes=upload
-        )
+        quotas = {}
+        for entry in os.environ.get("BRINICLE_QUOTAS", "").split(","):
+            if "=" in entry:
+                key, megabytes = entry.rsplit("=", 1)
+                quotas[key.strip()] = int(float(megabytes) * 2**20)
+        upload = int(float(os.environ.get("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20)
+        store = Path(os.environ.get("BRINICLE_STORE") or "brinicle_store")
+        return cls(store=store, api_keys=keys, quotas=quotas, max_upload_bytes=upload)
 
 
 def canonical(index_name: object) -> str:
@@ -85,6 +94,8 @@ class ServerState:
     settings: ServerSettings
     store: Store
     registry: ModelRegistry
+    tasks: TaskStore
+    worker: TaskWorker
     loaded: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,6 +132,7 @@ _STATUS: list[tuple[type[BrinicleError], int]] = [
     (InputError, 400),
     (ConfigError, 400),
     (StateError, 400),
+    (QuotaExceededError, 403),
     (MissingExtraError, 503),
     (CorruptCollectionError, 500),
 ]
@@ -147,15 +159,26 @@ def create_app(
         settings = ServerSettings(
             store=root or base.store,
             api_keys=tuple(api_keys) or base.api_keys,
+            quotas=base.quotas,
             max_upload_bytes=base.max_upload_bytes,
         )
     st = store if isinstance(store, Store) else Store(settings.store)
-    state = ServerState(settings=settings, store=st, registry=ModelRegistry(st.config_dir / "models.json"))
+    tasks = TaskStore(st)
+    state = ServerState(
+        settings=settings,
+        store=st,
+        registry=ModelRegistry(st.config_dir / "models.json"),
+        tasks=tasks,
+        worker=TaskWorker(tasks, batch_size=settings.task_batch_size),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.open_all()
+        # One process per store runs tasks; with several workers the others only accept them.
+        state.worker.start()
         yield
+        state.worker.stop()
 
     app = FastAPI(
         title="brinicle-etl",
@@ -184,10 +207,14 @@ def create_app(
             return await call_next(request)
 
     from brinicle_etl.server.brinicle_api import router as brinicle_router
+    from brinicle_etl.server.ingest_api import router as ingest_router
     from brinicle_etl.server.search_api import router as search_router
+    from brinicle_etl.server.tasks_api import router as tasks_router
 
     app.include_router(brinicle_router)
     app.include_router(search_router)
+    app.include_router(ingest_router)
+    app.include_router(tasks_router)
     return app
 
 

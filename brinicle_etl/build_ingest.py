@@ -1,0 +1,130 @@
+"""The CSV ingest endpoint's behaviour as a library call: ``build_ingest_data``.
+
+Create vs append by ``db_name/namespace``; ``dim`` must be 128-8192 for a new database and
+equal the stored dimension on append; vectors are generated, precomputed (``vector_col``) or
+none; primary-key conflicts follow ``on_conflict``. The endpoint's other fields mean, here:
+
+- ``seed``: the HNSW ``rng_seed`` of a new collection (the order its vectors are inserted in);
+- ``depth``: the graph's connectivity, ``M = 8 x depth`` (1-8; depth 2 is M=16);
+- ``dtype_config``: the vector dtype, as ``"bf16"`` or JSON ``{"dtype": "f16", "metric": "cosine"}``.
+
+They shape a new collection; an existing one keeps its settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from brinicle_etl.embed import DEFAULT_MODEL
+from brinicle_etl.errors import ConfigError, InputError
+from brinicle_etl.pipeline import IngestResult, ingest, model_registry
+from brinicle_etl.schema import TemplateSchema
+from brinicle_etl.store import Store
+from brinicle_etl.types import ConflictPolicy, HnswParams, Metric, VectorDType, check_choice
+from brinicle_etl.usage import UsageLedger
+
+__all__ = ["MAX_DIM", "MIN_DIM", "build_ingest_data", "parse_dtype_config", "sanitize_identifier"]
+
+MIN_DIM, MAX_DIM = 128, 8192
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def sanitize_identifier(value: str, *, what: str) -> str:
+    """Letters, digits and ``_`` only (others become ``_``), at most 64 characters."""
+    cleaned = _UNSAFE.sub("_", value.strip())[:64]
+    if not cleaned.strip("_"):
+        raise ConfigError(f"{what} {value!r} has no letters or digits")
+    return cleaned
+
+
+def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
+    if value is None or not value.strip():
+        return "bf16", "cosine"
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"dtype_config is not valid JSON: {exc}") from exc
+        unknown = set(data) - {"dtype", "metric"}
+        if unknown:
+            raise ConfigError(f"dtype_config has unknown key(s) {sorted(unknown)}; use 'dtype' and 'metric'")
+        dtype = check_choice("dtype_config dtype", data.get("dtype", "bf16"), VectorDType)
+        metric = check_choice("dtype_config metric", data.get("metric", "cosine"), Metric)
+        return dtype, metric
+    return check_choice("dtype_config", text, VectorDType), "cosine"
+
+
+def _model_for(store: Store, dim: int, schema: TemplateSchema | None) -> str | None:
+    """The embedding model for generated vectors: the template's, else one that makes ``dim``-d vectors."""
+    if schema is not None and schema.model:
+        return schema.model
+    registry = model_registry(store)
+    if registry.get(DEFAULT_MODEL).dim == dim:
+        return DEFAULT_MODEL
+    return next((spec.id for spec in registry.specs() if spec.dim == dim), None)
+
+
+def build_ingest_data(
+    store: Store,
+    file: str | Path,
+    *,
+    dim: int,
+    seed: int,
+    depth: int,
+    db_name: str = "fractal_db",
+    namespace: str = "default",
+    vector_col: str | None = None,
+    dtype_config: str | None = None,
+    template_name: str | None = None,
+    template_schema: str | None = None,
+    on_conflict: ConflictPolicy = "error",
+    owner: str | None = None,
+    quota_bytes: int | None = None,
+) -> IngestResult:
+    """Ingest a CSV file into ``db_name/namespace`` with the CSV endpoint's rules (see the module doc)."""
+    check_choice("on_conflict", on_conflict, ConflictPolicy)
+    collection = f"{sanitize_identifier(db_name, what='db_name')}/{sanitize_identifier(namespace, what='namespace')}"
+    if store.exists(collection):
+        stored = store.open(collection).dim
+        if dim != stored:
+            raise InputError(f"dimension mismatch: {collection!r} holds {stored}-d vectors, the request says dim={dim}")
+    elif not MIN_DIM <= dim <= MAX_DIM:
+        raise InputError(f"dim must be between {MIN_DIM} and {MAX_DIM} for a new database; got {dim}")
+    if not 1 <= depth <= 8:
+        raise ConfigError(f"depth must be between 1 and 8 (the graph's connectivity is 8 x depth); got {depth}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0; got {seed}")
+    dtype, metric = parse_dtype_config(dtype_config)
+    schema = TemplateSchema.from_json(template_schema) if template_schema else None
+    if schema is None and template_name is not None and store.template(template_name) is not None:
+        schema = TemplateSchema.from_dict(store.template(template_name) or {})
+    ledger = UsageLedger(store)
+    if owner is not None and quota_bytes is not None:
+        ledger.check(owner, quota_bytes=quota_bytes, incoming_bytes=Path(file).stat().st_size)
+    options: dict[str, Any] = {}
+    if vector_col is None and not store.exists(collection):
+        model = _model_for(store, dim, schema)
+        if model is not None:
+            options["model"] = model
+    result = ingest(
+        file,
+        collection,
+        store=store,
+        format="csv",
+        on_conflict=on_conflict,
+        schema=schema,
+        template_name=template_name,
+        vector_col=vector_col,
+        dim=dim,
+        dtype=dtype,
+        metric=metric,
+        params=HnswParams(M=8 * depth, rng_seed=seed),
+        wait=True,
+        **options,
+    )
+    ledger.record(collection, owner=owner)
+    return result

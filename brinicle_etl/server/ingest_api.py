@@ -1,0 +1,98 @@
+"""``POST /build_ingest_data/``: a CSV upload into ``db_name/namespace`` (multipart/form-data).
+
+The upload streams to disk and is refused with 413 as soon as it passes the server's limit
+(at once, if its Content-Length says so); the form's fields follow the CSV ingest spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from brinicle_etl.build_ingest import build_ingest_data
+from brinicle_etl.errors import BrinicleError
+from brinicle_etl.server.app import json_response, state_of, status_of
+from brinicle_etl.server.upload import StreamingForm, TooLarge
+from brinicle_etl.usage import owner_id
+
+router = APIRouter()
+
+_REQUIRED_INTS = ("dim", "seed", "depth")
+_FIELDS = ("db_name", "namespace", "vector_col", "dtype_config", "template_name", "template_schema", "on_conflict")
+
+
+def _invalid(problems: list[dict[str, Any]]) -> Response:
+    return JSONResponse(status_code=422, content={"detail": problems})
+
+
+def _too_large(limit: int, received: int) -> Response:
+    return JSONResponse(
+        status_code=413,
+        content={"detail": f"upload too large: the limit is {limit} bytes, {received} bytes arrived before it stopped"},
+    )
+
+
+@router.post("/build_ingest_data/", summary="Build or append to a collection from a CSV upload")
+async def build_ingest(request: Request) -> Response:
+    state = state_of(request)
+    limit = state.settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _too_large(limit, 0)
+    try:
+        form = StreamingForm(
+            request.headers.get("content-type", ""), spool_dir=state.store.config_dir / "uploads", limit=limit
+        )
+    except BrinicleError as exc:
+        return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+    with form:
+        try:
+            async for chunk in request.stream():
+                form.feed(chunk)
+            form.finish()
+        except TooLarge as exc:
+            return _too_large(limit, exc.received)
+        except BrinicleError as exc:
+            return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+        problems = [
+            {"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}
+            for name in ("file", *_REQUIRED_INTS)
+            if (name == "file" and form.file_path is None) or (name != "file" and name not in form.fields)
+        ]
+        ints: dict[str, int] = {}
+        for name in _REQUIRED_INTS:
+            if name in form.fields:
+                try:
+                    ints[name] = int(form.fields[name])
+                except ValueError:
+                    problems.append(
+                        {
+                            "type": "int_parsing",
+                            "loc": ["body", name],
+                            "input": form.fields[name],
+                            "msg": "Input should be a valid integer, unable to parse string as an integer",
+                        }
+                    )
+        if problems:
+            return _invalid(problems)
+        options: dict[str, Any] = {k: form.fields[k] for k in _FIELDS if form.fields.get(k) not in (None, "")}
+        options.update(ints)
+        key = request.headers.get("x-api-key")
+        owner = owner_id(key) if key and state.settings.api_keys else None
+        quota = state.settings.quotas.get(key) if key else None
+        path = form.file_path
+        assert path is not None
+        try:
+            result = await run_in_threadpool(
+                lambda: build_ingest_data(state.store, path, owner=owner, quota_bytes=quota, **options)
+            )
+        except BrinicleError as exc:
+            return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+    with state.lock:
+        state.loaded.add(result.collection)
+    body = result.to_dict()
+    body["db_name"] = result.collection.split("/")[0]
+    return json_response(body)

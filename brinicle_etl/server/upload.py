@@ -1,0 +1,115 @@
+"""multipart/form-data parsed as it streams in: the file part goes to disk, small fields stay in
+memory, and the size limit is enforced on the bytes received, before the whole body is read."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from brinicle_etl.errors import InputError
+
+__all__ = ["StreamingForm", "TooLarge"]
+
+MAX_FIELD_BYTES = 1 << 20
+
+
+class TooLarge(Exception):
+    """The upload passed the limit; ``received`` bytes were read when it was noticed."""
+
+    def __init__(self, received: int):
+        super().__init__(received)
+        self.received = received
+
+
+class StreamingForm:
+    """Feed the request body; ``file_field`` is written to ``spool_dir``, other fields kept as text."""
+
+    def __init__(self, content_type: str, *, spool_dir: Path, limit: int, file_field: str = "file"):
+        kind, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            raise InputError("expected a multipart/form-data body with a boundary")
+        self.limit = limit
+        self.received = 0
+        self.fields: dict[str, str] = {}
+        self.file_name: str | None = None
+        self.file_path: Path | None = None
+        self._file_field = file_field
+        self._spool_dir = spool_dir
+        self._fd: int | None = None
+        self._name: str | None = None
+        self._value = bytearray()
+        self._header_field = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field_data,
+                "on_header_value": self._header_value_data,
+                "on_headers_finished": self._headers_done,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def _part_begin(self) -> None:
+        self._headers, self._header_field, self._name = {}, b"", None
+        self._value = bytearray()
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field = data[start:end].lower()
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._headers[self._header_field] = self._headers.get(self._header_field, b"") + data[start:end]
+
+    def _headers_done(self) -> None:
+        _disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = options.get(b"name", b"").decode("utf-8", errors="replace")
+        if self._name == self._file_field:
+            self.file_name = options.get(b"filename", b"upload.csv").decode("utf-8", errors="replace")
+            self._spool_dir.mkdir(parents=True, exist_ok=True)
+            self.file_path = self._spool_dir / f"upload-{secrets.token_hex(8)}.csv"
+            self._fd = os.open(self.file_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._fd is not None:
+            os.write(self._fd, data[start:end])
+        else:
+            self._value += data[start:end]
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise InputError(f"form field {self._name!r} is over {MAX_FIELD_BYTES} bytes")
+
+    def _part_end(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        elif self._name:
+            self.fields[self._name] = self._value.decode("utf-8", errors="replace")
+
+    def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            raise TooLarge(self.received)
+        self._parser.write(chunk)
+
+    def finish(self) -> None:
+        self._parser.finalize()
+
+    def discard(self) -> None:
+        """Remove the spooled file (always call once the upload has been used or refused)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.file_path is not None:
+            self.file_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> StreamingForm:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.discard()
