@@ -16,6 +16,7 @@ from brinicle_etl.errors import (
     LockedError,
     MissingExtraError,
     NotFoundError,
+    QuotaExceededError,
     StateError,
 )
 from brinicle_etl.pipeline import IngestResult, ingest
@@ -54,6 +55,7 @@ __all__ = [
     "Metric",
     "MissingExtraError",
     "NotFoundError",
+    "QuotaExceededError",
     "StateError",
     "Store",
     "TemplateSchema",

@@ -60,7 +60,8 @@ class ServerSettings:
     @classmethod
     def from_env(cls) -> ServerSettings:
         """Settings from ``BRINICLE_STORE``, ``BRINICLE_API_KEYS`` (comma-separated),
-        ``BRINICLE_QUOTAS`` (``key=MB,...``) and ``BRINICLE_MAX_UPLOAD_MB``."""
+        ``BRINICLE_QUOTAS`` (``key=MB,...``), ``BRINICLE_MAX_UPLOAD_MB`` and ``BRINICLE_TASK_BATCH``
+        (items per upsertion-task batch)."""
         keys = tuple(k.strip() for k in os.environ.get("BRINICLE_API_KEYS", "").split(",") if k.strip())
         quotas = {}
         for entry in os.environ.get("BRINICLE_QUOTAS", "").split(","):
@@ -69,7 +70,8 @@ class ServerSettings:
                 quotas[key.strip()] = int(float(megabytes) * 2**20)
         upload = int(float(os.environ.get("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20)
         store = Path(os.environ.get("BRINICLE_STORE") or "brinicle_store")
-        return cls(store=store, api_keys=keys, quotas=quotas, max_upload_bytes=upload)
+        batch = int(os.environ.get("BRINICLE_TASK_BATCH", "512"))
+        return cls(store=store, api_keys=keys, quotas=quotas, max_upload_bytes=upload, task_batch_size=batch)
 
 
 def canonical(index_name: object) -> str:
@@ -89,39 +91,48 @@ def display(name: str) -> str:
 
 @dataclass
 class ServerState:
-    """What the routes share: the store, which collections are loaded, the model registry."""
+    """What the routes share: the store, the model registry, the task worker.
+
+    Every collection in the store is served unless it was unloaded here: collections made
+    by the task worker, the CLI or a pipeline appear without a restart.
+    """
 
     settings: ServerSettings
     store: Store
     registry: ModelRegistry
     tasks: TaskStore
     worker: TaskWorker
-    loaded: set[str] = field(default_factory=set)
+    unloaded: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open_all(self) -> None:
-        with self.lock:
-            self.loaded = set(self.store.names())
-        for name in list(self.loaded):
+        for name in self.store.names():
             self.store.open(name)
 
     def collection(self, index_name: object) -> Collection:
-        """A loaded collection, or 404 as brinicle answers."""
+        """A served collection, or 404 as brinicle answers."""
         name = canonical(index_name)
         with self.lock:
-            loaded = name in self.loaded
-        if not loaded:
+            hidden = name in self.unloaded
+        if hidden:
             raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found")
         try:
             return self.store.open(name)
         except NotFoundError:
-            with self.lock:
-                self.loaded.discard(name)
             raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found") from None
+
+    def load(self, name: str) -> None:
+        with self.lock:
+            self.unloaded.discard(name)
+
+    def unload(self, name: str) -> None:
+        with self.lock:
+            self.unloaded.add(name)
 
     def names(self) -> list[str]:
         with self.lock:
-            return sorted(display(n) for n in self.loaded)
+            hidden = set(self.unloaded)
+        return sorted(display(n) for n in self.store.names() if n not in hidden)
 
 
 _STATUS: list[tuple[type[BrinicleError], int]] = [
@@ -161,6 +172,7 @@ def create_app(
             api_keys=tuple(api_keys) or base.api_keys,
             quotas=base.quotas,
             max_upload_bytes=base.max_upload_bytes,
+            task_batch_size=base.task_batch_size,
         )
     st = store if isinstance(store, Store) else Store(settings.store)
     tasks = TaskStore(st)

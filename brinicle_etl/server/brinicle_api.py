@@ -106,8 +106,7 @@ def create_index(request: Request, body: CreateIndexRequest) -> Response:
     state.store.create(
         name, dim=body.dim, metric=body.metric, dtype=body.dtype, params=params, delta_ratio=body.delta_ratio
     )
-    with state.lock:
-        state.loaded.add(name)
+    state.load(name)
     return success(f"Index '{body.index_name}' created successfully", body.index_name)
 
 
@@ -118,8 +117,8 @@ def delete_index(request: Request, index_name: str, destroy: bool = False) -> Re
     name = canonical(index_name)
     if destroy:
         col.destroy(wait=True)
-    with state.lock:
-        state.loaded.discard(name)
+    if not destroy:
+        state.unload(name)
     state.store.forget(name)
     action = "destroyed" if destroy else "closed and removed"
     return success(f"Index '{index_name}' {action}", index_name)
@@ -157,8 +156,7 @@ def load_index(request: Request, body: Named) -> Response:
     if not state.store.exists(name):
         raise HTTPException(status_code=404, detail=f"Index '{body.index_name}' not found")
     state.store.open(name)
-    with state.lock:
-        state.loaded.add(name)
+    state.load(name)
     return success(f"Index '{body.index_name}' loaded successfully", body.index_name)
 
 

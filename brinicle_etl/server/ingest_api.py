@@ -32,6 +32,8 @@ def _too_large(limit: int, received: int) -> Response:
     return JSONResponse(
         status_code=413,
         content={"detail": f"upload too large: the limit is {limit} bytes, {received} bytes arrived before it stopped"},
+        # the rest of the body is not wanted: no keep-alive, so the server need not drain it
+        headers={"Connection": "close"},
     )
 
 
@@ -91,8 +93,7 @@ async def build_ingest(request: Request) -> Response:
             )
         except BrinicleError as exc:
             return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
-    with state.lock:
-        state.loaded.add(result.collection)
+    state.load(result.collection)
     body = result.to_dict()
     body["db_name"] = result.collection.split("/")[0]
     return json_response(body)
