@@ -8,7 +8,11 @@ with its data directory pointed at a temporary folder. For each server, on 100k 
 - ``/search.bin``: QPS and p50/p99 latency with several concurrent client processes, each with a
   persistent connection, for a fixed time; the servers are measured in turns, twice.
 
-Usage: python benchmarks/bench_http.py [--n 100000] [--dim 128] [--clients 4] [--seconds 10]
+Then upsertion tasks: items per second of one task of N product texts (submit, embed with
+all-MiniLM-L6-v2, upsert, until ``succeeded``) against ``ingest()`` called directly on the same
+items in this process, in turns, best of two; both have the model loaded beforehand.
+
+Usage: python benchmarks/bench_http.py [--n 100000] [--dim 128] [--clients 4] [--seconds 10] [--items 3000]
 """
 
 from __future__ import annotations
@@ -113,12 +117,86 @@ def search_load(port: int, queries: np.ndarray, clients: int, seconds: float) ->
     }
 
 
+def task_items(n: int, round_: int) -> list[dict[str, Any]]:
+    # A different prefix per round, so every round embeds and inserts all of its items.
+    return [
+        {"object_id": f"r{round_}-{i}", "payload": {"text": text}, "item_info": {"n": i}}
+        for i, text in enumerate(datasets.product_texts(n))
+    ]
+
+
+def run_task(port: int, task_id: str, items: list[dict[str, Any]]) -> float:
+    """Seconds from submitting a task to seeing it succeed."""
+    body = json.dumps({"embedding_model_id": "all-MiniLM-L6-v2", "task_id": task_id, "items": items}).encode()
+    t = time.perf_counter()
+    call(port, "POST", "/internal/upsertion-tasks/run", body)
+    while True:
+        info = json.loads(call(port, "GET", f"/internal/upsertion-tasks/info?task_id={task_id}"))
+        if info["status"] not in ("pending", "running"):
+            break
+        time.sleep(0.05)
+    seconds = time.perf_counter() - t
+    if info["status"] != "succeeded":
+        raise RuntimeError(f"task {task_id} ended {info['status']}: {info.get('error')}")
+    return seconds
+
+
+def direct_ingest(store_dir: Path, items: list[dict[str, Any]]) -> float:
+    """The same items through ``ingest()`` in this process: what the task path is measured against."""
+    import polars as pl
+
+    from brinicle_etl import Store, ingest
+
+    frame = pl.DataFrame(
+        {
+            "object_id": [i["object_id"] for i in items],
+            "text": [i["payload"]["text"] for i in items],
+            "payload": [json.dumps(i["payload"], sort_keys=True) for i in items],
+            "item_info": [json.dumps(i["item_info"], sort_keys=True) for i in items],
+        }
+    )
+    t = time.perf_counter()
+    result = ingest(
+        frame,
+        "direct",
+        store=Store(store_dir),
+        mode="upsert",
+        on_conflict="update",
+        primary_key="object_id",
+        semantic_fields=["text"],
+        model="all-MiniLM-L6-v2",
+        wait=True,
+    )
+    seconds = time.perf_counter() - t
+    assert result.rows_embedded == len(items), result
+    return seconds
+
+
+def task_throughput(tmp: Path, n_items: int) -> dict[str, float]:
+    proc, port = start("ours", tmp / "tasks")
+    try:
+        run_task(port, "warmup", task_items(64, 99))  # loads the model in the server
+        direct_ingest(tmp / "direct", task_items(64, 99))  # and here
+        task_s, direct_s = [], []
+        for round_ in range(2):
+            items = task_items(n_items, round_)
+            task_s.append(run_task(port, f"bench-{round_}", items))
+            direct_s.append(direct_ingest(tmp / "direct", items))
+            rates = n_items / task_s[-1], n_items / direct_s[-1]
+            print(f"tasks {rates[0]:.0f} items/s, ingest() {rates[1]:.0f} items/s", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {"task": n_items / min(task_s), "direct": n_items / min(direct_s)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--items", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "http.md")
     args = parser.parse_args()
     started = time.time()
@@ -157,13 +235,14 @@ def main() -> None:
     for proc, _port in servers.values():
         proc.terminate()
         proc.wait()
+    tasks = task_throughput(tmp, args.items)
 
     o, b = results["ours"], results["brinicle"]
     lines = [
         "# HTTP benchmark",
         "",
         f"`python benchmarks/bench_http.py --n {args.n} --dim {args.dim} --clients {args.clients} "
-        f"--seconds {args.seconds:g}` on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"--seconds {args.seconds:g} --items {args.items}` on {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all. Both "
         "servers on 127.0.0.1, one process each, same data (SIFT-like 100k x 128, squared L2) and params "
         "(M=16, ef_construction=200, efs=64, k=10); clients are separate processes with one persistent "
@@ -181,6 +260,17 @@ def main() -> None:
         f"| `/search.bin` p99 latency | {b['p99_ms']:.2f} ms | {o['p99_ms']:.2f} ms | |",
         "",
         "Goal: ahead of brinicle on `/search.bin` QPS and p99, and on `/ingest/batch` MB/s.",
+        "",
+        "## Upsertion tasks",
+        "",
+        f"One task of {args.items:,} product texts (submit, embed with all-MiniLM-L6-v2 on the CPU, upsert in "
+        "batches of 512, poll until `succeeded`) against `ingest()` called directly on the same items; "
+        "the model is loaded in both beforehand; best of two rounds, in turns.",
+        "",
+        "| | items/s | against `ingest()` |",
+        "|---|---|---|",
+        f"| `ingest()` in process | {tasks['direct']:,.0f} | |",
+        f"| upsertion task over HTTP | {tasks['task']:,.0f} | {tasks['task'] / tasks['direct']:.2f}x (goal >= 0.8x) |",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

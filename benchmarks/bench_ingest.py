@@ -110,18 +110,6 @@ def embedding_throughput(texts: list[str], rounds: int = 2) -> dict[str, float]:
     return {"bare": max(bare), "pipeline": max(pipeline)}
 
 
-def product_texts(n: int) -> list[str]:
-    rng = np.random.default_rng(3)
-    adjectives = ["waterproof", "lightweight", "insulated", "packable", "durable", "compact", "breathable", "warm"]
-    things = ["hiking boots", "rain jacket", "tent", "sleeping bag", "water bottle", "headlamp", "daypack", "stove"]
-    uses = ["for alpine routes", "for city commutes", "for rainy weekends", "for winter camping", "for long trails"]
-    return [
-        f"{rng.choice(adjectives)} {rng.choice(things)} {rng.choice(uses)}, item {i}. "
-        f"Made to last, with {rng.choice(adjectives)} materials."
-        for i in range(n)
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -153,7 +141,7 @@ def main() -> None:
     rebuild = in_process(timed_rebuild, store)
     print(f"rebuild {rebuild:.1f}s", flush=True)
     shutil.rmtree(store)
-    texts = product_texts(args.texts)
+    texts = datasets.product_texts(args.texts)
     embed = in_process(embedding_throughput, texts)
     print(f"embedding {embed}", flush=True)
 

@@ -70,6 +70,19 @@ def sift_like(
     return np.round(np.clip(25 * x + 20, 0, 255)).astype(np.float32)
 
 
+def product_texts(n: int) -> list[str]:
+    """Short product descriptions, varied enough that no two embed alike."""
+    rng = np.random.default_rng(3)
+    adjectives = ["waterproof", "lightweight", "insulated", "packable", "durable", "compact", "breathable", "warm"]
+    things = ["hiking boots", "rain jacket", "tent", "sleeping bag", "water bottle", "headlamp", "daypack", "stove"]
+    uses = ["for alpine routes", "for city commutes", "for rainy weekends", "for winter camping", "for long trails"]
+    return [
+        f"{rng.choice(adjectives)} {rng.choice(things)} {rng.choice(uses)}, item {i}. "
+        f"Made to last, with {rng.choice(adjectives)} materials."
+        for i in range(n)
+    ]
+
+
 def cached(name: str, make: callable, *args: object, **kwargs: object) -> np.ndarray:  # type: ignore[valid-type]
     CACHE.mkdir(exist_ok=True)
     path = CACHE / f"{name}.npy"
