@@ -167,7 +167,9 @@ def _resolve_schema(
     frame = sample.frame if sample is not None else pl.DataFrame(schema={c: pl.String for c in source.columns})
     if "semantic_fields" in given:
         given["semantic_fields"] = tuple(given["semantic_fields"])
-    inferred_schema, inferred = infer_schema(frame, **given, infer_fields=base is None)
+    inferred_schema, inferred = infer_schema(
+        frame, **given, infer_fields=base is None, untyped_text=source.format == "csv"
+    )
     if base is not None and base.columns:
         inferred_schema = TemplateSchema.from_dict({**inferred_schema.to_dict(), "columns": base.columns})
     if inferred_schema.vector_source == "generated" and inferred_schema.model is None:

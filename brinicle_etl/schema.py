@@ -249,8 +249,13 @@ def infer_schema(
     template: str | None = None,
     model: str | None = None,
     infer_fields: bool = True,
+    untyped_text: bool = True,
 ) -> tuple[TemplateSchema, Inferred]:
     """A schema for ``sample``'s columns; arguments given win over inference.
+
+    ``untyped_text``: string columns are raw text (as read from CSV) whose type is guessed
+    from the values; otherwise (a typed frame or Parquet) a string column stays a string,
+    so ids like ``"0042"`` or ``"1207"`` are not turned into numbers.
 
     With ``infer_fields=False`` only column types are inferred: the key, text fields and
     vector column are exactly what is given (a template schema that names no primary
@@ -283,7 +288,7 @@ def infer_schema(
         if name in RESERVED_COLUMNS:
             raise InputError(f"column {name!r} is reserved by brinicle_etl; rename it in the source")
         dtype = sample[name].dtype
-        kind = _guess_text_type(sample[name]) if dtype == pl.String else _type_name(dtype)
+        kind = _guess_text_type(sample[name]) if dtype == pl.String and untyped_text else _type_name(dtype)
         if kind is None:
             raise InputError(
                 f"column {name!r} has type {dtype}, which brinicle_etl cannot store; convert it to text or drop it"

@@ -39,6 +39,13 @@ def test_inference_from_names_and_values() -> None:
     assert str(inferred) == "primary key 'product_id'; semantic fields ['title', 'description']"
 
 
+def test_typed_string_columns_stay_strings() -> None:
+    # A typed frame's (or Parquet's) string column is meant to be one; only CSV text is guessed.
+    schema, _ = infer_schema(CATALOGUE, untyped_text=False)
+    assert set(schema.columns.values()) == {"string"}
+    assert schema.primary_key == "product_id"
+
+
 def test_inference_respects_what_is_given_and_finds_vectors() -> None:
     frame = CATALOGUE.with_columns(embedding=pl.Series(["[0.1, 0.2]", "[0.3, 0.4]", "[0.5,0.6]"]))
     schema, inferred = infer_schema(frame, primary_key="title", semantic_fields=("category",))

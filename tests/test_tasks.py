@@ -52,6 +52,20 @@ def test_worker_runs_in_batches_and_upserts(tasks: TaskStore, store: Store) -> N
     ] == "now about tents"
 
 
+def test_numeric_looking_ids_stay_text(tasks: TaskStore, store: Store) -> None:
+    first = [{"object_id": "1207", "payload": {"text": "boots", "size": "42"}}]
+    second = [{"object_id": "doc-1", "payload": {"text": "tent"}}]
+    tasks.submit(embedding_model_id=MODEL, items=first, task_id="t1", index_name="docs")
+    tasks.submit(embedding_model_id=MODEL, items=second, task_id="t2", index_name="docs")
+    worker = TaskWorker(tasks)
+    assert [worker.run_task(t).status for t in ("t1", "t2")] == ["succeeded", "succeeded"]
+    rows = [(r["object_id"], r["payload"]) for r in store.open("docs").rows(["object_id", "payload"]).to_pylist()]
+    assert sorted(rows) == [
+        ("1207", '{"size": "42", "text": "boots"}'),
+        ("doc-1", '{"text": "tent"}'),
+    ]
+
+
 def test_bad_items_are_listed_and_the_rest_applied(tasks: TaskStore, store: Store) -> None:
     bad = [
         {"payload": {"text": "no id"}},
