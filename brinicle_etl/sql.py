@@ -40,13 +40,18 @@ from brinicle_etl.store import Collection, Store
 
 __all__ = ["connect", "register", "run"]
 
-ARROW, SPECIAL = func.PythonUDFType.ARROW, func.FunctionNullHandling.SPECIAL
+ARROW = func.PythonUDFType.ARROW
 _HIT = pa.struct([("key", pa.string()), ("distance", pa.float32())])
+# brinicle_search joins hits to rows by where they are stored; users see keys only.
+_HIT_ROW = pa.struct([*_HIT, ("_row_id", pa.uint64())])
 _HIDDEN = "('_row_id', '_hash', '_text_hash')"
 
 
-def _hit_type() -> Any:
-    return duckdb.struct_type({"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("FLOAT")})
+def _hit_type(*, row_id: bool = False) -> Any:
+    fields = {"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("FLOAT")}
+    if row_id:
+        fields["_row_id"] = duckdb.sqltype("UBIGINT")
+    return duckdb.struct_type(fields)
 
 
 class _Functions:
@@ -110,24 +115,33 @@ class _Functions:
                 self._allowed.popitem(last=False)
         return allowed
 
-    def search_text(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
-        return self._search(names, queries, ks, filters, text=True)
+    def search(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
+        return self._search(names, queries, ks, filters, row_ids=False)
 
-    def search_vector(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
-        return self._search(names, queries, ks, filters, text=False)
+    def search_rows(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
+        return self._search(names, queries, ks, filters, row_ids=True)
 
-    def _search(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array, *, text: bool) -> pa.Array:
+    def _search(
+        self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array, *, row_ids: bool
+    ) -> pa.Array:
+        """Registered with untyped (ANY) parameters, so one function takes text and vector
+        queries alike and dispatches on the Arrow type here."""
         names, queries, ks, filters = _flat(names), _flat(queries), _flat(ks), _flat(filters)
+        text = _is_text(queries.type)
+        if not text and not _is_numeric_list(queries.type):
+            raise InputError(f"search: the query must be text or a list of numbers (FLOAT[]); got {queries.type}")
+        if not _is_text(filters.type):
+            raise InputError(f"search: filter must be a SQL predicate as text; got {filters.type}")
+        if not pa.types.is_integer(ks.type):
+            raise InputError(f"search: k must be a positive integer; got {ks.type}")
         n = len(names)
         name_list, k_list, filter_list = names.to_pylist(), ks.to_pylist(), filters.to_pylist()
-        present = queries.is_valid().to_numpy(zero_copy_only=False)
         # Rows of one call usually share collection, k and filter: one batch search each.
-        groups: dict[tuple[str, int, str | None], list[int]] = {}
+        groups: dict[tuple[str, int, str], list[int]] = {}
         for i in range(n):
-            if present[i] and name_list[i] is not None and k_list[i] is not None:
-                groups.setdefault((name_list[i], k_list[i], filter_list[i]), []).append(i)
+            groups.setdefault((name_list[i], k_list[i], filter_list[i]), []).append(i)
         parts: list[pa.Array] = []
-        where = np.full(n, -1, dtype=np.int64)  # row -> position in the concatenated parts
+        order = np.empty(n, dtype=np.int64)  # row -> position in the concatenated parts
         done = 0
         for (name, k, predicate), rows in groups.items():
             col = self._collection(name)
@@ -135,22 +149,21 @@ class _Functions:
                 matrix = embed_query(col, [queries[i].as_py() for i in rows], self.registry)
             else:
                 matrix = _vectors(queries, rows, col.dim)
-            allowed = self._allowed_rows(col, predicate) if predicate is not None else None
+            allowed = self._allowed_rows(col, predicate) if predicate.strip() else None
             table = col.search_table(matrix, k, allow_row_ids=allowed)
             counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+            fields = _HIT_ROW if row_ids else _HIT
             hits = pa.StructArray.from_arrays(
-                [table.column("_key").combine_chunks(), table.column("distance").combine_chunks()],
-                fields=list(_HIT),
+                [table.column(c).combine_chunks() for c in ("_key", "distance", "_row_id")[: len(fields)]],
+                fields=list(fields),
             )
             parts.append(pa.ListArray.from_arrays(pa.array(offsets), hits))
-            where[rows] = np.arange(done, done + len(rows))
+            order[rows] = np.arange(done, done + len(rows))
             done += len(rows)
-        if done == n and len(parts) == 1 and (where == np.arange(n)).all():
+        if len(parts) == 1:
             return parts[0]
-        parts.append(pa.nulls(1, pa.list_(_HIT)))
-        where[where < 0] = done  # the null entry
-        return pa.concat_arrays(parts).take(pa.array(where))
+        return pa.concat_arrays(parts).take(pa.array(order))
 
     def embed(self, names: pa.Array, texts: pa.Array) -> pa.Array:
         out: list[list[float] | None] = [None] * len(names)
@@ -171,11 +184,23 @@ def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
+
+
+def _is_numeric_list(kind: pa.DataType) -> bool:
+    lists = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    if not lists:
+        return False
+    value = kind.value_type
+    return bool(pa.types.is_floating(value) or pa.types.is_integer(value) or pa.types.is_decimal(value))
+
+
 def _vectors(queries: pa.Array, rows: Sequence[int], dim: int) -> np.ndarray:
     """The query vectors of ``rows`` as a float32 matrix; a wrong length names the row."""
-    picked = queries.take(pa.array(rows))
-    if isinstance(picked.type, pa.FixedSizeListType):
-        picked = picked.cast(pa.list_(picked.type.value_type))
+    picked = queries.take(pa.array(rows)) if len(rows) != len(queries) else queries
+    if not isinstance(picked.type, pa.ListType) or picked.type.value_type != pa.float32():
+        picked = picked.cast(pa.list_(pa.float32()))
     lengths = picked.value_lengths().to_numpy(zero_copy_only=False)
     wrong = np.flatnonzero(lengths != dim)
     if len(wrong):
@@ -183,8 +208,8 @@ def _vectors(queries: pa.Array, rows: Sequence[int], dim: int) -> np.ndarray:
             f"search: dimension mismatch: query vector {rows[int(wrong[0])] + 1} has {lengths[wrong[0]]} values, "
             f"the collection {dim}"
         )
-    values = picked.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float32).reshape(len(rows), dim)
+    values: np.ndarray = picked.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(rows), dim)
 
 
 def register(
@@ -196,7 +221,7 @@ def register(
     """Make ``con`` able to search the collections of ``store`` (see the module docstring)."""
     st = store if isinstance(store, Store) else Store(store)
     fns = _Functions(st, registry or ModelRegistry(st.config_dir / "models.json"), con.cursor())
-    varchar, bigint = duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")
+    varchar = duckdb.sqltype("VARCHAR")
     floats = duckdb.list_type(duckdb.sqltype("FLOAT"))
     hits = duckdb.list_type(_hit_type())
     # Deterministic (side_effects=False) so DuckDB folds constant calls at bind time:
@@ -212,21 +237,10 @@ def register(
         type=ARROW,
         side_effects=False,
     )
+    # No parameter types: DuckDB then passes any type (the query is text or a list of numbers).
+    con.create_function("__brinicle_search", fns.search, None, hits, type=ARROW)
     con.create_function(
-        "__brinicle_search_text",
-        fns.search_text,
-        [varchar, varchar, bigint, varchar],
-        hits,
-        type=ARROW,
-        null_handling=SPECIAL,
-    )
-    con.create_function(
-        "__brinicle_search_vector",
-        fns.search_vector,
-        [varchar, floats, bigint, varchar],
-        hits,
-        type=ARROW,
-        null_handling=SPECIAL,
+        "__brinicle_search_rows", fns.search_rows, None, duckdb.list_type(_hit_type(row_id=True)), type=ARROW
     )
     con.create_function("brinicle_embed", fns.embed, [varchar, varchar], floats, type=ARROW)
     for statement in _MACROS:
@@ -244,17 +258,20 @@ _MACROS = [
     CREATE OR REPLACE TEMP MACRO brinicle_rows(c) AS TABLE
         SELECT COLUMNS(lambda x: x NOT IN {_HIDDEN}) FROM __brinicle_all_rows(c)
     """,
+    # A NULL query, k or collection gives NULL hits (DuckDB skips the call); no filter is ''.
     """
     CREATE OR REPLACE TEMP MACRO brinicle_search_ids(c, q, k := 10, filter := NULL) AS
-        CASE WHEN typeof(q) = 'VARCHAR'
-             THEN __brinicle_search_text(c, q::VARCHAR, k, filter::VARCHAR)
-             ELSE __brinicle_search_vector(c, q::FLOAT[], k, filter::VARCHAR) END
+        __brinicle_search(c, q, k, coalesce(filter, ''))
     """,
+    # Hits are live rows, so the join reads the row files by row id, without the tombstone check.
     """
     CREATE OR REPLACE TEMP MACRO brinicle_search(c, q, k := 10, filter := NULL) AS TABLE
-        SELECT h.key AS _key, h.distance AS _distance, r.* EXCLUDE (_key)
-        FROM (SELECT unnest(brinicle_search_ids(c, q, k, filter), recursive := true)) AS h
-        LEFT JOIN brinicle_rows(c) AS r ON r._key = h.key
+        SELECT h.key AS _key, h.distance AS _distance, r.* EXCLUDE (_key, _row_id)
+        FROM (SELECT unnest(__brinicle_search_rows(c, q, k, coalesce(filter, '')), recursive := true)) AS h
+        LEFT JOIN (
+            SELECT COLUMNS(lambda x: x NOT IN ('_hash', '_text_hash'))
+            FROM read_parquet(__brinicle_files(c), union_by_name := true)
+        ) AS r ON r._row_id = h._row_id
         ORDER BY h.distance, h.key
     """,
 ]

@@ -140,6 +140,37 @@ def test_vector_queries_literals_parameters_and_columns(tmp_path: Path) -> None:
     con.close()
 
 
+def test_vector_queries_never_embed(con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+    vector = con.sql("SELECT brinicle_embed('shop/products', 'rain jacket')").fetchall()[0][0]
+
+    embedded: list[object] = []
+
+    def record(col: object, texts: list[str], registry: object) -> None:
+        embedded.append(texts)  # DuckDB swallows errors while folding constants, so record, don't raise
+        raise AssertionError("a vector query was embedded")
+
+    monkeypatch.setattr("brinicle_etl.sql.embed_query", record)
+    got = con.execute("SELECT _key FROM brinicle_search('shop/products', $v::FLOAT[], k := 1)", {"v": vector})
+    assert got.fetchall() == [("4",)]
+    assert embedded == []
+
+
+def test_null_inputs_give_null_and_rows_may_name_different_collections(tmp_path: Path) -> None:
+    store = Store(tmp_path / "two")
+    store.create("a", dim=2, dtype="f32").write(["a1", "a2"], [[1.0, 0.0], [0.0, 1.0]], mode="build")
+    store.create("b", dim=3, dtype="f32").write(["b1", "b2"], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], mode="build")
+    con = connect(store)
+    rows = con.sql(
+        """
+        SELECT c, brinicle_search_ids(c, q, 1)[1].key AS nearest FROM (VALUES
+            ('a', [0.1, 0.9]::FLOAT[]), ('b', [0.0, 0.1, 0.9]::FLOAT[]), ('a', NULL), (NULL, [1.0, 0.0]::FLOAT[]),
+            ('b', [0.9, 0.0, 0.1]::FLOAT[])) t(c, q)
+        """
+    ).fetchall()
+    assert rows == [("a", "a2"), ("b", "b2"), ("a", None), (None, None), ("b", "b1")]
+    con.close()
+
+
 def test_errors_read_as_one_line(con: duckdb.DuckDBPyConnection) -> None:
     cases = [
         ("SELECT * FROM brinicle_search('nope', 'x')", "collection 'nope/default' not found"),
@@ -153,6 +184,15 @@ def test_errors_read_as_one_line(con: duckdb.DuckDBPyConnection) -> None:
             "filter 'colour = 1' on 'shop/products' failed: Binder Error: Referenced column \"colour\" not found",
         ),
         ("SELECT * FROM brinicle_search('../etc', 'x')", "invalid collection name '../etc'"),
+        (
+            "SELECT * FROM brinicle_search('shop/products', 42)",
+            "search: the query must be text or a list of numbers (FLOAT[]); got int32",
+        ),
+        (
+            "SELECT * FROM brinicle_search('shop/products', 'x', filter := 3)",
+            "search: filter must be a SQL predicate as text; got int32",
+        ),
+        ("SELECT * FROM brinicle_search('shop/products', 'x', k := 'ten')", "search: k must be a positive integer"),
     ]
     for query, message in cases:
         with pytest.raises(duckdb.Error) as info:

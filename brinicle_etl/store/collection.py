@@ -297,14 +297,19 @@ class Collection(SessionsMixin):
         """Results for many queries as one Arrow table, nearest first within each query.
 
         Columns: ``query`` (the query's index), ``rank`` (0 = nearest), ``_key``,
-        ``distance``, then the rows' columns: ``columns=()`` adds none, ``None`` all.
-        ``allow`` (keys) or ``allow_row_ids`` restrict the search to those rows.
+        ``distance``, ``_row_id`` (where the row is stored, for joins), then the rows'
+        columns: ``columns=()`` adds none, ``None`` all. ``allow`` (keys) or
+        ``allow_row_ids`` restrict the search to those rows.
         """
         snap = self._snapshot()
         matrix = as_matrix(queries, snap.manifest.config.dim, "search")
         k = check_k(k, "search")
         allowed = self._allowed(snap, allow, allow_row_ids)
-        row_ids, dists, counts = snap.search(matrix, k, ef=check_ef(ef), threads=threads, allowed=allowed)
+        if len(matrix) == 1 and allowed is None:
+            one_ids, one_dists = snap.search_one(matrix[0], k, ef=check_ef(ef))
+            row_ids, dists, counts = one_ids[None, :], one_dists[None, :], np.array([len(one_ids)])
+        else:
+            row_ids, dists, counts = snap.search(matrix, k, ef=check_ef(ef), threads=threads, allowed=allowed)
         valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
         hit_ids = row_ids[valid]
         # valid is a prefix of each row, so a hit's column index is its rank
@@ -315,6 +320,7 @@ class Collection(SessionsMixin):
                 "rank": pa.array(rank.astype(np.int64)),
                 KEY: pa.array(snap.ids.keys_for(hit_ids), pa.string()),
                 "distance": pa.array(dists[valid].astype(np.float32)),
+                ROW_ID: pa.array(hit_ids.astype(np.uint64)),
             }
         )
         if columns is None or len(columns):
