@@ -3,7 +3,8 @@
 Both run on loopback: ours via ``brinicle-etl serve``; brinicle's ``brinicle.ref.api:app`` under uvicorn
 with its data directory pointed at a temporary folder. For each server, on 100k x 128 vectors:
 
-- ``/ingest/batch``: one request carrying every row (32-byte id + 128 float32), MB/s;
+- ``/ingest/batch``: one request carrying every row (32-byte id + 128 float32), MB/s, in turns,
+  best of two (each round into a fresh index);
 - ``/finalize`` seconds (both build with M=16, ef_construction=200);
 - ``/search.bin``: QPS and p50/p99 latency with several concurrent client processes, each with a
   persistent connection, for a fixed time; the servers are measured in turns, twice.
@@ -205,10 +206,22 @@ def main() -> None:
     payload = b"".join(f"doc-{i}".encode().ljust(32, b"\0") + v.astype("<f4").tobytes() for i, v in enumerate(data))
     tmp = Path(tempfile.mkdtemp(prefix="bench_http_"))
     results: dict[str, dict[str, float]] = {}
-    servers = {}
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
     for kind in ("brinicle", "ours"):
-        proc, port = start(kind, tmp / kind)
-        servers[kind] = (proc, port)
+        servers[kind] = start(kind, tmp / kind)
+        results[kind] = {"ingest_mb_s": 0.0}
+    # /ingest/batch in turns, each round into a fresh index, best of two
+    for round_ in range(2):
+        for kind, (_proc, port) in servers.items():
+            name = f"ingest{round_}"
+            call(port, "POST", "/indexes", json.dumps({"index_name": name, "dim": args.dim}).encode())
+            call(port, "POST", "/init", json.dumps({"index_name": name, "mode": "build"}).encode())
+            t = time.perf_counter()
+            call(port, "POST", f"/ingest/batch?index_name={name}", payload, "application/octet-stream")
+            rate = len(payload) / 2**20 / (time.perf_counter() - t)
+            results[kind]["ingest_mb_s"] = max(results[kind]["ingest_mb_s"], rate)
+            print(f"{kind}: ingest {rate:.1f} MB/s", flush=True)
+    for kind, (_proc, port) in servers.items():
         create = {
             "index_name": "bench",
             "dim": args.dim,
@@ -217,14 +230,11 @@ def main() -> None:
         }
         call(port, "POST", "/indexes", json.dumps(create).encode())
         call(port, "POST", "/init", json.dumps({"index_name": "bench", "mode": "build"}).encode())
-        t = time.perf_counter()
         call(port, "POST", "/ingest/batch?index_name=bench", payload, "application/octet-stream")
-        ingest_s = time.perf_counter() - t
         t = time.perf_counter()
         call(port, "POST", "/finalize", json.dumps({"index_name": "bench"}).encode())
-        finalize_s = time.perf_counter() - t
-        results[kind] = {"ingest_s": ingest_s, "ingest_mb_s": len(payload) / 2**20 / ingest_s, "finalize_s": finalize_s}
-        print(f"{kind}: ingest {results[kind]['ingest_mb_s']:.1f} MB/s, finalize {finalize_s:.1f} s", flush=True)
+        results[kind]["finalize_s"] = time.perf_counter() - t
+        print(f"{kind}: finalize {results[kind]['finalize_s']:.1f} s", flush=True)
     for _round in range(2):
         for kind, (_proc, port) in servers.items():
             measured = search_load(port, queries, args.clients, args.seconds)
@@ -250,7 +260,8 @@ def main() -> None:
         "",
         "| | brinicle 0.1.3 server | brinicle-etl | ours / theirs |",
         "|---|---|---|---|",
-        f"| `/ingest/batch`, {len(payload) / 2**20:.0f} MB in one request | {b['ingest_mb_s']:.1f} MB/s | "
+        f"| `/ingest/batch`, {len(payload) / 2**20:.0f} MB in one request (best of two) | "
+        f"{b['ingest_mb_s']:.1f} MB/s | "
         f"{o['ingest_mb_s']:.1f} MB/s | {o['ingest_mb_s'] / b['ingest_mb_s']:.1f}x |",
         f"| `/finalize` (build) | {b['finalize_s']:.1f} s | {o['finalize_s']:.1f} s | "
         f"{b['finalize_s'] / o['finalize_s']:.1f}x faster |",

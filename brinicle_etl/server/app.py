@@ -35,6 +35,7 @@ from brinicle_etl.errors import (
     QuotaExceededError,
     StateError,
 )
+from brinicle_etl.server.fastpath import SearchFastPath
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.tasks import TaskStore, TaskWorker
 
@@ -217,6 +218,15 @@ def create_app(
             if not ok:
                 return JSONResponse(status_code=401, content={"detail": "missing or invalid API key"})
             return await call_next(request)
+
+    def lookup(index_name: str) -> Collection | None:
+        try:
+            return state.collection(index_name)
+        except HTTPException:
+            return None
+
+    # Outermost, so the fast path skips routing; it hands everything it cannot answer inward.
+    app.add_middleware(SearchFastPath, lookup=lookup, api_keys=settings.api_keys)
 
     from brinicle_etl.server.brinicle_api import router as brinicle_router
     from brinicle_etl.server.ingest_api import router as ingest_router

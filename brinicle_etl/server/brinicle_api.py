@@ -7,6 +7,7 @@ batches are rows of a 32-byte NUL-padded id and ``dim`` little-endian float32 va
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -193,20 +194,29 @@ async def ingest_batch(request: Request, index_name: str | None = None) -> Respo
     col = state.collection(index_name)
     batch = await run_in_threadpool(col.ingest_binary)
     pending = bytearray()
+    # One feed in flight while the next chunk arrives: receiving and checking/writing overlap,
+    # in order, with at most two chunks buffered.
+    feeding: asyncio.Future[None] | None = None
     try:
         async for chunk in request.stream():
             pending += chunk
             if len(pending) >= state.settings.feed_bytes:
                 data, pending = bytes(pending), bytearray()
-                await run_in_threadpool(batch.feed, data)
+                if feeding is not None:
+                    await feeding
+                feeding = asyncio.ensure_future(run_in_threadpool(batch.feed, data))
+        if feeding is not None:
+            await feeding
+            feeding = None
         if pending:
             await run_in_threadpool(batch.feed, bytes(pending))
         count = await run_in_threadpool(batch.finish)
-    except BrinicleError as exc:
+    except BaseException as exc:
+        if feeding is not None:
+            await asyncio.gather(feeding, return_exceptions=True)  # never abort under a running feed
         await run_in_threadpool(batch.abort)
-        raise HTTPException(status_code=status_of(exc), detail=str(exc)) from exc
-    except BaseException:
-        await run_in_threadpool(batch.abort)
+        if isinstance(exc, BrinicleError):
+            raise HTTPException(status_code=status_of(exc), detail=str(exc)) from exc
         raise
     return json_response({"success": True, "count": count})
 
@@ -270,7 +280,7 @@ async def search_bin(request: Request, index_name: Annotated[str, Query()], k: i
             status_code=400, detail=f"Expected one float32 vector with dim={col.dim}, got {len(body)} bytes"
         )
     query = np.frombuffer(body, dtype="<f4")
-    return Response(content=await run_in_threadpool(_ids, col, query, k, efs), media_type="application/json")
+    return Response(content=_ids(col, query, k, efs), media_type="application/json")
 
 
 @router.post("/search/batch.bin", summary="Search with many float32 query vectors")
