@@ -114,14 +114,23 @@ def test_vector_queries_literals_parameters_and_columns(tmp_path: Path) -> None:
     store.create("vec", dim=8, dtype="f32").write([f"v{i}" for i in range(500)], x, mode="build")
     con = connect(store)
     literal = "[" + ", ".join(f"{v:.6f}" for v in x[7]) + "]"
-    for query, params in [
-        (f"SELECT * FROM brinicle_search('vec', {literal}, k := 1)", None),
-        (f"SELECT * FROM brinicle_search('vec', {literal}::FLOAT[8], k := 1)", None),
-        ("SELECT * FROM brinicle_search('vec', ?, k := 1)", [x[7].tolist()]),
-        ("SELECT * FROM brinicle_search('vec', $v::FLOAT[], k := 1)", {"v": x[7].tolist()}),
+    whole = "[" + ", ".join(str(round(v * 1000)) for v in x[7]) + "]"  # INTEGER[], same direction
+    for form, params in [
+        (literal, None),
+        (f"{literal}::FLOAT[8]", None),
+        (f"{literal}::DOUBLE[]", None),
+        (whole, None),
+        ("?", [x[7].tolist()]),
+        ("$v::FLOAT[]", {"v": x[7].tolist()}),
+        ("$v::FLOAT[8]", {"v": x[7]}),
     ]:
-        got = con.execute(query, params).fetchall() if params is not None else con.sql(query).fetchall()
-        assert got[0][0] == "v7", query
+        # one query: the table-shaped call and the single-row path of brinicle_search_ids
+        for query in (
+            f"SELECT _key FROM brinicle_search('vec', {form}, k := 1)",
+            f"SELECT brinicle_search_ids('vec', {form}, 1)[1].key",
+        ):
+            got = con.execute(query, params).fetchall() if params is not None else con.sql(query).fetchall()
+            assert got == [("v7",)], query
     con.execute(
         "CREATE TABLE queries AS SELECT i AS id, v::FLOAT[8] AS vec FROM (SELECT unnest(range(20)) AS i, "
         "unnest(?) AS v)",
@@ -177,6 +186,18 @@ def test_errors_read_as_one_line(con: duckdb.DuckDBPyConnection) -> None:
         (
             "SELECT * FROM brinicle_search('shop/products', [1.0, 2.0])",
             "search: dimension mismatch: query vector 1 has 2 values, the collection 64",
+        ),
+        (
+            "SELECT brinicle_search_ids('shop/products', [1.0, 2.0])",
+            "search: dimension mismatch: query vector 1 has 2 values, the collection 64",
+        ),
+        (
+            f"SELECT brinicle_search_ids('shop/products', [{', '.join(['0.5'] * 63)}, 'nan'::FLOAT])",
+            "search: vector contains NaN/Inf at index 63",
+        ),
+        (
+            f"SELECT brinicle_search_ids('shop/products', [{', '.join(['0.5'] * 64)}], 0)",
+            "search: k must be a positive integer; got 0",
         ),
         ("SELECT * FROM brinicle_search('shop/products', 'x', k := 0)", "search: k must be a positive integer; got 0"),
         (

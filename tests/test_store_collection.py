@@ -103,6 +103,16 @@ def test_create_twice_and_open_missing(store: Store) -> None:
         store.open("nope")
 
 
+def test_open_does_not_serve_a_collection_dropped_elsewhere(store: Store) -> None:
+    store.create("c", dim=4)
+    assert store.open("c/default") is store.open("c")  # one object per collection, however named
+    Store(store.root).drop("c")  # another Store object: another process, as far as `store` knows
+    with pytest.raises(NotFoundError, match="collection 'c/default' not found"):
+        store.open("c/default")
+    with pytest.raises(ConfigError, match="collection name must be a string; got list"):
+        store.open(["c"])  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b/c", "", "a/", "-a", "a b", "x" * 65, "a/.."])
 def test_names_that_could_escape_the_store_are_rejected(store: Store, name: str) -> None:
     with pytest.raises(ConfigError, match="invalid collection name"):

@@ -82,11 +82,16 @@ class Store:
         return found
 
     def open(self, name: str) -> Collection:
+        # Looked up by the name as given first: SQL and HTTP open a collection per query.
+        collection = self._open.get(name) if type(name) is str else None
+        if collection is None:
+            key = self.canonical(name)
+            with self._lock:
+                collection = self._open.get(key)
+        # One stat, so a collection deleted by another process is not served from memory.
+        if collection is not None and os.path.exists(collection._manifest_path):
+            return collection
         key = self.canonical(name)
-        with self._lock:
-            collection = self._open.get(key)
-            if collection is not None and (collection.directory / MANIFEST).exists():
-                return collection
         collection = Collection(self.path_for(name), name=key)
         with self._lock:
             return self._open.setdefault(key, collection)
