@@ -5,16 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= brinicle_store
-# CPU-only machines: pin torch to the CPU build so pip does not pull several GB of CUDA
-# packages. On a GPU machine run `make demo TORCH_CONSTRAINTS=` to let pip choose.
+# CPU-only machines: torch is pinned to its CPU build (a local version, `+cpu`, that PyPI
+# does not carry), so pip can never pull several GB of CUDA packages. pip takes it from
+# the configured indexes or wheel directories; failing that, from PyTorch's CPU index.
+# On a GPU machine run `make demo TORCH_CONSTRAINTS=` to let pip choose.
 TORCH_CONSTRAINTS ?= constraints/torch-cpu.txt
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PIP_CONSTRAINTS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS))
+INSTALL := $(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e '.[all,dev]'
 
 .PHONY: setup demo dagster test test-slow test-all lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(TORCH_CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e '.[all,dev]'
+	$(INSTALL) $(if $(TORCH_CONSTRAINTS),|| { echo "== torch's CPU build is not on the configured indexes: trying $(TORCH_CPU_INDEX)"; $(INSTALL) --extra-index-url $(TORCH_CPU_INDEX); })
 	touch $@
 
 setup: $(BIN)/.installed
