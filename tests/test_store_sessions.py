@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from brinicle_etl import Collection, InputError, StateError, Store
+from brinicle_etl import Collection, CorruptCollectionError, InputError, StateError, Store
 from tests.conftest import clustered
 
 DIM = 8
@@ -46,14 +46,35 @@ def test_stream_in_odd_pieces(col: Collection) -> None:
 
 
 def test_mixed_with_json_ingests(col: Collection) -> None:
-    x = clustered(4, DIM)
+    x = clustered(6, DIM)
     col.ingest("first", x[0])
     with col.ingest_binary() as batch:
         batch.feed(rows(["b1", "b2"], x[1:3]))
         batch.finish()
-    col.ingest_batch(["last"], x[3:4])
+    col.ingest_batch(["last", "ünïcødé", ""], x[3:6])
     col.finalize()
-    assert sorted(col.keys()) == ["b1", "b2", "first", "last"]
+    keys = ["first", "b1", "b2", "last", "ünïcødé", ""]
+    assert sorted(col.keys()) == sorted(keys)
+    np.testing.assert_array_equal(col.vectors(keys), x)  # each record's vectors landed with its own keys
+
+
+@pytest.mark.parametrize("last", ["streamed", "ingest_batch"])
+def test_a_damaged_log_fails_finalize_and_applies_nothing(col: Collection, last: str) -> None:
+    x = clustered(6, DIM)
+    if last == "streamed":
+        col.ingest_batch(["a", "b", "c"], x[:3])
+        stream(col, rows(["d", "e", "f"], x[3:]))
+    else:
+        stream(col, rows(["d", "e", "f"], x[3:]))
+        col.ingest_batch(["a", "b", "c"], x[:3])
+    log = col.directory / "session.log"
+    data = bytearray(log.read_bytes())
+    where = len(data) - 9  # inside the last vector of the last record (a streamed one ends with a 4-byte CRC)
+    data[where] ^= 0xFF
+    log.write_bytes(bytes(data))
+    with pytest.raises(CorruptCollectionError, match=r"^session log .*session\.log is damaged at byte \d+; abort\(\)"):
+        col.finalize()
+    assert col.status().live_count == 0 and col.status().generation == 0
 
 
 @pytest.mark.parametrize(
@@ -109,3 +130,13 @@ def test_needs_a_session(store: Store) -> None:
     batch.finish()
     with pytest.raises(StateError, match="already finished or aborted"):
         batch.feed(b"")
+
+
+def test_empty_records_and_an_empty_session(col: Collection) -> None:
+    col.ingest_batch([], np.empty((0, DIM), np.float32))
+    assert stream(col, b"") == 0
+    col.ingest_batch(["a"], np.ones((1, DIM), np.float32))
+    assert col.finalize().inserted == 1
+    col.init("upsert")
+    result = col.finalize()
+    assert (result.inserted, result.updated, col.keys()) == (0, 0, ["a"])

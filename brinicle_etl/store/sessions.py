@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from brinicle_etl.errors import BrinicleError, ConfigError, InputError, StateError
 from brinicle_etl.store.lock import writer_lock
@@ -123,7 +122,7 @@ class SessionsMixin:
             keys, vectors = log.read()
             tx = Transaction(snap, log.header.mode, publish=self._publish, params=merged, op="finalize")
             try:
-                tx.add(pa.array(keys, pa.string()), vectors)
+                tx.add(keys, vectors)
                 result = tx.commit(session_id=log.header.id)
             except BrinicleError:
                 tx.rollback()

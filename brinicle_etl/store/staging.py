@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pyarrow as pa
 
 from brinicle_etl.errors import CorruptCollectionError, InputError
 from brinicle_etl.store.files import fsync_dir
@@ -63,11 +64,14 @@ def encode_keys(keys: list[str], op: str) -> bytes:
     return lengths.tobytes() + b"".join(encoded)
 
 
-def _decode_keys(block: bytes, n: int) -> list[str]:
+def _decode_keys(block: bytes, n: int) -> pa.Array:
+    """The keys of a length-prefixed block as Arrow strings, straight from its bytes."""
     lengths = np.frombuffer(block, dtype="<u4", count=n)
-    ends = np.cumsum(lengths, dtype=np.int64) + 4 * n
-    starts = ends - lengths
-    return [block[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    keys = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(block[4 * n :]))
+    keys.validate(full=True)  # UTF-8; keys were encoded by us, so this fails only on damage
+    return keys
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -171,12 +175,17 @@ class StagingLog:
         self._sync_end()
         return BinaryAppend(self, id_width)
 
-    def read(self) -> tuple[list[str], np.ndarray]:
-        """Every staged (key, vector), in ingest order."""
+    def read(self) -> tuple[pa.Array, np.ndarray]:
+        """Every staged (key, vector), in ingest order.
+
+        The vectors are read straight into one matrix: a build of N vectors holds them
+        once here, not once per record plus once concatenated.
+        """
         self._sync_end()
         dim = self.header.dim
-        keys: list[str] = []
-        blocks: list[np.ndarray] = []
+        vectors = np.empty((self._count, dim), dtype="<f4")
+        keys: list[pa.Array] = []
+        pos = 0
         with open(self.path, "rb") as f:
             offset = self._data_start
             while offset < self._end:
@@ -185,10 +194,11 @@ class StagingLog:
                 if head[:4] == b"REC1":
                     _magic, n, key_len, crc = _RECORD.unpack(head)
                     key_block = f.read(key_len)
-                    vec_bytes = f.read(n * dim * 4)
-                    ok = zlib.crc32(vec_bytes, zlib.crc32(key_block)) == crc
-                    keys.extend(_decode_keys(key_block, n))
-                    blocks.append(np.frombuffer(vec_bytes, dtype="<f4").reshape(n, dim))
+                    target = vectors.reshape(-1)[pos * dim : (pos + n) * dim].data.cast("B")
+                    got = f.readinto(target)
+                    ok = got == len(target) and zlib.crc32(target, zlib.crc32(key_block)) == crc
+                    if ok:
+                        keys.append(_decode_keys(key_block, n))
                     end = offset + _RECORD.size + key_len + n * dim * 4
                 else:
                     _magic, n, width, _zero = _BINARY.unpack(head[: _BINARY.size])
@@ -196,17 +206,20 @@ class StagingLog:
                     rows = f.read(n * (width + 4 * dim))
                     (crc,) = _CRC.unpack(f.read(_CRC.size))
                     ok = zlib.crc32(rows) == crc
-                    table = np.frombuffer(rows, dtype=np.dtype([("id", f"S{width}"), ("v", "<f4", (dim,))]))
-                    keys.extend(raw.decode("utf-8") for raw in table["id"].tolist())
-                    blocks.append(np.ascontiguousarray(table["v"]))
+                    if ok:
+                        table = np.frombuffer(rows, dtype=np.dtype([("id", f"S{width}"), ("v", "<f4", (dim,))]))
+                        vectors[pos : pos + n] = table["v"]
+                        ids = [raw.decode("utf-8") for raw in table["id"].tolist()]
+                        keys.append(pa.array(ids, pa.large_string()))
                     end = offset + _BINARY.size + len(rows) + _CRC.size
                 if not ok:
                     raise CorruptCollectionError(
                         f"session log {self.path} is damaged at byte {offset}; abort() the session and ingest again"
                     )
+                pos += n
                 offset = end
-        vectors = np.concatenate(blocks) if blocks else np.empty((0, dim), dtype=np.float32)
-        return keys, vectors
+        key_array = pa.chunked_array(keys, pa.large_string()).combine_chunks().cast(pa.string())
+        return key_array, vectors
 
     def discard(self) -> None:
         try:

@@ -51,9 +51,16 @@ class DeleteResult:
 
 
 def duplicate_keys(keys: pa.Array) -> list[str]:
-    counts = pc.value_counts(keys)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    values: list[str] = repeated.field("values").to_pylist()
+    """Keys that occur more than once, each named once, in sorted order."""
+    if len(keys) < 2:
+        return []
+    # Sorting and comparing neighbours needs far less memory than a hash table of counts
+    # on a build of millions of keys.
+    ordered = keys.take(pc.array_sort_indices(keys))
+    same = pc.equal(ordered[1:], ordered[:-1])
+    if not pc.any(same).as_py():
+        return []
+    values: list[str] = pc.unique(ordered[1:].filter(same)).to_pylist()
     return values
 
 
@@ -225,7 +232,7 @@ class Transaction:
     def _finish(self, meta: dict[str, object] | None, session_id: str | None) -> Manifest:
         keys = pa.chunked_array(self._keys, type=pa.string()).combine_chunks() if self._keys else None
         if keys is not None:
-            dups = duplicate_keys(keys)
+            dups = duplicate_keys(keys) if len(self._keys) > 1 else []  # one add() checked its own keys
             if dups:
                 raise ConflictError(
                     f"{self.op}: ids repeated within one write: {format_values(dups)}; nothing was applied", keys=dups
