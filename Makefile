@@ -18,7 +18,7 @@ INSTALL := $(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e '.[all,dev]'
 
 $(BIN)/.installed: pyproject.toml $(TORCH_CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(INSTALL) $(if $(TORCH_CONSTRAINTS),|| { echo "== torch's CPU build is not on the configured indexes: trying $(TORCH_CPU_INDEX)"; $(INSTALL) --extra-index-url $(TORCH_CPU_INDEX); })
+	$(INSTALL) $(if $(TORCH_CONSTRAINTS),|| { echo "== install failed (if pip found no torch 2.13.0+cpu above, that is expected): retrying with $(TORCH_CPU_INDEX)"; $(INSTALL) --extra-index-url $(TORCH_CPU_INDEX); })
 	touch $@
 
 setup: $(BIN)/.installed
