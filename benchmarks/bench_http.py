@@ -22,8 +22,6 @@ import argparse
 import http.client
 import json
 import multiprocessing as mp
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -251,10 +249,12 @@ def main() -> None:
     lines = [
         "# HTTP benchmark",
         "",
-        f"`python benchmarks/bench_http.py --n {args.n} --dim {args.dim} --clients {args.clients} "
-        f"--seconds {args.seconds:g} --items {args.items}` on {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all. Both "
-        "servers on 127.0.0.1, one process each, same data (SIFT-like 100k x 128, squared L2) and params "
+        datasets.run_line(
+            f"python benchmarks/bench_http.py --n {args.n} --dim {args.dim} --clients {args.clients} "
+            f"--seconds {args.seconds:g} --items {args.items}",
+            started,
+        )
+        + " Both servers on 127.0.0.1, one process each, same data (SIFT-like 100k x 128, squared L2) and params "
         "(M=16, ef_construction=200, efs=64, k=10); clients are separate processes with one persistent "
         "connection each, sharing the machine's 2 cores with the server. Search: best of two rounds, taken in turns.",
         "",
@@ -284,9 +284,7 @@ def main() -> None:
         f"| upsertion task over HTTP | {tasks['task']:,.0f} | {tasks['task'] / tasks['direct']:.2f}x (goal >= 0.8x) |",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    datasets.write_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -150,9 +148,8 @@ def main() -> None:
     lines = [
         "# Ingest benchmark",
         "",
-        f"`python benchmarks/bench_ingest.py --rows {rows} --texts {args.texts}` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}, "
-        f"{time.time() - started:.0f} s in all. Each step runs in a fresh process (peak RSS is that "
+        datasets.run_line(f"python benchmarks/bench_ingest.py --rows {rows} --texts {args.texts}", started)
+        + " Each step runs in a fresh process (peak RSS is that "
         f"process's VmHWM; the Parquet file is {source.stat().st_size / 2**20:,.0f} MB). Data: {rows:,} rows "
         "(id, title, category, price, and a 128-d float32 `embedding` array column) in one Parquet file; "
         "collection dtype bf16, M=16, ef_construction=200.",
@@ -180,9 +177,7 @@ def main() -> None:
         "(goal >= 0.9x).",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    datasets.write_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ Usage: python benchmarks/bench_sql.py [--n 100000] [--queries 10000] [--out benc
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -135,9 +133,8 @@ def main() -> None:
     lines = [
         "# SQL benchmark",
         "",
-        f"`python benchmarks/bench_sql.py --n {args.n} --queries {args.queries}` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}, "
-        f"{time.time() - started:.0f} s in all. Collection: {args.n:,} x 384 text-like unit vectors with four "
+        datasets.run_line(f"python benchmarks/bench_sql.py --n {args.n} --queries {args.queries}", started)
+        + f" Collection: {args.n:,} x 384 text-like unit vectors with four "
         f"payload columns, ingested with precomputed vectors in {build_seconds:.0f} s (bf16, M=16, "
         "ef_construction=200, ef_search=64). Each path answers "
         f"{args.single} queries one statement at a time, the paths in turns, three rounds; the query vector is "
@@ -172,9 +169,7 @@ def main() -> None:
         f"Best of three rounds each. Fastest single query: {best_threads} thread(s).",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    datasets.write_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

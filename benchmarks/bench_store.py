@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -329,10 +328,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
     lines = [
         "# Store benchmark",
         "",
-        f"`python benchmarks/bench_store.py --n {args.n} --queries {args.queries}` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all. "
-        f"HNSW M={M}, ef_construction={EF_CONSTRUCTION}; every engine built with all cores, "
+        datasets.run_line(f"python benchmarks/bench_store.py --n {args.n} --queries {args.queries}", started)
+        + f" HNSW M={M}, ef_construction={EF_CONSTRUCTION}; every engine built with all cores, "
         "searched one query at a time on one thread. All engines of a data set live in one process and are "
         "searched in turns, best of three rounds, so they share the machine's conditions.",
         "",
@@ -457,10 +454,7 @@ def main() -> None:
             if r.get("dtype", args.default_dtype) == args.default_dtype or r["engine"] in ("hnswlib", "faiss"):
                 with ctx.Pool(1) as pool:
                     r["peak_rss"] = pool.apply(peak_rss, (r,))
-    text = report(results, args, started)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    datasets.write_report(args.out, report(results, args, started))
 
 
 if __name__ == "__main__":

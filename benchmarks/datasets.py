@@ -4,10 +4,15 @@ Text embeddings sit near a low-dimensional manifold, in topical clusters; image
 descriptors (SIFT) are non-negative and clustered too. Uniform random vectors are
 neither and make every HNSW look bad, so the generators here draw points from a
 mixture of Gaussians in a small latent space and project them up.
+
+Also what every benchmark's results file shares: its opening line and how it is written.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +120,17 @@ def peak_rss_bytes() -> int:
     with open("/proc/self/status") as fh:
         line = next(line for line in fh if line.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024
+
+
+def run_line(command: str, started: float) -> str:
+    """How a results file opens: the command, this machine, the date and how long the run took."""
+    return (
+        f"`{command}` on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all."
+    )
+
+
+def write_report(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
