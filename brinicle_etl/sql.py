@@ -173,14 +173,7 @@ class _Functions:
         caches through the graph, so every step around it is paid for cold: this path takes
         as few as it can (measured in benchmarks/bench_sql.py)."""
         col = self._collection(name)
-        values = query[0].values  # the row's own slice; cheaper than flatten()
-        if len(values) != col.dim:
-            raise InputError(
-                f"search: dimension mismatch: query vector 1 has {len(values)} values, the collection {col.dim}"
-            )
-        if values.type != pa.float32():
-            values = values.cast(pa.float32())
-        found = col.search(values.to_numpy(zero_copy_only=False), k)
+        found = col.search(_vectors(query, [0], col.dim)[0], k)
         return pa.array([found], _HITS)  # (key, distance) tuples fill the structs in one call
 
     def embed(self, names: pa.Array, texts: pa.Array) -> pa.Array:
@@ -218,18 +211,27 @@ def _is_numeric_list(kind: pa.DataType) -> bool:
 
 def _vectors(queries: pa.Array, rows: Sequence[int], dim: int) -> np.ndarray:
     """The query vectors of ``rows`` as a float32 matrix; a wrong length names the row."""
-    picked = queries.take(pa.array(rows)) if len(rows) != len(queries) else queries
-    if not isinstance(picked.type, pa.ListType) or picked.type.value_type != pa.float32():
-        picked = picked.cast(pa.list_(pa.float32()))
-    lengths = picked.value_lengths().to_numpy(zero_copy_only=False)
+    if len(rows) == 1:
+        # One query, the statement an analyst types: its own slice, without the batch
+        # kernels (take, value_lengths, flatten), which cost more than the copy.
+        values = queries[rows[0]].values
+        lengths = np.array([len(values)])
+    else:
+        picked = queries.take(pa.array(rows)) if len(rows) != len(queries) else queries
+        if not isinstance(picked.type, pa.ListType) or picked.type.value_type != pa.float32():
+            picked = picked.cast(pa.list_(pa.float32()))
+        lengths = picked.value_lengths().to_numpy(zero_copy_only=False)
+        values = picked.flatten()
     wrong = np.flatnonzero(lengths != dim)
     if len(wrong):
         raise InputError(
             f"search: dimension mismatch: query vector {rows[int(wrong[0])] + 1} has {lengths[wrong[0]]} values, "
             f"the collection {dim}"
         )
-    values: np.ndarray = picked.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(len(rows), dim)
+    if values.type != pa.float32():
+        values = values.cast(pa.float32())
+    matrix: np.ndarray = values.to_numpy(zero_copy_only=False)
+    return matrix.reshape(len(rows), dim)
 
 
 def register(
