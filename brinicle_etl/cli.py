@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from brinicle_etl.errors import BrinicleError
+from brinicle_etl.errors import BrinicleError, ConfigError
 from brinicle_etl.store import Store, default_store_path
 
 __all__ = ["main"]
@@ -99,7 +99,11 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     schema: str | None = args.schema
     if schema is not None and schema.startswith("@"):
-        schema = Path(schema[1:]).read_text()
+        try:
+            schema = Path(schema[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"--schema {args.schema}: cannot read {schema[1:]!r}: {reason}") from exc
     progress = Progress(sys.stderr, enabled=not args.quiet)
     params = HnswParams(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef_search)
     try:
@@ -221,6 +225,13 @@ def cmd_delete(args: argparse.Namespace) -> None:
         out.write(f"; not found: {', '.join(result.not_found)}\n" if result.not_found else "\n")
 
     _emit(args, data, human)
+
+
+def cmd_drop(args: argparse.Namespace) -> None:
+    store = _store(args)
+    name = store.canonical(args.collection)
+    store.drop(name, wait=args.wait)
+    _emit(args, {"dropped": name}, lambda out: out.write(f"dropped {name} and its files\n"))
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
@@ -380,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="+")
     p.set_defaults(func=cmd_delete)
 
+    p = sub.add_parser("drop", parents=[common, writer], help="delete a collection and its files")
+    p.add_argument("collection")
+    p.set_defaults(func=cmd_drop)
+
     p = sub.add_parser("rebuild", parents=[common, writer], help="compact into a fresh index")
     p.add_argument("collection")
     p.add_argument("--M", type=int)
@@ -424,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`... --json | head`): stop quietly, as a C tool killed by SIGPIPE does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BrinicleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,13 +8,16 @@ Dagster) can map each branch to their own form of failure::
     ├── InputError           the data is bad; the message says where           (ValueError)
     │   └── DimensionError   a vector has the wrong number of values
     ├── ConflictError        keys collide (insert of an existing key, a key twice in one write)
-    ├── NotFoundError        no such collection, template or model             (LookupError)
+    ├── NotFoundError        no such collection, template, task or model       (LookupError)
+    │   └── UnknownModelError  an embedding model named in a request or schema is not registered
     ├── AlreadyExistsError   creating something that exists
     ├── StateError           a call out of order (no session, session pending) (RuntimeError)
     ├── LockedError          another writer holds the collection               (RuntimeError)
     ├── CorruptCollectionError  files on disk are missing or unreadable
     ├── EngineError          what the brinicle-compatible VectorEngine raises  (RuntimeError)
     ├── QuotaExceededError   a write would take an API key past its storage quota
+    ├── DiskFullError        the disk (or quota) filled up while writing; nothing was published (OSError)
+    ├── BusyError            too many writers queued on one collection, or waited too long; retry later
     └── MissingExtraError    an optional dependency is not installed           (ImportError)
 
 Messages name the operation, say what is wrong, and where possible what to do
@@ -33,6 +36,8 @@ __all__ = [
     "ConflictError",
     "CorruptCollectionError",
     "DimensionError",
+    "DiskFullError",
+    "BusyError",
     "EngineError",
     "InputError",
     "LockedError",
@@ -40,6 +45,7 @@ __all__ = [
     "NotFoundError",
     "QuotaExceededError",
     "StateError",
+    "UnknownModelError",
     "format_values",
 ]
 
@@ -77,6 +83,13 @@ class NotFoundError(BrinicleError, LookupError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownModelError(NotFoundError):
+    """An embedding model id that the store's registry does not know.
+
+    A value the caller chose (an argument, a schema field, a request field), so the HTTP
+    server answers 400 rather than 404."""
+
+
 class AlreadyExistsError(BrinicleError):
     """Something being created already exists."""
 
@@ -99,6 +112,30 @@ class EngineError(BrinicleError, RuntimeError):
 
 class QuotaExceededError(BrinicleError):
     """A write would take its owner past a storage quota."""
+
+
+class DiskFullError(BrinicleError, OSError):
+    """The file system ran out of space (or quota) during a write. ``path`` is where.
+
+    The write published nothing: the previous generation stays current, and what the
+    write had created is removed."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BusyError(BrinicleError):
+    """A collection has too many writers waiting, or one waited past its timeout.
+
+    ``retry_after`` suggests how many seconds to wait before trying again."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class MissingExtraError(BrinicleError, ImportError):

@@ -259,8 +259,13 @@ def ingest(
     timings["schema"] = time.perf_counter() - started
 
     created = existing is None
-    col = existing or st.create(
-        name, dim=vector_dim, metric=metric, dtype=dtype, params=params, delta_ratio=delta_ratio, meta={}
+    # `is None`, not truthiness: a collection with no live rows is empty, not absent.
+    col = (
+        existing
+        if existing is not None
+        else st.create(
+            name, dim=vector_dim, metric=metric, dtype=dtype, params=params, delta_ratio=delta_ratio, meta={}
+        )
     )
     if existing is not None and existing.dim != vector_dim:
         raise InputError(
@@ -429,7 +434,8 @@ def _plan(
     )
     key_kind = sch.columns.get(sch.primary_key) if sch.primary_key else None
     planner = Planner(
-        existing_rows if existing_rows is not None else empty,
+        # No rows at all (a header-only first export): the stored table has no hash columns yet.
+        existing_rows if existing_rows is not None and existing_rows.num_rows else empty,
         key_field=sch.primary_key,
         key_kind=key_kind,
         where=locations,

@@ -37,6 +37,7 @@ from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import InputError
 from brinicle_etl.search import embed_query
 from brinicle_etl.store import Collection, Store
+from brinicle_etl.types import K
 
 __all__ = ["connect", "register", "run"]
 
@@ -134,7 +135,7 @@ class _Functions:
         if not _is_text(filters.type):
             raise InputError(f"search: filter must be a SQL predicate as text; got {filters.type}")
         if not pa.types.is_integer(ks.type):
-            raise InputError(f"search: k must be a positive integer; got {ks.type}")
+            raise InputError(f"search: k must be an integer between {K.low} and {K.high}; got {ks.type}")
         n = len(names)
         if n == 1 and not text and not row_ids and not filters[0].as_py().strip():
             return self._search_one(names[0].as_py(), queries, ks[0].as_py())

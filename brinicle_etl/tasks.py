@@ -31,12 +31,12 @@ from brinicle_etl.errors import BrinicleError, ConfigError, ConflictError, NotFo
 from brinicle_etl.pipeline import ingest, model_registry
 from brinicle_etl.store import Store
 from brinicle_etl.store.files import atomic_write_bytes
+from brinicle_etl.types import check_name, is_name
 
 __all__ = ["TaskItem", "TaskRecord", "TaskStatus", "TaskStore", "TaskWorker", "default_index"]
 
 TaskStatus = Literal["pending", "running", "succeeded", "partially_failed", "failed", "cancelled"]
 TASK_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "partially_failed", "failed", "cancelled")
-_TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 PROGRESS_KEY = "upsertion_tasks"
 
 
@@ -103,7 +103,7 @@ class TaskStore:
         self._lock = threading.Lock()
 
     def _dir(self, task_id: str) -> Path:
-        return self.root / task_id
+        return self.root / check_name(task_id, "task_id")
 
     def _save(self, record: TaskRecord) -> None:
         atomic_write_bytes(self._dir(record.id) / "task.json", json.dumps(asdict(record), indent=1).encode())
@@ -130,8 +130,8 @@ class TaskStore:
         """Accept a task durably; returns (record, created). The same ``task_id`` with the same
         body returns the existing task; with a different body it is a ConflictError."""
         model_registry(self.store).get(embedding_model_id)  # unknown model: NotFoundError now, not later
-        if task_id is not None and not _TASK_ID.fullmatch(task_id):
-            raise ConfigError("task_id must be 1-128 letters, digits, '_', '.', ':' or '-'")
+        if task_id is not None:
+            check_name(task_id, "task_id")
         target = index_name or default_index(embedding_model_id)
         self.store.canonical(target)  # a name that could leave the store is refused here
         digest = body_hash(embedding_model_id, items, index_name)
@@ -173,7 +173,7 @@ class TaskStore:
             return []
         records = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.is_dir() and os.path.exists(os.path.join(entry.path, "task.json")):
+            if entry.is_dir() and is_name(entry.name) and os.path.exists(os.path.join(entry.path, "task.json")):
                 records.append(self.get(entry.name))
         return sorted(records, key=lambda r: (r.created_at, r.id))
 
@@ -279,7 +279,7 @@ class TaskWorker:
                 final: TaskStatus = "failed"
             else:
                 final = "partially_failed" if failed else "succeeded"
-            error = f"{len(failed)} of {len(items)} items were invalid" if failed else None
+            error = f"{len(failed)} of {len(items)} items were not applied (see failed_items)" if failed else None
             return self.tasks.update(task_id, status=final, error=error)
         except BrinicleError as exc:
             return self.tasks.update(task_id, status="failed", error=str(exc))
@@ -288,7 +288,9 @@ class TaskWorker:
 
     @staticmethod
     def _validate(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        latest: dict[str, dict[str, Any]] = {}  # a repeated object_id: the last one wins, as in an upsert
+        """(items to apply, failed items). Of items repeating an ``object_id`` the last is applied,
+        as an upsert would, and the earlier ones are reported as failed, never dropped silently."""
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}
         failed: list[dict[str, Any]] = []
         for position, item in enumerate(items):
             object_id = item.get("object_id") if isinstance(item, dict) else None
@@ -306,8 +308,18 @@ class TaskWorker:
                 failed.append({"position": position, "object_id": object_id, "error": reason})
                 continue
             assert isinstance(object_id, str)
-            latest[object_id] = item
-        return list(latest.values()), failed
+            earlier = latest.get(object_id)
+            if earlier is not None:
+                failed.append(
+                    {
+                        "position": earlier[0],
+                        "object_id": object_id,
+                        "error": f"object_id repeats at position {position}, which was applied instead",
+                    }
+                )
+            latest[object_id] = (position, item)
+        failed.sort(key=lambda f: f["position"])
+        return [item for _position, item in latest.values()], failed
 
     @staticmethod
     def _batches_done(store: Store, collection: str, task_id: str) -> int:

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
+
+import numpy as np
 
 from brinicle_etl.errors import ConfigError
 
 __all__ = [
+    "BUILD_THREADS",
+    "DELTA_RATIO_MIN",
+    "DIM",
+    "EF",
+    "EF_CONSTRUCTION",
+    "K",
+    "M",
+    "NAME_RULE",
+    "RNG_SEED",
+    "shown",
+    "is_name",
     "ConflictPolicy",
     "HnswParams",
     "Hit",
+    "IntRange",
     "Metric",
     "VectorDType",
     "VectorSource",
     "WriteMode",
     "check_choice",
+    "check_delta_ratio",
+    "check_name",
 ]
 
 Metric = Literal["cosine", "ip", "l2sq"]
@@ -44,10 +61,68 @@ def check_choice(name: str, value: object, allowed: Any) -> Any:
     return value
 
 
-def _positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+# ---- names that become paths ----------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+NAME_RULE = "1-64 letters, digits, '_' or '-' (not starting with '-')"
+"""The one rule for every name that becomes a file or directory name: collection parts,
+template names, task ids. Nothing matching it can be ``.``, ``..``, hold a ``/`` or a NUL."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: hostile input stays out of long messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 4] + "...'" if isinstance(value, str) else text[:limit] + "..."
+
+
+def is_name(value: object) -> bool:
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` if it follows :data:`NAME_RULE`, else ConfigError naming ``what`` it was meant to be."""
+    if not is_name(value):
+        raise ConfigError(f"invalid {what} {shown(value)}: use {NAME_RULE}")
+    assert isinstance(value, str)
     return value
+
+
+# ---- numbers that reach usearch or numpy ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    """A documented, inclusive range for an integer setting; the HTTP models use the same bounds."""
+
+    name: str
+    low: int
+    high: int
+
+    def __contains__(self, value: object) -> bool:
+        return type(value) is int and self.low <= value <= self.high
+
+    def check(self, value: object, *, name: str | None = None) -> int:
+        """``value`` as an int if it is an integer in range, else ConfigError giving the range."""
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not self.low <= value <= self.high:
+            raise ConfigError(
+                f"{name or self.name} must be an integer between {self.low} and {self.high}; got {shown(value)}"
+            )
+        return int(value)
+
+
+DIM = IntRange("dim", 1, 65_536)
+M = IntRange("M", 2, 256)
+EF_CONSTRUCTION = IntRange("ef_construction", 1, 16_384)
+EF = IntRange("ef", 1, 16_384)
+"""The search beam width: ``ef_search`` of a collection, ``ef``/``efs`` of one search."""
+K = IntRange("k", 1, 10_000)
+RNG_SEED = IntRange("rng_seed", 0, 2**32 - 1)
+BUILD_THREADS = IntRange("build_n_threads", 0, 1024)
+DELTA_RATIO_MIN = 1e-6
+"""brinicle's range is (0, 0.5]; below 1e-6 a single delete asks for a rebuild in any
+collection of under a million rows, so smaller values (5e-324...) are refused as typos."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,11 +143,11 @@ class HnswParams:
     build_n_threads: int = 0
 
     def __post_init__(self) -> None:
-        _positive_int("M", self.M, minimum=2)
-        _positive_int("ef_construction", self.ef_construction)
-        _positive_int("ef_search", self.ef_search)
-        _positive_int("rng_seed", self.rng_seed, minimum=0)
-        _positive_int("build_n_threads", self.build_n_threads, minimum=0)
+        M.check(self.M)
+        EF_CONSTRUCTION.check(self.ef_construction)
+        EF.check(self.ef_search, name="ef_search")
+        RNG_SEED.check(self.rng_seed)
+        BUILD_THREADS.check(self.build_n_threads)
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -94,8 +169,13 @@ class HnswParams:
 
 
 def check_delta_ratio(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value <= 0.5) or math.isnan(value):
-        raise ConfigError(f"delta_ratio must be in range (0, 0.5]; got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or not (DELTA_RATIO_MIN <= value <= 0.5)
+    ):
+        raise ConfigError(f"delta_ratio must be in range (0, 0.5] (at least {DELTA_RATIO_MIN:g}); got {shown(value)}")
     return float(value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,38 @@ def test_store_from_environment(
     code, _, _ = run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "-q")
     assert code == 0
     assert (tmp_path / "env-store" / "shop" / "default" / "manifest.json").exists()
+
+
+def test_drop(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop/items", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = run(capsys, "drop", "shop/items", "--store", store)
+    assert (code, out) == (0, "dropped shop/items and its files\n")
+    assert not (Path(store) / "shop" / "items").exists()
+    code, out, err = run(capsys, "drop", "shop/items", "--store", store, "--json")
+    assert (code, out, err) == (1, "", f"error: collection 'shop/items' not found in {store}\n")
+    # the name is free again
+    code, _, _ = run(capsys, "ingest", str(csv), "-c", "shop/items", "--model", "hash-8", "--store", store, "-q")
+    assert code == 0
+
+
+def test_a_missing_schema_file_is_named(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    code, out, err = run(capsys, "ingest", str(csv), "-c", "shop", "--schema", "@missing.json", "--store", store)
+    assert (code, out) == (1, "")
+    assert err == "error: --schema @missing.json: cannot read 'missing.json': No such file or directory\n"
+
+
+def test_a_closed_pipe_ends_quietly(store: str) -> None:
+    # `brinicle-etl sql ... --json | head -c 1`: the reader leaves while the output (far more
+    # than a pipe holds) is still being written
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brinicle_etl.cli", "sql", "SELECT range AS i FROM range(100000)", "--json"],
+        cwd=REPO,
+        env={**os.environ, "BRINICLE_STORE": store},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(1)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert (proc.wait(30), err) == (141, "")

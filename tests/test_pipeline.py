@@ -376,3 +376,23 @@ def test_mode_policy_source_matrix(store: Store, tmp_path: Path, mode: str, poli
         else:
             expected = np.array(row2["vec"][0])
         np.testing.assert_allclose(store.open("m").vectors(["2"])[0], expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("emptied_by", ["header_only_first_export", "deleting_every_row", "sync_to_an_empty_export"])
+@pytest.mark.parametrize("mode", ["upsert", "insert", "build"])
+def test_a_collection_with_no_live_rows_can_be_written_again(
+    store: Store, tmp_path: Path, counting: CountingEmbedder, emptied_by: str, mode: str
+) -> None:
+    empty = write_csv(tmp_path / "empty.csv", DAY1.head(0))
+    if emptied_by == "header_only_first_export":
+        ingest(empty, "shop/products", store=store, embedder=counting, primary_key="product_id")
+    else:
+        ingest(DAY1, "shop/products", store=store, embedder=counting)
+        if emptied_by == "deleting_every_row":
+            store.open("shop/products").delete([str(k) for k in DAY1["product_id"]])
+        else:
+            ingest(empty, "shop/products", store=store, embedder=counting, sync=True)
+    assert len(store.open("shop/products")) == 0
+    result = ingest(DAY2, "shop/products", store=store, embedder=counting, mode=mode)
+    assert (result.mode, result.rows_inserted) == ("Append", 5)
+    assert sorted(live(store)) == ["1", "2", "3", "5", "6"]

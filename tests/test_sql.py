@@ -197,9 +197,12 @@ def test_errors_read_as_one_line(con: duckdb.DuckDBPyConnection) -> None:
         ),
         (
             f"SELECT brinicle_search_ids('shop/products', [{', '.join(['0.5'] * 64)}], 0)",
-            "search: k must be a positive integer; got 0",
+            "search: k must be an integer between 1 and 10000; got 0",
         ),
-        ("SELECT * FROM brinicle_search('shop/products', 'x', k := 0)", "search: k must be a positive integer; got 0"),
+        (
+            "SELECT * FROM brinicle_search('shop/products', 'x', k := 0)",
+            "search: k must be an integer between 1 and 10000; got 0",
+        ),
         (
             "SELECT * FROM brinicle_search('shop/products', 'x', filter := 'colour = 1')",
             "filter 'colour = 1' on 'shop/products' failed: Binder Error: Referenced column \"colour\" not found",
@@ -213,7 +216,10 @@ def test_errors_read_as_one_line(con: duckdb.DuckDBPyConnection) -> None:
             "SELECT * FROM brinicle_search('shop/products', 'x', filter := 3)",
             "search: filter must be a SQL predicate as text; got int32",
         ),
-        ("SELECT * FROM brinicle_search('shop/products', 'x', k := 'ten')", "search: k must be a positive integer"),
+        (
+            "SELECT * FROM brinicle_search('shop/products', 'x', k := 'ten')",
+            "search: k must be an integer between 1 and 10000; got string",
+        ),
     ]
     for query, message in cases:
         with pytest.raises(duckdb.Error) as info:

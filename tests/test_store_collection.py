@@ -70,11 +70,13 @@ def test_config_is_persisted_and_restored(store: Store, metric: str, dtype: str)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"dim": 0}, "dim must be an integer >= 1; got 0"),
+        ({"dim": 0}, "dim must be an integer between 1 and 65536; got 0"),
+        ({"dim": 2**31}, "dim must be an integer between 1 and 65536; got 2147483648"),
         ({"dim": 4, "metric": "euclid"}, "metric must be one of 'cosine', 'ip', 'l2sq'; got 'euclid'"),
         ({"dim": 4, "dtype": "f64"}, "dtype must be one of 'f32', 'f16', 'bf16', 'i8'; got 'f64'"),
-        ({"dim": 4, "delta_ratio": 0.6}, "delta_ratio must be in range (0, 0.5]; got 0.6"),
-        ({"dim": 4, "delta_ratio": 0}, "delta_ratio must be in range (0, 0.5]; got 0"),
+        ({"dim": 4, "delta_ratio": 0.6}, "delta_ratio must be in range (0, 0.5] (at least 1e-06); got 0.6"),
+        ({"dim": 4, "delta_ratio": 0}, "delta_ratio must be in range (0, 0.5] (at least 1e-06); got 0"),
+        ({"dim": 4, "delta_ratio": 5e-324}, "delta_ratio must be in range (0, 0.5] (at least 1e-06); got 5e-324"),
         (
             {"dim": 4, "dtype": "i8", "metric": "l2sq"},
             "dtype 'i8' stores values in [-1, 1] and suits metric 'cosine' or 'ip', not 'l2sq'",
@@ -87,11 +89,24 @@ def test_invalid_config_is_rejected(store: Store, kwargs: dict, message: str) ->
     assert str(info.value) == message
 
 
-def test_invalid_params_are_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"^M must be an integer >= 2; got 1$"):
-        HnswParams(M=1)
-    with pytest.raises(ConfigError, match=r"^ef_search must be an integer >= 1; got 0$"):
-        HnswParams(ef_search=0)
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("M", 1, "M must be an integer between 2 and 256; got 1"),
+        ("M", 2**62, "M must be an integer between 2 and 256; got 4611686018427387904"),
+        ("ef_search", 0, "ef_search must be an integer between 1 and 16384; got 0"),
+        ("ef_search", 2**63, "ef_search must be an integer between 1 and 16384; got 9223372036854775808"),
+        ("ef_construction", 2**63, "ef_construction must be an integer between 1 and 16384; got 9223372036854775808"),
+        ("rng_seed", 2**63, "rng_seed must be an integer between 0 and 4294967295; got 9223372036854775808"),
+        ("rng_seed", -1, "rng_seed must be an integer between 0 and 4294967295; got -1"),
+        ("build_n_threads", 2**63, "build_n_threads must be an integer between 0 and 1024; got 9223372036854775808"),
+        ("M", True, "M must be an integer between 2 and 256; got True"),
+    ],
+)
+def test_invalid_params_are_rejected(field: str, value: int, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        HnswParams(**{field: value})
+    assert str(info.value) == message
 
 
 def test_create_twice_and_open_missing(store: Store) -> None:
@@ -370,10 +385,14 @@ def test_search_validates_its_arguments(col: Collection) -> None:
     col.write(["a"], clustered(1, DIM), mode="build")
     with pytest.raises(DimensionError, match="search: dimension mismatch: vector has 3 values, the collection 16"):
         col.search([1, 2, 3])
-    with pytest.raises(ConfigError, match=r"^search: k must be a positive integer; got 0$"):
+    with pytest.raises(ConfigError, match=r"^search: k must be an integer between 1 and 10000; got 0$"):
         col.search(np.ones(DIM), 0)
-    with pytest.raises(ConfigError, match=r"^ef must be a positive integer; got -1$"):
+    with pytest.raises(ConfigError, match=r"^search_batch: k must be an integer between 1 and 10000; got 10001$"):
+        col.search_batch(np.ones((1, DIM)), 10_001)
+    with pytest.raises(ConfigError, match=r"^ef must be an integer between 1 and 16384; got -1$"):
         col.search(np.ones(DIM), 1, ef=-1)
+    with pytest.raises(ConfigError, match=r"^ef must be an integer between 1 and 16384; got 9223372036854775808$"):
+        col.search(np.ones(DIM), 1, ef=2**63)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2sq"])

@@ -70,7 +70,7 @@ def test_switching_is_an_import_change(tmp_path: Path) -> None:
         ({"dim": 0}, "dim must be greater than 0 when creating a new index"),
         ({"dim": 4, "delta_ratio": 0.7}, "delta_ratio must be in range (0, 0.5]"),
         ({"dim": 4, "dist_func": "hamming"}, "dist_func must be one of"),
-        ({"dim": 4, "M": 1}, "M must be an integer >= 2; got 1"),
+        ({"dim": 4, "M": 1}, "M must be an integer between 2 and 256; got 1"),
     ],
 )
 def test_constructor_errors_are_value_errors(tmp_path: Path, kwargs: dict, message: str) -> None:

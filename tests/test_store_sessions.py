@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -110,15 +111,43 @@ def test_a_rejected_batch_stages_nothing(col: Collection, payload_fn: object, me
 def test_an_unsealed_record_from_a_crash_is_ignored(col: Collection) -> None:
     x = clustered(3, DIM)
     col.ingest("kept", x[0])
-    batch = col.ingest_binary()
-    batch.feed(rows(["lost1", "lost2"], x[1:3]))
-    # the process dies here: no finish(), no abort(); the lock goes with it
-    batch._stack.close()
+    # What a writer killed while copying a batch into the log leaves: a BIN1 record whose
+    # row count was never sealed, its rows cut short.
+    unsealed = struct.pack("<4sIHH", b"BIN1", 0xFFFFFFFF, 32, 0) + rows(["lost1", "lost2"], x[1:3])[:100]
+    with open(col.directory / "session.log", "ab") as fh:
+        fh.write(unsealed)
     fresh = Collection(col.directory)
     assert fresh.status().staged_count == 1
     fresh.ingest("after", x[1])
     fresh.finalize()
     assert sorted(fresh.keys()) == ["after", "kept"]
+
+
+def test_an_unfinished_batch_holds_no_lock_and_leaves_no_file(col: Collection) -> None:
+    x = clustered(4, DIM)
+    before = sorted(os.listdir(col.directory))
+    batch = col.ingest_binary()
+    batch.feed(rows(["slow1", "slow2"], x[:2]))
+    # another writer is not held up by the upload in progress
+    col.ingest_batch(["other"], x[2:3], wait=False)
+    assert sorted(os.listdir(col.directory)) == before  # the spooled rows have no name
+    assert batch.finish(wait=False) == 2
+    col.finalize()
+    assert sorted(col.keys()) == ["other", "slow1", "slow2"]
+
+
+def test_a_batch_fed_before_another_writer_finalized_goes_to_the_next_session(col: Collection) -> None:
+    x = clustered(3, DIM)
+    batch = col.ingest_binary()
+    batch.feed(rows(["late"], x[:1]))
+    col.ingest("early", x[1])
+    col.finalize()
+    with pytest.raises(StateError, match="ingest_batch: no pending ingest session"):
+        batch.finish()
+    col.init("upsert")
+    with pytest.raises(StateError, match="already finished or aborted"):
+        batch.finish()
+    assert col.status().staged_count == 0
 
 
 def test_needs_a_session(store: Store) -> None:

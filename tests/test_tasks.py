@@ -66,6 +66,35 @@ def test_numeric_looking_ids_stay_text(tasks: TaskStore, store: Store) -> None:
     ]
 
 
+def test_a_repeated_object_id_applies_the_last_and_reports_the_others(tasks: TaskStore, store: Store) -> None:
+    repeated = [
+        {"object_id": "a", "payload": {"text": "first a"}},
+        {"object_id": "b", "payload": {"text": "only b"}},
+        {"object_id": "a", "payload": {"text": "second a"}},
+        {"object_id": "a", "payload": {"text": "third a"}},
+    ]
+    tasks.submit(embedding_model_id=MODEL, items=repeated, task_id="repeats", index_name="rep")
+    done = TaskWorker(tasks).run_task("repeats")
+    assert (done.status, done.error) == ("partially_failed", "2 of 4 items were not applied (see failed_items)")
+    assert done.failed_items == [
+        {"position": 0, "object_id": "a", "error": "object_id repeats at position 2, which was applied instead"},
+        {"position": 2, "object_id": "a", "error": "object_id repeats at position 3, which was applied instead"},
+    ]
+    rows = {r["object_id"]: r["text"] for r in store.open("rep").rows(["object_id", "text"]).to_pylist()}
+    assert rows == {"a": "third a", "b": "only b"}
+
+
+@pytest.mark.parametrize("task_id", ["..", ".", "../../etc", "/tmp/x", "a/b", "x" * 65, "a\0b", "", "-x", "a.b"])
+def test_task_ids_that_are_not_names_are_refused_everywhere(tasks: TaskStore, task_id: str) -> None:
+    message = "invalid task_id"
+    with pytest.raises(ConfigError, match=message):
+        tasks.submit(embedding_model_id=MODEL, items=items(1), task_id=task_id)
+    for call in (tasks.get, tasks.cancel, tasks.restart):
+        with pytest.raises(ConfigError, match=message):
+            call(task_id)
+    assert not (tasks.root / "task.json").exists() and not (tasks.root.parent / "task.json").exists()
+
+
 def test_bad_items_are_listed_and_the_rest_applied(tasks: TaskStore, store: Store) -> None:
     bad = [
         {"payload": {"text": "no id"}},
@@ -77,7 +106,7 @@ def test_bad_items_are_listed_and_the_rest_applied(tasks: TaskStore, store: Stor
     tasks.submit(embedding_model_id=MODEL, items=items(2) + bad, task_id="mixed")
     done = TaskWorker(tasks).run_task("mixed")
     assert done.status == "partially_failed"
-    assert done.error == "5 of 7 items were invalid"
+    assert done.error == "5 of 7 items were not applied (see failed_items)"
     assert [(f["position"], f["error"]) for f in done.failed_items] == [
         (2, "object_id must be a non-empty string"),
         (3, "object_id must be a non-empty string"),

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from brinicle_etl.errors import ConfigError
+
 __all__ = ["HashEmbedder"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -22,7 +24,7 @@ class HashEmbedder:
 
     def __init__(self, dim: int = 64, *, model_id: str | None = None):
         if dim < 2:
-            raise ValueError("HashEmbedder needs dim >= 2")
+            raise ConfigError(f"HashEmbedder needs dim >= 2; got {dim}")
         self.dim = dim
         self.model_id = model_id or f"hash-{dim}"
 

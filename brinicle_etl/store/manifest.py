@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brinicle_etl.errors import ConfigError, CorruptCollectionError
+from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.store.files import atomic_write_bytes
-from brinicle_etl.types import HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
+from brinicle_etl.types import DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
 
 __all__ = ["CollectionConfig", "Manifest", "RowsFile", "SegmentInfo", "read_manifest", "write_manifest"]
 
@@ -34,8 +34,7 @@ class CollectionConfig:
     delta_ratio: float = 0.10
 
     def __post_init__(self) -> None:
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ConfigError(f"dim must be an integer >= 1; got {self.dim!r}")
+        DIM.check(self.dim)
         check_choice("metric", self.metric, Metric)
         check_choice("dtype", self.dtype, VectorDType)
         check_delta_ratio(self.delta_ratio)

@@ -8,6 +8,7 @@ in parallel.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -26,7 +27,7 @@ except ImportError:  # pragma: no cover - older usearch: the public search is us
     _UNKNOWN_DTYPE = None
 
 from brinicle_etl.errors import CorruptCollectionError
-from brinicle_etl.store.files import fsync_file
+from brinicle_etl.store.files import free_bytes, fsync_file
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.types import HnswParams
 
@@ -63,7 +64,13 @@ def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, 
 
 
 def _save(index: Any, path: Path) -> None:
-    index.save(str(path))
+    try:
+        index.save(str(path))
+    except RuntimeError as exc:
+        # usearch reports a short write as "Failed to serialize into stream", without errno.
+        if free_bytes(path.parent) < index.serialized_length:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
     fsync_file(path)
 
 

@@ -8,18 +8,22 @@ nothing; either way the session ends.
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 import uuid
+import zlib
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from brinicle_etl.errors import BrinicleError, ConfigError, InputError, StateError
-from brinicle_etl.store.lock import writer_lock
+from brinicle_etl.errors import BrinicleError, ConfigError, InputError, LockedError, StateError
+from brinicle_etl.store.files import disk_full_is_an_error, pwrite_all
 from brinicle_etl.store.snapshot import Snapshot
-from brinicle_etl.store.staging import BinaryAppend, StagingLog, encode_keys
+from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.validate import as_matrix, as_vector
 from brinicle_etl.store.writer import Transaction, WriteResult
 from brinicle_etl.types import HnswParams, WriteMode
@@ -64,8 +68,16 @@ class SessionsMixin:
     def _require_session(self, snap: Snapshot, op: str) -> StagingLog:
         log = self._pending(snap)
         if log is None:
-            raise StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
+            raise self._no_session(op)
         return log
+
+    def _no_session(self, op: str) -> StateError:
+        return StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
+
+    def _has_session(self, snap: Snapshot) -> bool:
+        """Whether a session is pending, only looking (no lock needed, nothing changed)."""
+        log = StagingLog.open(self.directory / SESSION_LOG)
+        return log is not None and log.header.id != snap.manifest.last_session
 
     def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
         """Start an ingest session; nothing is visible until :meth:`finalize`."""
@@ -101,15 +113,15 @@ class SessionsMixin:
             self._require_session(snap, "ingest_batch").append(block, matrix)
         return len(keys)
 
-    def ingest_binary(self, *, id_width: int = 32, wait: Wait = True) -> BinaryIngest:
+    def ingest_binary(self, *, id_width: int = 32) -> BinaryIngest:
         """Stage rows of ``id_width`` id bytes (right-padded with NUL) and ``dim`` float32 values,
         fed in pieces of any size: brinicle's binary batch format, streamed.
 
         Returns a :class:`BinaryIngest`: ``feed`` it bytes, then ``finish()`` (all rows
-        staged at once, durably) or ``abort()`` (nothing staged). It holds the writer lock
-        until then.
+        staged at once, durably) or ``abort()`` (nothing staged). Only ``finish`` takes
+        the writer lock.
         """
-        return BinaryIngest(self, id_width=id_width, wait=wait)
+        return BinaryIngest(self, id_width=id_width)
 
     def finalize(
         self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
@@ -149,46 +161,45 @@ class BinaryIngest:
     """One streamed binary batch into the pending session: all rows, or none.
 
     Rows are checked as they arrive (an empty id, an id that is not UTF-8 text, a NaN or
-    Inf value: an error naming the row) and written straight into one session-log record,
-    which only counts once :meth:`finish` seals it.
+    Inf value: an error naming the row) and spooled to an unnamed temporary file beside
+    the collection, without the writer lock: a slow or stalled upload holds up no other
+    writer, and a crash leaves nothing behind. :meth:`finish` takes the lock only to copy
+    the checked rows into the session log as one record.
     """
 
-    def __init__(self, col: SessionsMixin, *, id_width: int, wait: Wait):
+    def __init__(self, col: SessionsMixin, *, id_width: int):
+        self._col = col
         self.dim = col.dim
         self.id_width = id_width
         self.row_bytes = id_width + 4 * self.dim
         self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
-        self._stack = ExitStack()
-        self._append: BinaryAppend | None = None
-        try:
-            self._stack.enter_context(writer_lock(col.directory, wait=wait, name=col.name))
-            snap = col._snapshot(fresh=True)
-            log = col._require_session(snap, "ingest_batch")
-            self._append = log.begin_binary(id_width)
-        except BaseException:
-            self._stack.close()
-            raise
+        # Without the lock: only look, so a missing session fails before any body is read.
+        if not col._has_session(col._snapshot()):
+            raise col._no_session("ingest_batch")
+        with disk_full_is_an_error(col.directory):
+            self._spool: int | None = _anonymous_file(col.directory)
         self._carry = b""
+        self._crc = 0
         self.count = 0
 
     def __enter__(self) -> BinaryIngest:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._append is not None:
-            self.abort()
+        self.abort()
 
     def feed(self, data: bytes) -> None:
-        """Take the next bytes of the stream; whole rows are checked and written."""
-        if self._append is None:
-            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+        """Take the next bytes of the stream; whole rows are checked and spooled."""
+        spool = self._open_spool()
         buffer = self._carry + data if self._carry else data
         usable = len(buffer) - len(buffer) % self.row_bytes
         self._carry = bytes(buffer[usable:])
         if usable:
             rows = memoryview(buffer)[:usable]
             self._check(np.frombuffer(rows, dtype=self._dtype))
-            self._append.write(rows)
+            with disk_full_is_an_error(self._col.directory):
+                pwrite_all(spool, rows, self.count * self.row_bytes)
+            self._crc = zlib.crc32(rows, self._crc)
             self.count += usable // self.row_bytes
 
     def _check(self, rows: np.ndarray) -> None:
@@ -206,10 +217,12 @@ class BinaryIngest:
             except UnicodeDecodeError:
                 raise InputError(f"ingest_batch: row {self.count + i} has an id that is not UTF-8 text") from None
 
-    def finish(self) -> int:
-        """Seal the record (all rows become staged at once); returns how many rows."""
-        if self._append is None:
-            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+    def finish(self, *, wait: Wait = True) -> int:
+        """Stage every row at once, durably, into the session pending now; returns how many.
+
+        ``wait`` is for the writer lock, as everywhere. On any error nothing is staged and
+        the batch is over, except when the lock was busy (LockedError): then it may be retried."""
+        spool = self._open_spool()
         if self._carry:
             leftover = len(self._carry)
             self.abort()
@@ -218,20 +231,39 @@ class BinaryIngest:
                 f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
             )
         try:
-            self._append.commit()
-        finally:
-            self._append = None
-            self._stack.close()
+            with self._col._writing(wait) as snap:
+                log = self._col._require_session(snap, "ingest_batch")
+                log.append_spooled(spool, id_width=self.id_width, rows=self.count, crc=self._crc)
+        except LockedError:
+            raise
+        except BaseException:
+            self.abort()
+            raise
+        self.abort()
         return self.count
 
     def abort(self) -> None:
         """Drop everything fed so far; the session is as it was before."""
-        if self._append is not None:
-            try:
-                self._append.rollback()
-            finally:
-                self._append = None
-                self._stack.close()
+        if self._spool is not None:
+            os.close(self._spool)
+            self._spool = None
+
+    def _open_spool(self) -> int:
+        if self._spool is None:
+            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+        return self._spool
+
+
+def _anonymous_file(directory: Path) -> int:
+    """A file with no name in ``directory`` (on its file system): it vanishes with its last descriptor."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        handle, path = tempfile.mkstemp(dir=directory, prefix=".spool-")
+        os.unlink(path)
+        return handle
 
 
 def _id(raw: bytes) -> str:

@@ -12,7 +12,8 @@ Two record layouts, little-endian:
   (rows x dim float32).
 - ``BIN1``: row count (u32, all ones until the record is sealed), id width (u16), zero
   (u16); then rows of ``id width`` NUL-padded id bytes and dim float32 (brinicle's
-  binary batch format, written as it streams in); then the CRC32 of the rows (u32).
+  binary batch format, copied from where the upload was spooled); then the CRC32 of the
+  rows (u32).
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ import numpy as np
 import pyarrow as pa
 
 from brinicle_etl.errors import CorruptCollectionError, InputError
-from brinicle_etl.store.files import fsync_dir
+from brinicle_etl.store.files import fsync_dir, pwrite_all
 from brinicle_etl.types import WriteMode
 
-__all__ = ["BinaryAppend", "SessionHeader", "StagingLog", "encode_keys"]
+__all__ = ["SessionHeader", "StagingLog", "encode_keys"]
 
 _MAGIC = b"BRSESS01"
 _RECORD = struct.Struct("<4sIQI")
 _BINARY = struct.Struct("<4sIHH")
 _CRC = struct.Struct("<I")
 _UNSEALED = 0xFFFFFFFF
+_COPY_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +167,43 @@ class StagingLog:
         try:
             _write_all(fd, record)
             os.fdatasync(fd)
+        except BaseException:
+            os.ftruncate(fd, self._end)  # a full disk: no half record stays behind
+            raise
         finally:
             os.close(fd)
         self._end += len(record)
         self._count += len(vectors)
 
-    def begin_binary(self, id_width: int) -> BinaryAppend:
-        """Start a streamed record; the caller holds the writer lock until it commits or rolls back."""
+    def append_spooled(self, spool: int, *, id_width: int, rows: int, crc: int) -> None:
+        """Durably append ``rows`` rows spooled in file ``spool`` (already checked; ``crc`` is
+        their CRC32) as one ``BIN1`` record. The caller holds the collection's writer lock.
+
+        The record is sealed last: its row count is written only once the rows and their
+        CRC are on disk, so a crash part way leaves an unsealed record that is ignored."""
         self._sync_end()
-        return BinaryAppend(self, id_width)
+        start, size = self._end, rows * (id_width + 4 * self.header.dim)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, _BINARY.pack(b"BIN1", _UNSEALED, id_width, 0), start)
+            offset = 0
+            while offset < size:
+                chunk = os.pread(spool, min(_COPY_CHUNK, size - offset), offset)
+                if not chunk:
+                    raise CorruptCollectionError(f"ingest_batch: the spooled rows ended after {offset} of {size} bytes")
+                pwrite_all(fd, chunk, start + _BINARY.size + offset)
+                offset += len(chunk)
+            pwrite_all(fd, _CRC.pack(crc), start + _BINARY.size + size)
+            os.fdatasync(fd)
+            os.pwrite(fd, struct.pack("<I", rows), start + 4)
+            os.fdatasync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)
+            raise
+        finally:
+            os.close(fd)
+        self._end = start + _BINARY.size + size + _CRC.size
+        self._count += rows
 
     def read(self) -> tuple[pa.Array, np.ndarray]:
         """Every staged (key, vector), in ingest order.
@@ -227,53 +257,6 @@ class StagingLog:
         except FileNotFoundError:
             return
         fsync_dir(self.path.parent)
-
-
-class BinaryAppend:
-    """A ``BIN1`` record being streamed into the log; invisible until :meth:`commit`."""
-
-    def __init__(self, log: StagingLog, id_width: int):
-        self._log = log
-        self._start = log._end
-        self._rows = 0
-        self._crc = 0
-        self._row_bytes = id_width + 4 * log.header.dim
-        self._fd = os.open(log.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            _write_all(self._fd, _BINARY.pack(b"BIN1", _UNSEALED, id_width, 0))
-        except BaseException:
-            self.rollback()
-            raise
-
-    def write(self, rows: bytes | memoryview) -> None:
-        """Append whole rows (already checked by the caller)."""
-        _write_all(self._fd, rows)
-        self._crc = zlib.crc32(rows, self._crc)
-        self._rows += len(rows) // self._row_bytes
-
-    def commit(self) -> None:
-        """Seal the record: CRC trailer, sync, then the row count in the header, sync again."""
-        try:
-            _write_all(self._fd, _CRC.pack(self._crc))
-            os.fdatasync(self._fd)
-            # A second descriptor: pwrite on an O_APPEND descriptor appends on Linux.
-            fixup = os.open(self._log.path, os.O_WRONLY)
-            try:
-                os.pwrite(fixup, struct.pack("<I", self._rows), self._start + 4)
-                os.fdatasync(fixup)
-            finally:
-                os.close(fixup)
-        finally:
-            os.close(self._fd)
-        self._log._end = self._start + _BINARY.size + self._rows * self._row_bytes + _CRC.size
-        self._log._count += self._rows
-
-    def rollback(self) -> None:
-        """Cut the log back to where this record began."""
-        try:
-            os.ftruncate(self._fd, self._start)
-        finally:
-            os.close(self._fd)
 
 
 def _header_dict(header: SessionHeader) -> dict[str, object]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,11 @@ from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.files import atomic_write_bytes
 from brinicle_etl.store.manifest import MANIFEST
-from brinicle_etl.types import HnswParams, Metric, VectorDType
+from brinicle_etl.types import NAME_RULE, HnswParams, Metric, VectorDType, check_name, is_name, shown
 
 __all__ = ["DEFAULT_NAMESPACE", "Store", "default_store_path", "parse_name"]
 
 DEFAULT_NAMESPACE = "default"
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 def default_store_path() -> Path:
@@ -29,19 +27,16 @@ def default_store_path() -> Path:
 def parse_name(name: str) -> tuple[str, str]:
     """``"db/ns"`` -> ``("db", "ns")``; ``"db"`` -> ``("db", "default")``.
 
-    Each part is 1-64 letters, digits, ``_`` or ``-`` (not starting with ``-``), so a
-    name can never point outside the store.
+    Each part follows :data:`~brinicle_etl.types.NAME_RULE`, so a name can never point
+    outside the store.
     """
     if not isinstance(name, str):
         raise ConfigError(f"collection name must be a string; got {type(name).__name__}")
     parts = name.split("/")
     if len(parts) == 1:
         parts.append(DEFAULT_NAMESPACE)
-    if len(parts) != 2 or not all(_PART.fullmatch(p) for p in parts):
-        raise ConfigError(
-            f"invalid collection name {name!r}: use 'db' or 'db/namespace', each part 1-64 letters, "
-            "digits, '_' or '-' (not starting with '-')"
-        )
+    if len(parts) != 2 or not all(is_name(p) for p in parts):
+        raise ConfigError(f"invalid collection name {shown(name)}: use 'db' or 'db/namespace', each part {NAME_RULE}")
     return parts[0], parts[1]
 
 
@@ -74,10 +69,10 @@ class Store:
             return []
         found = []
         for db in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if not db.is_dir() or not _PART.fullmatch(db.name):
+            if not db.is_dir() or not is_name(db.name):
                 continue
             for ns in sorted(os.scandir(db.path), key=lambda e: e.name):
-                if ns.is_dir() and _PART.fullmatch(ns.name) and os.path.exists(os.path.join(ns.path, MANIFEST)):
+                if ns.is_dir() and is_name(ns.name) and os.path.exists(os.path.join(ns.path, MANIFEST)):
                     found.append(f"{db.name}/{ns.name}")
         return found
 
@@ -151,11 +146,7 @@ class Store:
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
     def _template_path(self, name: str) -> Path:
-        if not isinstance(name, str) or not _PART.fullmatch(name):
-            raise ConfigError(
-                f"invalid template name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '-')"
-            )
-        return self.config_dir / "templates" / f"{name}.json"
+        return self.config_dir / "templates" / f"{check_name(name, 'template name')}.json"
 
     def forget(self, name: str) -> None:
         """Close a collection in this process; its files stay (brinicle's ``destroy=false``)."""

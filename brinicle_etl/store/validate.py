@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from brinicle_etl.errors import ConfigError, DimensionError, InputError
+from brinicle_etl.errors import DimensionError, InputError
 from brinicle_etl.store.staging import encode_keys
+from brinicle_etl.types import EF, K
 
 __all__ = ["as_keys", "as_matrix", "as_vector", "check_ef", "check_k"]
 
@@ -73,12 +74,8 @@ def as_keys(keys: Any, op: str) -> pa.Array:
 
 
 def check_k(k: object, op: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ConfigError(f"{op}: k must be a positive integer; got {k!r}")
-    return int(k)
+    return K.check(k, name=f"{op}: k")
 
 
 def check_ef(ef: int | None) -> int | None:
-    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1):
-        raise ConfigError(f"ef must be a positive integer; got {ef!r}")
-    return None if ef is None else int(ef)
+    return None if ef is None else EF.check(ef)
