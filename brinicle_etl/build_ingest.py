@@ -23,10 +23,10 @@ from brinicle_etl.errors import ConfigError, InputError
 from brinicle_etl.pipeline import IngestResult, ingest, model_registry
 from brinicle_etl.schema import TemplateSchema
 from brinicle_etl.store import Store
-from brinicle_etl.types import ConflictPolicy, HnswParams, Metric, VectorDType, check_choice
+from brinicle_etl.types import RNG_SEED, ConflictPolicy, HnswParams, Metric, VectorDType, check_choice, check_name
 from brinicle_etl.usage import UsageLedger
 
-__all__ = ["MAX_DIM", "MIN_DIM", "build_ingest_data", "parse_dtype_config", "sanitize_identifier"]
+__all__ = ["MAX_DIM", "MIN_DIM", "build_ingest_data", "collection_name", "parse_dtype_config", "sanitize_identifier"]
 
 MIN_DIM, MAX_DIM = 128, 8192
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -38,6 +38,11 @@ def sanitize_identifier(value: str, *, what: str) -> str:
     if not cleaned.strip("_"):
         raise ConfigError(f"{what} {value!r} has no letters or digits")
     return cleaned
+
+
+def collection_name(db_name: str, namespace: str) -> str:
+    """The collection an upload goes to: ``db_name/namespace``, both sanitized."""
+    return f"{sanitize_identifier(db_name, what='db_name')}/{sanitize_identifier(namespace, what='namespace')}"
 
 
 def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
@@ -84,10 +89,14 @@ def build_ingest_data(
     on_conflict: ConflictPolicy = "error",
     owner: str | None = None,
     quota_bytes: int | None = None,
+    wait: bool | float = True,
 ) -> IngestResult:
     """Ingest a CSV file into ``db_name/namespace`` with the CSV endpoint's rules (see the module doc)."""
+    # Every argument is checked before anything is read or written.
     check_choice("on_conflict", on_conflict, ConflictPolicy)
-    collection = f"{sanitize_identifier(db_name, what='db_name')}/{sanitize_identifier(namespace, what='namespace')}"
+    if template_name is not None:
+        check_name(template_name, "template_name")
+    collection = collection_name(db_name, namespace)
     if store.exists(collection):
         stored = store.open(collection).dim
         if dim != stored:
@@ -96,8 +105,7 @@ def build_ingest_data(
         raise InputError(f"dim must be between {MIN_DIM} and {MAX_DIM} for a new database; got {dim}")
     if not 1 <= depth <= 8:
         raise ConfigError(f"depth must be between 1 and 8 (the graph's connectivity is 8 x depth); got {depth}")
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0; got {seed}")
+    RNG_SEED.check(seed, name="seed")
     dtype, metric = parse_dtype_config(dtype_config)
     schema = TemplateSchema.from_json(template_schema) if template_schema else None
     if schema is None and template_name is not None and store.template(template_name) is not None:
@@ -123,7 +131,7 @@ def build_ingest_data(
         dtype=dtype,
         metric=metric,
         params=HnswParams(M=8 * depth, rng_seed=seed),
-        wait=True,
+        wait=wait,
         **options,
     )
     ledger.record(collection, owner=owner)

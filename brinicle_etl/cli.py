@@ -325,6 +325,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_upload_mb=args.max_upload_mb,
         workers=args.workers,
         access_log=args.access_log,
+        writer_timeout=args.writer_timeout,
+        max_waiting_writers=args.max_waiting_writers,
+        upload_idle_seconds=args.upload_idle_seconds,
     )
 
 
@@ -417,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="server processes (collections are safe to share)")
     p.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it costs ~10%% of search QPS)"
+    )
+    p.add_argument(
+        "--writer-timeout", type=float, metavar="S", help="longest wait for a write's turn on an index, then 503 (60)"
+    )
+    p.add_argument("--max-waiting-writers", type=int, metavar="N", help="writes that may wait per index, then 503 (64)")
+    p.add_argument(
+        "--upload-idle-seconds", type=float, metavar="S", help="drop an upload that sends nothing this long (30)"
     )
     p.set_defaults(func=cmd_serve)
 

@@ -35,6 +35,7 @@ from brinicle_etl.types import (
     VectorSource,
     WriteMode,
     check_choice,
+    check_name,
 )
 
 __all__ = ["IngestResult", "Progress", "ingest", "model_registry"]
@@ -221,6 +222,8 @@ def ingest(
     check_choice("mode", mode, WriteMode)
     check_choice("on_conflict", on_conflict, ConflictPolicy)
     check_choice("on_duplicate", on_duplicate, DuplicatePolicy)
+    if template_name is not None:
+        check_name(template_name, "template_name")  # saved after the write: refuse it before
     started = time.perf_counter()
     timings: dict[str, float] = {}
     st = store if isinstance(store, Store) else Store(store)

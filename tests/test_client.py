@@ -72,7 +72,7 @@ def test_errors_are_typed(client: BrinicleClient) -> None:
         client.create_index("bad name", 4)
     assert bad.value.status == 422
     assert isinstance(bad.value, InputError)
-    with pytest.raises(BadRequestError, match="k must be greater than 0"):
+    with pytest.raises(BadRequestError, match="k must be an integer between 1 and 10000; got 0"):
         client.search("twice", np.ones(4), k=0)
     with pytest.raises(BadRequestError, match="no pending ingest session"):
         client.finalize("twice")

@@ -263,8 +263,11 @@ def test_search_errors(http: httpx.Client) -> None:
     vec = np.ones(DIM, "<f4").tobytes()
     assert http.post("/search.bin", params={"index_name": "preexisting"}, content=vec).json() == []
     cases = [
-        ({"index_name": "preexisting", "k": 0}, vec, 400, "k must be greater than 0"),
-        ({"index_name": "preexisting", "efs": 0}, vec, 400, "efs must be greater than 0"),
+        ({"index_name": "preexisting", "k": 0}, vec, 400, "k must be an integer between 1 and 10000; got 0"),
+        ({"index_name": "preexisting", "k": 10_001}, vec, 400, "k must be an integer between 1 and 10000; got 10001"),
+        ({"index_name": "preexisting", "efs": 0}, vec, 400, "efs must be an integer between 1 and 16384; got 0"),
+        ({"index_name": "preexisting", "efs": 2**63}, vec, 400, "efs must be an integer between 1 and 16384; got 9223"),
+        ({"index_name": "preexisting", "efs": 2**64}, vec, 400, "efs must be an integer between 1 and 16384; got 1844"),
         ({"index_name": "preexisting"}, vec[:-4], 400, "Expected one float32 vector with dim=8"),
         ({"index_name": "nope"}, vec, 404, "Index 'nope' not found"),
         ({"index_name": "../x"}, vec, 400, "index_name can contain"),

@@ -1,161 +1,31 @@
 """The HTTP server: brinicle's API over a store, plus search with rows and filters.
 
 ``create_app(store)`` builds the FastAPI app; ``brinicle-etl serve`` runs it on uvicorn.
-Routes parse the request, call the library and turn :class:`BrinicleError` into a status
-code here, at one boundary; responses and errors follow brinicle's wire formats.
+Routes parse the request and call the library; :mod:`deps` turns a :class:`BrinicleError`
+into a status code at one boundary; responses and errors follow brinicle's wire formats.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
-import re
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from brinicle_etl.embed import ModelRegistry
-from brinicle_etl.errors import (
-    AlreadyExistsError,
-    BrinicleError,
-    ConfigError,
-    ConflictError,
-    CorruptCollectionError,
-    InputError,
-    LockedError,
-    MissingExtraError,
-    NotFoundError,
-    QuotaExceededError,
-    StateError,
-)
+from brinicle_etl.errors import BrinicleError
+from brinicle_etl.server import brinicle_api, ingest_api, search_api, tasks_api
+from brinicle_etl.server.deps import ServerSettings, ServerState, error_response
 from brinicle_etl.server.fastpath import SearchFastPath
+from brinicle_etl.server.writers import WriterGate
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.tasks import TaskStore, TaskWorker
 
-__all__ = ["ServerSettings", "ServerState", "create_app"]
-
-# brinicle's rule for index names, applied to each part of "db" or "db/namespace".
-_NAME_PART = re.compile(r"[A-Za-z0-9_]{1,64}")
-NAME_RULE = "index_name can contain A-Z|a-z|0-9 and underline(_) and should be <= 64 long (or db/namespace of those)"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServerSettings:
-    """``api_keys``: when set, every request needs ``X-API-Key`` with one of them."""
-
-    store: Path
-    api_keys: tuple[str, ...] = ()
-    quotas: dict[str, int] = field(default_factory=dict)
-    max_upload_bytes: int = 512 * 2**20
-    max_search_batch: int = 8192
-    feed_bytes: int = 4 * 2**20
-    task_batch_size: int = 512
-
-    @classmethod
-    def from_env(cls) -> ServerSettings:
-        """Settings from ``BRINICLE_STORE``, ``BRINICLE_API_KEYS`` (comma-separated),
-        ``BRINICLE_QUOTAS`` (``key=MB,...``), ``BRINICLE_MAX_UPLOAD_MB`` and ``BRINICLE_TASK_BATCH``
-        (items per upsertion-task batch)."""
-        keys = tuple(k.strip() for k in os.environ.get("BRINICLE_API_KEYS", "").split(",") if k.strip())
-        quotas = {}
-        for entry in os.environ.get("BRINICLE_QUOTAS", "").split(","):
-            if "=" in entry:
-                key, megabytes = entry.rsplit("=", 1)
-                quotas[key.strip()] = int(float(megabytes) * 2**20)
-        upload = int(float(os.environ.get("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20)
-        store = Path(os.environ.get("BRINICLE_STORE") or "brinicle_store")
-        batch = int(os.environ.get("BRINICLE_TASK_BATCH", "512"))
-        return cls(store=store, api_keys=keys, quotas=quotas, max_upload_bytes=upload, task_batch_size=batch)
-
-
-def canonical(index_name: object) -> str:
-    """brinicle's index name (or db/namespace) -> the collection it addresses; 400 if invalid."""
-    if not isinstance(index_name, str):
-        raise HTTPException(status_code=400, detail=NAME_RULE)
-    parts = index_name.split("/")
-    if len(parts) > 2 or not all(_NAME_PART.fullmatch(p) for p in parts):
-        raise HTTPException(status_code=400, detail=NAME_RULE)
-    return index_name if len(parts) == 2 else f"{index_name}/default"
-
-
-def display(name: str) -> str:
-    """The collection's index name over HTTP: ``foo`` for ``foo/default``."""
-    return name[: -len("/default")] if name.endswith("/default") else name
-
-
-@dataclass
-class ServerState:
-    """What the routes share: the store, the model registry, the task worker.
-
-    Every collection in the store is served unless it was unloaded here: collections made
-    by the task worker, the CLI or a pipeline appear without a restart.
-    """
-
-    settings: ServerSettings
-    store: Store
-    registry: ModelRegistry
-    tasks: TaskStore
-    worker: TaskWorker
-    unloaded: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def open_all(self) -> None:
-        for name in self.store.names():
-            self.store.open(name)
-
-    def collection(self, index_name: object) -> Collection:
-        """A served collection, or 404 as brinicle answers."""
-        name = canonical(index_name)
-        with self.lock:
-            hidden = name in self.unloaded
-        if hidden:
-            raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found")
-        try:
-            return self.store.open(name)
-        except NotFoundError:
-            raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found") from None
-
-    def load(self, name: str) -> None:
-        with self.lock:
-            self.unloaded.discard(name)
-
-    def unload(self, name: str) -> None:
-        with self.lock:
-            self.unloaded.add(name)
-
-    def names(self) -> list[str]:
-        with self.lock:
-            hidden = set(self.unloaded)
-        return sorted(display(n) for n in self.store.names() if n not in hidden)
-
-
-_STATUS: list[tuple[type[BrinicleError], int]] = [
-    (NotFoundError, 404),
-    (AlreadyExistsError, 409),
-    (ConflictError, 409),
-    (LockedError, 409),
-    (InputError, 400),
-    (ConfigError, 400),
-    (StateError, 400),
-    (QuotaExceededError, 403),
-    (MissingExtraError, 503),
-    (CorruptCollectionError, 500),
-]
-
-
-def status_of(exc: BrinicleError) -> int:
-    return next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-
-
-def json_response(data: Any, status_code: int = 200) -> Response:
-    return Response(content=orjson.dumps(data), status_code=status_code, media_type="application/json")
+__all__ = ["ServerSettings", "ServerState", "app_from_env", "create_app"]
 
 
 def create_app(
@@ -167,14 +37,7 @@ def create_app(
     """The app over ``store`` (default ``$BRINICLE_STORE`` or ``./brinicle_store``)."""
     if settings is None:
         root = store.root if isinstance(store, Store) else Path(store) if store is not None else None
-        base = ServerSettings.from_env()
-        settings = ServerSettings(
-            store=root or base.store,
-            api_keys=tuple(api_keys) or base.api_keys,
-            quotas=base.quotas,
-            max_upload_bytes=base.max_upload_bytes,
-            task_batch_size=base.task_batch_size,
-        )
+        settings = ServerSettings.from_env(store=root, api_keys=tuple(api_keys))
     st = store if isinstance(store, Store) else Store(settings.store)
     tasks = TaskStore(st)
     state = ServerState(
@@ -183,6 +46,7 @@ def create_app(
         registry=ModelRegistry(st.config_dir / "models.json"),
         tasks=tasks,
         worker=TaskWorker(tasks, batch_size=settings.task_batch_size),
+        writers=WriterGate(max_waiting=settings.max_waiting_writers, timeout=settings.writer_timeout),
     )
 
     @asynccontextmanager
@@ -203,7 +67,12 @@ def create_app(
 
     @app.exception_handler(BrinicleError)
     async def library_error(request: Request, exc: BrinicleError) -> JSONResponse:
-        return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+        return error_response(exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left during its upload: whatever it sent was dropped, and nobody reads this.
+        return Response(status_code=400)
 
     if settings.api_keys:
         keys = [k.encode() for k in settings.api_keys]
@@ -228,26 +97,14 @@ def create_app(
     # Outermost, so the fast path skips routing; it hands everything it cannot answer inward.
     app.add_middleware(SearchFastPath, lookup=lookup, api_keys=settings.api_keys)
 
-    from brinicle_etl.server.brinicle_api import router as brinicle_router
-    from brinicle_etl.server.ingest_api import router as ingest_router
-    from brinicle_etl.server.search_api import router as search_router
-    from brinicle_etl.server.tasks_api import router as tasks_router
-
-    app.include_router(brinicle_router)
-    app.include_router(search_router)
-    app.include_router(ingest_router)
-    app.include_router(tasks_router)
+    for module in (brinicle_api, search_api, ingest_api, tasks_api):
+        app.include_router(module.router)
     return app
 
 
 def app_from_env() -> FastAPI:
     """For ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
     return create_app(settings=ServerSettings.from_env())
-
-
-def state_of(request: Request) -> ServerState:
-    state: ServerState = request.app.state.brinicle
-    return state
 
 
 def _version() -> str:

@@ -17,9 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from brinicle_etl.errors import BrinicleError
-from brinicle_etl.server.app import NAME_RULE, canonical, display, json_response, state_of, status_of
-from brinicle_etl.types import HnswParams
+from brinicle_etl.errors import AlreadyExistsError
+from brinicle_etl.server.deps import NAME_RULE, canonical, display, json_response, responses, state_of
+from brinicle_etl.server.upload import chunks
+from brinicle_etl.types import BUILD_THREADS, DELTA_RATIO_MIN, DIM, EF, EF_CONSTRUCTION, RNG_SEED, HnswParams, K, M
 
 router = APIRouter()
 
@@ -36,11 +37,11 @@ class Params(BaseModel):
     """HNSW parameters; fields left out (or 0) keep the index's own values."""
 
     model_config = ConfigDict(extra="ignore")
-    M: int | None = None
-    ef_construction: int | None = None
-    ef_search: int | None = None
-    rng_seed: int | None = None
-    build_n_threads: int | None = None
+    M: int | None = Field(default=None, ge=0, le=M.high)
+    ef_construction: int | None = Field(default=None, ge=0, le=EF_CONSTRUCTION.high)
+    ef_search: int | None = Field(default=None, ge=0, le=EF.high)
+    rng_seed: int | None = Field(default=None, ge=RNG_SEED.low, le=RNG_SEED.high)
+    build_n_threads: int | None = Field(default=None, ge=BUILD_THREADS.low, le=BUILD_THREADS.high)
 
     def to_dict(self) -> dict[str, int]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -54,8 +55,8 @@ class Named(BaseModel):
 
 
 class CreateIndexRequest(Named):
-    dim: int = Field(..., ge=1)
-    delta_ratio: float = Field(default=0.10, gt=0.0, le=0.5)
+    dim: int = Field(..., ge=DIM.low, le=DIM.high)
+    delta_ratio: float = Field(default=0.10, ge=DELTA_RATIO_MIN, le=0.5)
     params: Params | None = None
     metric: Literal["cosine", "ip", "l2sq"] = "l2sq"
     dtype: Literal["f32", "f16", "bf16", "i8"] = "bf16"
@@ -81,51 +82,105 @@ class RebuildRequest(Named):
     build_params: Params | None = None
 
 
+class Success(BaseModel):
+    success: bool
+    message: str
+    index_name: str | None
+
+
+class IndexList(BaseModel):
+    indexes: list[str]
+    count: int
+
+
+class IndexStatus(BaseModel):
+    index_name: str
+    dim: int
+    has_index: bool
+    needs_rebuild: bool
+    metric: str
+    dtype: str
+    params: dict[str, int]
+    delta_ratio: float
+    live_count: int
+    main_count: int
+    delta_count: int
+    deleted_count: int
+    generation: int
+    bytes_on_disk: int
+    session_mode: str | None
+    staged_count: int
+
+
+class Staged(BaseModel):
+    success: bool
+    count: int | None = None
+
+
+class Deleted(BaseModel):
+    deleted_count: int
+    not_found: list[str] | None
+
+
 def success(message: str, index_name: str | None) -> Response:
     return json_response({"success": True, "message": message, "index_name": index_name})
 
 
-@router.get("/", summary="Health check")
+def _ok(model: type[BaseModel] | Any, *codes: int) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}, **responses(*codes)}
+
+
+@router.get("/", summary="Health check", responses=_ok(Success))
 def health(request: Request) -> Response:
     state = state_of(request)
     return success(f"brinicle-etl is running. {len(state.names())} index(es) loaded.", None)
 
 
-@router.get("/indexes", summary="List the loaded indexes")
+@router.get("/indexes", summary="List the loaded indexes", responses=_ok(IndexList))
 def list_indexes(request: Request) -> Response:
     names = state_of(request).names()
     return json_response({"indexes": names, "count": len(names)})
 
 
-@router.post("/indexes", summary="Create an index")
-def create_index(request: Request, body: CreateIndexRequest) -> Response:
+@router.post("/indexes", summary="Create an index", responses=_ok(Success, 400, 409, 503, 507))
+async def create_index(request: Request, body: CreateIndexRequest) -> Response:
     state = state_of(request)
     name = canonical(body.index_name)
-    if state.store.exists(name):
-        raise HTTPException(status_code=409, detail=f"Index '{body.index_name}' already exists")
     params = HnswParams.from_dict(body.params.to_dict() if body.params else None)
-    state.store.create(
-        name, dim=body.dim, metric=body.metric, dtype=body.dtype, params=params, delta_ratio=body.delta_ratio
-    )
+
+    def create() -> None:
+        if state.store.exists(name):
+            raise AlreadyExistsError(f"Index '{body.index_name}' already exists")
+        state.store.create(
+            name, dim=body.dim, metric=body.metric, dtype=body.dtype, params=params, delta_ratio=body.delta_ratio
+        )
+
+    await state.writers.run(name, create)
     state.load(name)
     return success(f"Index '{body.index_name}' created successfully", body.index_name)
 
 
-@router.delete("/indexes/{index_name:path}", summary="Close an index (destroy=true: delete its files)")
-def delete_index(request: Request, index_name: str, destroy: bool = False) -> Response:
+@router.delete(
+    "/indexes/{index_name:path}",
+    summary="Close an index (destroy=true: delete its files)",
+    responses=_ok(Success, 400, 404, 503),
+)
+async def delete_index(request: Request, index_name: str, destroy: bool = False) -> Response:
     state = state_of(request)
-    col = state.collection(index_name)
     name = canonical(index_name)
     if destroy:
-        col.destroy(wait=True)
-    if not destroy:
+        await state.write(index_name, lambda col: col.destroy(wait=False))
+    else:
+        await run_in_threadpool(state.collection, index_name)  # 404 for an unknown index
         state.unload(name)
     state.store.forget(name)
     action = "destroyed" if destroy else "closed and removed"
     return success(f"Index '{index_name}' {action}", index_name)
 
 
-@router.get("/indexes/{index_name:path}/status", summary="An index's settings and counts")
+@router.get(
+    "/indexes/{index_name:path}/status", summary="An index's settings and counts", responses=_ok(IndexStatus, 400, 404)
+)
 def index_status(request: Request, index_name: str) -> Response:
     s = state_of(request).collection(index_name).status()
     return json_response(
@@ -150,7 +205,7 @@ def index_status(request: Request, index_name: str) -> Response:
     )
 
 
-@router.post("/indexes/load", summary="Load an index from disk")
+@router.post("/indexes/load", summary="Load an index from disk", responses=_ok(Success, 400, 404))
 def load_index(request: Request, body: Named) -> Response:
     state = state_of(request)
     name = canonical(body.index_name)
@@ -161,14 +216,14 @@ def load_index(request: Request, body: Named) -> Response:
     return success(f"Index '{body.index_name}' loaded successfully", body.index_name)
 
 
-@router.post("/init", summary="Start an ingest session")
-def init(request: Request, body: InitRequest) -> Response:
-    col = state_of(request).collection(body.index_name)
-    col.init(body.mode, wait=True)  # type: ignore[arg-type]  # the library checks the mode
+@router.post("/init", summary="Start an ingest session", responses=_ok(Success, 400, 404, 503, 507))
+async def init(request: Request, body: InitRequest) -> Response:
+    # the library checks the mode
+    await state_of(request).write(body.index_name, lambda col: col.init(body.mode, wait=False))  # type: ignore[arg-type]
     return success(f"Index '{body.index_name}' initialized in '{body.mode}' mode", body.index_name)
 
 
-@router.post("/ingest", summary="Stage one vector")
+@router.post("/ingest", summary="Stage one vector", responses=_ok(Staged, 400, 404, 503, 507))
 async def ingest(request: Request) -> Response:
     try:
         data = orjson.loads(await request.body())
@@ -179,26 +234,32 @@ async def ingest(request: Request) -> Response:
     index_name, external_id, vector = data.get("index_name"), data.get("external_id"), data.get("vector")
     if not index_name or not external_id or not isinstance(external_id, str) or vector is None:
         raise HTTPException(status_code=400, detail="Missing required fields: index_name, external_id, vector")
-    col = state_of(request).collection(index_name)
     if not isinstance(vector, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vector):
+        await run_in_threadpool(state_of(request).collection, index_name)  # an unknown index is 404 first
         raise HTTPException(status_code=400, detail="ingest: vector must be an array of numbers")
-    await run_in_threadpool(col.ingest, external_id, np.asarray(vector, dtype=np.float32))
+    try:
+        values = np.asarray(vector, dtype=np.float32)
+    except OverflowError:
+        raise HTTPException(status_code=400, detail="ingest: vector contains NaN/Inf") from None
+    await state_of(request).write(index_name, lambda col: col.ingest(external_id, values, wait=False))
     return Response(content=b'{"success":true}', media_type="application/json")
 
 
-@router.post("/ingest/batch", summary="Stage many vectors (binary rows)")
+@router.post(
+    "/ingest/batch", summary="Stage many vectors (binary rows)", responses=_ok(Staged, 400, 404, 408, 503, 507)
+)
 async def ingest_batch(request: Request, index_name: str | None = None) -> Response:
     state = state_of(request)
     if not index_name:
         raise HTTPException(status_code=400, detail="Missing query param: index_name")
-    col = state.collection(index_name)
+    col = await run_in_threadpool(state.collection, index_name)
     batch = await run_in_threadpool(col.ingest_binary)
     pending = bytearray()
-    # One feed in flight while the next chunk arrives: receiving and checking/writing overlap,
-    # in order, with at most two chunks buffered.
+    # Rows are checked and spooled without the writer lock; one feed in flight while the
+    # next chunk arrives. Only finish() waits for the writer's turn, on the event loop.
     feeding: asyncio.Future[None] | None = None
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks(request, state.settings.upload_idle_seconds):
             pending += chunk
             if len(pending) >= state.settings.feed_bytes:
                 data, pending = bytes(pending), bytearray()
@@ -210,69 +271,67 @@ async def ingest_batch(request: Request, index_name: str | None = None) -> Respo
             feeding = None
         if pending:
             await run_in_threadpool(batch.feed, bytes(pending))
-        count = await run_in_threadpool(batch.finish)
-    except BaseException as exc:
+        count = await state.writers.run(col.name, lambda: batch.finish(wait=False))
+    finally:
         if feeding is not None:
             await asyncio.gather(feeding, return_exceptions=True)  # never abort under a running feed
-        await run_in_threadpool(batch.abort)
-        if isinstance(exc, BrinicleError):
-            raise HTTPException(status_code=status_of(exc), detail=str(exc)) from exc
-        raise
+        batch.abort()
     return json_response({"success": True, "count": count})
 
 
-@router.post("/finalize", summary="Apply the ingest session")
-def finalize(request: Request, body: FinalizeRequest) -> Response:
-    col = state_of(request).collection(body.index_name)
+@router.post("/finalize", summary="Apply the ingest session", responses=_ok(Success, 400, 404, 409, 503, 507))
+async def finalize(request: Request, body: FinalizeRequest) -> Response:
     given = body.params or body.build_params
-    col.finalize(optimize=body.optimize, params=given.to_dict() if given else None)
+    params = given.to_dict() if given else None
+    await state_of(request).write(
+        body.index_name, lambda col: col.finalize(optimize=body.optimize, params=params, wait=False)
+    )
     flag = "true" if body.optimize else "false"
     return success(f"Finalized ingest for index '{body.index_name}' (optimize={flag})", body.index_name)
 
 
-@router.post("/delete", summary="Delete items by external id")
-def delete_items(request: Request, body: DeleteRequest) -> Response:
-    col = state_of(request).collection(body.index_name)
+@router.post("/delete", summary="Delete items by external id", responses=_ok(Deleted, 400, 404, 503, 507))
+async def delete_items(request: Request, body: DeleteRequest) -> Response:
     if not body.external_ids:
+        await run_in_threadpool(state_of(request).collection, body.index_name)  # an unknown index is 404 first
         raise HTTPException(status_code=400, detail="external_ids must not be empty")
-    result = col.delete(body.external_ids, return_not_found=body.return_not_found, wait=True)
+    result = await state_of(request).write(
+        body.index_name, lambda col: col.delete(body.external_ids, return_not_found=body.return_not_found, wait=False)
+    )
     return json_response({"deleted_count": result.deleted_count, "not_found": result.not_found})
 
 
-@router.post("/rebuild", summary="Compact into a fresh index")
-def rebuild(request: Request, body: RebuildRequest) -> Response:
-    col = state_of(request).collection(body.index_name)
+@router.post("/rebuild", summary="Compact into a fresh index", responses=_ok(Success, 400, 404, 503, 507))
+async def rebuild(request: Request, body: RebuildRequest) -> Response:
     given = body.params or body.build_params
-    col.rebuild(given.to_dict() if given else None, wait=True)
+    params = given.to_dict() if given else None
+    await state_of(request).write(body.index_name, lambda col: col.rebuild(params, wait=False))
     return success(f"Index '{body.index_name}' rebuilt and compacted", body.index_name)
 
 
-@router.post("/optimize", summary="Merge the delta when needs_rebuild")
-def optimize(request: Request, body: Annotated[Any, Body()]) -> Response:
+@router.post("/optimize", summary="Merge the delta when needs_rebuild", responses=_ok(Success, 400, 404, 503, 507))
+async def optimize(request: Request, body: Annotated[Any, Body()]) -> Response:
     # brinicle's server takes a bare JSON string; its docs and client send an object.
     index_name = body.get("index_name") if isinstance(body, dict) else body
     if not isinstance(index_name, str):
         raise HTTPException(status_code=400, detail='send {"index_name": "..."} or the name as a JSON string')
-    col = state_of(request).collection(index_name)
-    merged = col.optimize(wait=True)
+    merged = await state_of(request).write(index_name, lambda col: col.optimize(wait=False))
     message = f"Graph optimized for index '{index_name}'" + ("" if merged else " (nothing to merge)")
     return success(message, index_name)
 
 
 def _search_args(k: int, efs: int) -> None:
-    if k <= 0:
-        raise HTTPException(status_code=400, detail="k must be greater than 0")
-    if efs <= 0:
-        raise HTTPException(status_code=400, detail="efs must be greater than 0")
+    K.check(k)
+    EF.check(efs, name="efs")
 
 
 def _ids(col: Any, query: np.ndarray, k: int, efs: int) -> bytes:
     return orjson.dumps([h.id for h in col.search(query, k, ef=efs)])
 
 
-@router.post("/search.bin", summary="Search with one float32 query vector")
+@router.post("/search.bin", summary="Search with one float32 query vector", responses=_ok(list[str], 400, 404))
 async def search_bin(request: Request, index_name: Annotated[str, Query()], k: int = 10, efs: int = 64) -> Response:
-    col = state_of(request).collection(index_name)
+    col = await run_in_threadpool(state_of(request).collection, index_name)
     _search_args(k, efs)
     body = await request.body()
     if len(body) != col.dim * 4:
@@ -280,15 +339,19 @@ async def search_bin(request: Request, index_name: Annotated[str, Query()], k: i
             status_code=400, detail=f"Expected one float32 vector with dim={col.dim}, got {len(body)} bytes"
         )
     query = np.frombuffer(body, dtype="<f4")
-    return Response(content=_ids(col, query, k, efs), media_type="application/json")
+    return Response(content=await run_in_threadpool(_ids, col, query, k, efs), media_type="application/json")
 
 
-@router.post("/search/batch.bin", summary="Search with many float32 query vectors")
+@router.post(
+    "/search/batch.bin",
+    summary="Search with many float32 query vectors",
+    responses=_ok(list[list[str]], 400, 404),
+)
 async def search_batch_bin(
     request: Request, index_name: Annotated[str, Query()], k: int = 10, efs: int = 64
 ) -> Response:
     state = state_of(request)
-    col = state.collection(index_name)
+    col = await run_in_threadpool(state.collection, index_name)
     _search_args(k, efs)
     body = await request.body()
     row = col.dim * 4
@@ -308,4 +371,4 @@ async def search_batch_bin(
     return Response(content=orjson.dumps([[h.id for h in hits] for hits in results]), media_type="application/json")
 
 
-__all__ = ["router", "display"]
+__all__ = ["display", "router"]

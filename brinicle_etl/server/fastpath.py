@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from brinicle_etl.errors import BrinicleError
+from brinicle_etl.types import EF, K
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -71,7 +72,7 @@ class SearchFastPath:
             k, efs = int(params.get("k", 10)), int(params.get("efs", 64))
         except ValueError:
             return None
-        if k <= 0 or efs <= 0:
+        if k not in K or efs not in EF:
             return None
         return params["index_name"], k, efs
 

@@ -9,19 +9,27 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from brinicle_etl.build_ingest import build_ingest_data
+from brinicle_etl.build_ingest import build_ingest_data, collection_name
 from brinicle_etl.errors import BrinicleError
-from brinicle_etl.server.app import json_response, state_of, status_of
-from brinicle_etl.server.upload import StreamingForm, TooLarge
+from brinicle_etl.server.deps import error_response, json_response, responses, state_of
+from brinicle_etl.server.upload import StreamingForm, TooLarge, chunks
 from brinicle_etl.usage import owner_id
 
 router = APIRouter()
 
 _REQUIRED_INTS = ("dim", "seed", "depth")
 _FIELDS = ("db_name", "namespace", "vector_col", "dtype_config", "template_name", "template_schema", "on_conflict")
+
+_VALIDATION = {
+    "description": "A required form field is missing or not an integer",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+}
+_RESULT = {
+    "description": "What the ingest did (counts per outcome, the conflicting keys, the schema used)",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
 
 
 def _invalid(problems: list[dict[str, Any]]) -> Response:
@@ -37,7 +45,35 @@ def _too_large(limit: int, received: int) -> Response:
     )
 
 
-@router.post("/build_ingest_data/", summary="Build or append to a collection from a CSV upload")
+def _fields(form: StreamingForm) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ingest's keyword arguments from the form, and FastAPI-style problems with it."""
+    problems = [
+        {"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}
+        for name in ("file", *_REQUIRED_INTS)
+        if (name == "file" and form.file_path is None) or (name != "file" and name not in form.fields)
+    ]
+    options: dict[str, Any] = {k: form.fields[k] for k in _FIELDS if form.fields.get(k) not in (None, "")}
+    for name in _REQUIRED_INTS:
+        if name in form.fields:
+            try:
+                options[name] = int(form.fields[name])
+            except ValueError:
+                problems.append(
+                    {
+                        "type": "int_parsing",
+                        "loc": ["body", name],
+                        "input": form.fields[name][:100],
+                        "msg": "Input should be a valid integer, unable to parse string as an integer",
+                    }
+                )
+    return options, problems
+
+
+@router.post(
+    "/build_ingest_data/",
+    summary="Build or append to a collection from a CSV upload",
+    responses={200: _RESULT, **responses(400, 403, 404, 408, 409, 413, 503, 507), 422: _VALIDATION},
+)
 async def build_ingest(request: Request) -> Response:
     state = state_of(request)
     limit = state.settings.max_upload_bytes
@@ -49,50 +85,27 @@ async def build_ingest(request: Request) -> Response:
             request.headers.get("content-type", ""), spool_dir=state.store.config_dir / "uploads", limit=limit
         )
     except BrinicleError as exc:
-        return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+        return error_response(exc)
     with form:
         try:
-            async for chunk in request.stream():
+            async for chunk in chunks(request, state.settings.upload_idle_seconds):
                 form.feed(chunk)
             form.finish()
         except TooLarge as exc:
             return _too_large(limit, exc.received)
-        except BrinicleError as exc:
-            return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
-        problems = [
-            {"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}
-            for name in ("file", *_REQUIRED_INTS)
-            if (name == "file" and form.file_path is None) or (name != "file" and name not in form.fields)
-        ]
-        ints: dict[str, int] = {}
-        for name in _REQUIRED_INTS:
-            if name in form.fields:
-                try:
-                    ints[name] = int(form.fields[name])
-                except ValueError:
-                    problems.append(
-                        {
-                            "type": "int_parsing",
-                            "loc": ["body", name],
-                            "input": form.fields[name],
-                            "msg": "Input should be a valid integer, unable to parse string as an integer",
-                        }
-                    )
+        options, problems = _fields(form)
         if problems:
             return _invalid(problems)
-        options: dict[str, Any] = {k: form.fields[k] for k in _FIELDS if form.fields.get(k) not in (None, "")}
-        options.update(ints)
         key = request.headers.get("x-api-key")
         owner = owner_id(key) if key and state.settings.api_keys else None
         quota = state.settings.quotas.get(key) if key else None
         path = form.file_path
         assert path is not None
-        try:
-            result = await run_in_threadpool(
-                lambda: build_ingest_data(state.store, path, owner=owner, quota_bytes=quota, **options)
-            )
-        except BrinicleError as exc:
-            return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+        name = collection_name(options.get("db_name", "fractal_db"), options.get("namespace", "default"))
+        result = await state.writers.run(
+            name,
+            lambda: build_ingest_data(state.store, path, owner=owner, quota_bytes=quota, wait=False, **options),
+        )
     state.load(result.collection)
     body = result.to_dict()
     body["db_name"] = result.collection.split("/")[0]

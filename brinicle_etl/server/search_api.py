@@ -9,7 +9,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from brinicle_etl.search import search
-from brinicle_etl.server.app import json_response, state_of
+from brinicle_etl.server.deps import json_response, responses, state_of
+from brinicle_etl.types import EF, K
 
 router = APIRouter()
 
@@ -21,12 +22,27 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     index_name: str
     query: str | list[float]
-    k: int = Field(default=10, ge=1, le=10_000)
-    ef: int | None = Field(default=None, ge=1)
+    k: int = Field(default=10, ge=K.low, le=K.high)
+    ef: int | None = Field(default=None, ge=EF.low, le=EF.high)
     filter: dict[str, Any] | None = None
 
 
-@router.post("/search", summary="Search by text or vector; rows come back with their columns")
+class SearchHit(BaseModel):
+    key: str
+    distance: float
+    row: dict[str, Any]
+
+
+class SearchResults(BaseModel):
+    index_name: str
+    results: list[SearchHit]
+
+
+@router.post(
+    "/search",
+    summary="Search by text or vector; rows come back with their columns",
+    responses={200: {"model": SearchResults}, **responses(400, 404, 503)},
+)
 def search_rows(request: Request, body: SearchRequest) -> Response:
     state = state_of(request)
     col = state.collection(body.index_name)

@@ -13,8 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from brinicle_etl.errors import NotFoundError, StateError
-from brinicle_etl.server.app import canonical, json_response, state_of
+from brinicle_etl.errors import StateError
+from brinicle_etl.server.deps import canonical, json_response, responses, state_of
 from brinicle_etl.tasks import TASK_STATUSES
 
 router = APIRouter(prefix="/internal/upsertion-tasks")
@@ -28,35 +28,57 @@ class RunRequest(BaseModel):
     index_name: str | None = None
 
 
-@router.post("/run", summary="Create an upsertion task (idempotent by task_id)")
+class Task(BaseModel):
+    id: str
+    embedding_model_id: str
+    index_name: str
+    status: str
+    created_at: str
+    updated_at: str
+    item_count: int
+    processed_count: int
+    batches_done: int
+    failed_items: list[dict[str, Any]]
+    error: str | None
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+    total: int
+    offset: int
+    limit: int
+
+
+def _ok(model: type[BaseModel], *codes: int) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}, **responses(*codes)}
+
+
+@router.post("/run", summary="Create an upsertion task (idempotent by task_id)", responses=_ok(Task, 400, 409, 507))
 async def run_task(request: Request, body: RunRequest) -> Response:
     state = state_of(request)
     if body.index_name is not None:
         canonical(body.index_name)  # brinicle's naming rule, as on every route
-    try:
-        record, _created = await run_in_threadpool(
-            state.tasks.submit,
-            embedding_model_id=body.embedding_model_id,
-            items=body.items,
-            task_id=body.task_id,
-            index_name=body.index_name,
-        )
-    except NotFoundError as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    record, _created = await run_in_threadpool(
+        state.tasks.submit,
+        embedding_model_id=body.embedding_model_id,
+        items=body.items,
+        task_id=body.task_id,
+        index_name=body.index_name,
+    )
     state.worker.notify()
     return json_response(record.public())
 
 
-@router.get("/info", summary="One task: status, timestamps, failed items")
+@router.get("/info", summary="One task: status, timestamps, failed items", responses=_ok(Task, 400, 404))
 async def task_info(request: Request, task_id: Annotated[str, Query()]) -> Response:
     record = await run_in_threadpool(state_of(request).tasks.get, task_id)
     return json_response(record.public())
 
 
-@router.get("/list", summary="Tasks, oldest first, optionally by status")
+@router.get("/list", summary="Tasks, oldest first, optionally by status", responses=_ok(TaskList, 400))
 async def list_tasks(
     request: Request,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: str | None = None,
 ) -> Response:
@@ -66,7 +88,7 @@ async def list_tasks(
     return json_response({"tasks": [r.public() for r in records], "total": total, "offset": offset, "limit": limit})
 
 
-@router.put("/restart", summary="Re-queue a failed or cancelled task")
+@router.put("/restart", summary="Re-queue a failed or cancelled task", responses=_ok(Task, 400, 404, 409, 507))
 async def restart_task(request: Request, task_id: Annotated[str, Query()]) -> Response:
     state = state_of(request)
     try:
@@ -77,7 +99,11 @@ async def restart_task(request: Request, task_id: Annotated[str, Query()]) -> Re
     return json_response(record.public())
 
 
-@router.put("/cancel", summary="Cancel a pending task, or stop a running one between batches")
+@router.put(
+    "/cancel",
+    summary="Cancel a pending task, or stop a running one between batches",
+    responses=_ok(Task, 400, 404, 409, 507),
+)
 async def cancel_task(request: Request, task_id: Annotated[str, Query()]) -> Response:
     try:
         record = await run_in_threadpool(state_of(request).tasks.cancel, task_id)

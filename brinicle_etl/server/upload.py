@@ -1,20 +1,46 @@
-"""multipart/form-data parsed as it streams in: the file part goes to disk, small fields stay in
-memory, and the size limit is enforced on the bytes received, before the whole body is read."""
+"""Request bodies as they stream in: a stalled upload times out, and multipart/form-data is
+parsed on the fly (the file part goes to disk, small fields stay in memory, the size limit is
+enforced on the bytes received, before the whole body is read)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException, Request
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from brinicle_etl.errors import InputError
+from brinicle_etl.store.files import disk_full_is_an_error
 
-__all__ = ["StreamingForm", "TooLarge"]
+__all__ = ["StreamingForm", "TooLarge", "chunks"]
 
 MAX_FIELD_BYTES = 1 << 20
+MAX_HEADER_BYTES = 8 << 10
+
+
+async def chunks(request: Request, idle_seconds: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives; an upload that sends nothing for ``idle_seconds`` is 408,
+    so a client that stops half way holds nothing for long."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise HTTPException(
+                status_code=408,
+                detail=f"upload stalled: no bytes for {idle_seconds:g} s; nothing was written",
+                headers={"Connection": "close"},
+            ) from None
+        yield chunk
 
 
 class TooLarge(Exception):
@@ -65,20 +91,29 @@ class StreamingForm:
         self._header_field = data[start:end].lower()
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
-        self._headers[self._header_field] = self._headers.get(self._header_field, b"") + data[start:end]
+        value = self._headers.get(self._header_field, b"") + data[start:end]
+        if len(value) > MAX_HEADER_BYTES:
+            raise InputError(f"a part header of the form is over {MAX_HEADER_BYTES} bytes")
+        self._headers[self._header_field] = value
 
     def _headers_done(self) -> None:
         _disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", errors="replace")
         if self._name == self._file_field:
+            if self.file_path is not None:
+                raise InputError(f"the form has more than one {self._file_field!r} part; send one file")
             self.file_name = options.get(b"filename", b"upload.csv").decode("utf-8", errors="replace")
-            self._spool_dir.mkdir(parents=True, exist_ok=True)
-            self.file_path = self._spool_dir / f"upload-{secrets.token_hex(8)}.csv"
-            self._fd = os.open(self.file_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with disk_full_is_an_error(self._spool_dir):
+                self._spool_dir.mkdir(parents=True, exist_ok=True)
+                self.file_path = self._spool_dir / f"upload-{secrets.token_hex(8)}.csv"
+                self._fd = os.open(self.file_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._fd is not None:
-            os.write(self._fd, data[start:end])
+            with disk_full_is_an_error(self._spool_dir, cleanup=self.discard):
+                view = memoryview(data)[start:end]
+                while view:
+                    view = view[os.write(self._fd, view) :]
         else:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
@@ -95,10 +130,16 @@ class StreamingForm:
         self.received += len(chunk)
         if self.received > self.limit:
             raise TooLarge(self.received)
-        self._parser.write(chunk)
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise InputError(f"malformed multipart/form-data body: {exc}") from None
 
     def finish(self) -> None:
-        self._parser.finalize()
+        try:
+            self._parser.finalize()
+        except FormParserError as exc:
+            raise InputError(f"malformed multipart/form-data body: {exc}") from None
 
     def discard(self) -> None:
         """Remove the spooled file (always call once the upload has been used or refused)."""

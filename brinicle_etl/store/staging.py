@@ -147,6 +147,8 @@ class StagingLog:
         self._end, self._count = offset, count
 
     def _sync_end(self) -> None:
+        """Find the last complete record and cut off anything after it: a record cut short
+        by a crash. Only a writer holding the lock may call this."""
         if self._end < 0 or os.path.getsize(self.path) != self._end:
             self._scan()
             if os.path.getsize(self.path) != self._end:
@@ -154,7 +156,10 @@ class StagingLog:
 
     @property
     def count(self) -> int:
-        self._sync_end()
+        """Staged rows. Safe without the lock: it only reads (a record being appended
+        right now is not complete yet, and is not counted)."""
+        if self._end < 0 or os.path.getsize(self.path) != self._end:
+            self._scan()
         return self._count
 
     def append(self, key_block: bytes, vectors: np.ndarray) -> None:

@@ -1,0 +1,244 @@
+"""What every route shares: settings, the server's state, index names, and the one error boundary.
+
+Routes raise library errors (or ``HTTPException`` for what only HTTP knows: a stalled or
+oversized upload); :func:`error_response` is the one place a :class:`BrinicleError` becomes a
+status code, and :func:`responses` documents those codes in the OpenAPI spec.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from brinicle_etl.embed import ModelRegistry
+from brinicle_etl.errors import (
+    AlreadyExistsError,
+    BrinicleError,
+    BusyError,
+    ConfigError,
+    ConflictError,
+    CorruptCollectionError,
+    DiskFullError,
+    InputError,
+    LockedError,
+    MissingExtraError,
+    NotFoundError,
+    QuotaExceededError,
+    StateError,
+    UnknownModelError,
+)
+from brinicle_etl.server.writers import WriterGate
+from brinicle_etl.store import Collection, Store
+from brinicle_etl.tasks import TaskStore, TaskWorker
+
+__all__ = [
+    "NAME_RULE",
+    "ErrorBody",
+    "ServerSettings",
+    "ServerState",
+    "canonical",
+    "display",
+    "error_response",
+    "json_response",
+    "responses",
+    "state_of",
+    "status_of",
+]
+
+T = TypeVar("T")
+
+# brinicle's rule for index names, applied to each part of "db" or "db/namespace".
+_NAME_PART = re.compile(r"[A-Za-z0-9_]{1,64}")
+NAME_RULE = "index_name can contain A-Z|a-z|0-9 and underline(_) and should be <= 64 long (or db/namespace of those)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """``api_keys``: when set, every request needs ``X-API-Key`` with one of them.
+
+    ``writer_timeout``: how long a write waits for its turn on a collection before 503;
+    ``max_waiting_writers``: how many writes may wait per collection before 503;
+    ``upload_idle_seconds``: an upload that sends nothing for this long is dropped (408).
+    """
+
+    store: Path
+    api_keys: tuple[str, ...] = ()
+    quotas: dict[str, int] = field(default_factory=dict)
+    max_upload_bytes: int = 512 * 2**20
+    max_search_batch: int = 8192
+    feed_bytes: int = 4 * 2**20
+    task_batch_size: int = 512
+    writer_timeout: float = 60.0
+    max_waiting_writers: int = 64
+    upload_idle_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServerSettings:
+        """Settings from ``BRINICLE_STORE``, ``BRINICLE_API_KEYS`` (comma-separated),
+        ``BRINICLE_QUOTAS`` (``key=MB,...``), ``BRINICLE_MAX_UPLOAD_MB``, ``BRINICLE_TASK_BATCH``
+        (items per upsertion-task batch), ``BRINICLE_WRITER_TIMEOUT``, ``BRINICLE_MAX_WAITING_WRITERS``
+        and ``BRINICLE_UPLOAD_IDLE_SECONDS``; ``overrides`` win over the environment."""
+        env = os.environ.get
+        keys = tuple(k.strip() for k in env("BRINICLE_API_KEYS", "").split(",") if k.strip())
+        quotas = {}
+        for entry in env("BRINICLE_QUOTAS", "").split(","):
+            if "=" in entry:
+                key, megabytes = entry.rsplit("=", 1)
+                quotas[key.strip()] = int(float(megabytes) * 2**20)
+        values: dict[str, Any] = {
+            "store": Path(env("BRINICLE_STORE") or "brinicle_store"),
+            "api_keys": keys,
+            "quotas": quotas,
+            "max_upload_bytes": int(float(env("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20),
+            "task_batch_size": int(env("BRINICLE_TASK_BATCH", "512")),
+            "writer_timeout": float(env("BRINICLE_WRITER_TIMEOUT", "60")),
+            "max_waiting_writers": int(env("BRINICLE_MAX_WAITING_WRITERS", "64")),
+            "upload_idle_seconds": float(env("BRINICLE_UPLOAD_IDLE_SECONDS", "30")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+        return cls(**values)
+
+
+def canonical(index_name: object) -> str:
+    """brinicle's index name (or db/namespace) -> the collection it addresses; 400 if invalid."""
+    if not isinstance(index_name, str):
+        raise HTTPException(status_code=400, detail=NAME_RULE)
+    parts = index_name.split("/")
+    if len(parts) > 2 or not all(_NAME_PART.fullmatch(p) for p in parts):
+        raise HTTPException(status_code=400, detail=NAME_RULE)
+    return index_name if len(parts) == 2 else f"{index_name}/default"
+
+
+def display(name: str) -> str:
+    """The collection's index name over HTTP: ``foo`` for ``foo/default``."""
+    return name[: -len("/default")] if name.endswith("/default") else name
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the store, the model registry, the task worker, the writer gate.
+
+    Every collection in the store is served unless it was unloaded here: collections made
+    by the task worker, the CLI or a pipeline appear without a restart.
+    """
+
+    settings: ServerSettings
+    store: Store
+    registry: ModelRegistry
+    tasks: TaskStore
+    worker: TaskWorker
+    writers: WriterGate
+    unloaded: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_all(self) -> None:
+        for name in self.store.names():
+            self.store.open(name)
+
+    def collection(self, index_name: object) -> Collection:
+        """A served collection, or 404 as brinicle answers."""
+        name = canonical(index_name)
+        with self.lock:
+            hidden = name in self.unloaded
+        if hidden:
+            raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found")
+        try:
+            return self.store.open(name)
+        except NotFoundError:
+            raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found") from None
+
+    async def write(self, index_name: object, call: Callable[[Collection], T]) -> T:
+        """``call(collection)``, a library write made with ``wait=False``, when it is its turn."""
+        col = await run_in_threadpool(self.collection, index_name)
+        return await self.writers.run(col.name, lambda: call(col))
+
+    def load(self, name: str) -> None:
+        with self.lock:
+            self.unloaded.discard(name)
+
+    def unload(self, name: str) -> None:
+        with self.lock:
+            self.unloaded.add(name)
+
+    def names(self) -> list[str]:
+        with self.lock:
+            hidden = set(self.unloaded)
+        return sorted(display(n) for n in self.store.names() if n not in hidden)
+
+
+def state_of(request: Request) -> ServerState:
+    state: ServerState = request.app.state.brinicle
+    return state
+
+
+# ---- errors: the one table ---------------------------------------------------------------
+
+_STATUS: list[tuple[type[BrinicleError], int]] = [
+    (UnknownModelError, 400),  # a model named in the request body: a bad field, not a missing resource
+    (NotFoundError, 404),
+    (AlreadyExistsError, 409),
+    (ConflictError, 409),
+    (LockedError, 409),
+    (InputError, 400),
+    (ConfigError, 400),
+    (StateError, 400),
+    (QuotaExceededError, 403),
+    (BusyError, 503),
+    (DiskFullError, 507),
+    (MissingExtraError, 503),
+    (CorruptCollectionError, 500),
+]
+
+
+def status_of(exc: BrinicleError) -> int:
+    return next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+
+
+def error_response(exc: BrinicleError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, BusyError) else None
+    return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)}, headers=headers)
+
+
+def json_response(data: Any, status_code: int = 200) -> Response:
+    return Response(content=orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
+class ErrorBody(BaseModel):
+    """Every error but request validation (422): what went wrong and, where it helps, what to do."""
+
+    detail: str
+
+
+_MEANING = {
+    400: "Invalid request: a field, parameter, name or body the server cannot use (the detail says which)",
+    401: "Missing or invalid X-API-Key (only when the server requires keys)",
+    403: "The write would take the API key past its storage quota",
+    404: "No such index (or task)",
+    408: "The upload stalled: nothing arrived for too long; nothing was written",
+    409: "Conflicting keys, or the index already exists",
+    413: "The upload is larger than the server accepts",
+    503: "Too many writers waiting on this index, or the wait timed out: retry after Retry-After seconds",
+    507: "The disk is full: nothing was written",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error codes a route can answer (401 is always possible)."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({401, *codes}):
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _MEANING[code]}
+        if code == 503:
+            entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+        documented[code] = entry
+    return documented
