@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 from brinicle_etl.errors import (
     AlreadyExistsError,
     BrinicleError,
+    BusyError,
     ConfigError,
     ConflictError,
     CorruptCollectionError,
     DimensionError,
+    DiskFullError,
     EngineError,
     InputError,
     LockedError,
@@ -22,6 +24,7 @@ from brinicle_etl.errors import (
     NotFoundError,
     QuotaExceededError,
     StateError,
+    UnknownModelError,
 )
 from brinicle_etl.store import (
     Collection,
@@ -60,6 +63,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AlreadyExistsError",
     "BrinicleError",
+    "BusyError",
     "Collection",
     "CollectionConfig",
     "CollectionStatus",
@@ -69,6 +73,7 @@ __all__ = [
     "CorruptCollectionError",
     "DeleteResult",
     "DimensionError",
+    "DiskFullError",
     "EngineError",
     "Hit",
     "HnswParams",
@@ -82,6 +87,7 @@ __all__ = [
     "StateError",
     "Store",
     "TemplateSchema",
+    "UnknownModelError",
     "VectorDType",
     "VectorEngine",
     "VectorSource",

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,20 +28,24 @@ def running_server(
     store: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
+    # The server's log goes to a file: a pipe nobody reads would fill up and stall the server.
+    log = tempfile.NamedTemporaryFile(prefix="brinicle-server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "brinicle_etl.cli", "serve", "--store", str(store), "--port", str(port), *args],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
+    proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+    log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+                raise RuntimeError(f"server exited: {server_log(proc)}")
             try:
                 httpx.get(url + "/", timeout=1, headers={"X-API-Key": (env or {}).get("TEST_KEY", "")})
                 break
@@ -52,10 +57,17 @@ def running_server(
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        Path(log.name).unlink(missing_ok=True)
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    """What the server wrote to stderr so far."""
+    path: Path = proc.log_path  # type: ignore[attr-defined]
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def peak_rss(pid: int) -> int:

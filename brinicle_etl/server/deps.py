@@ -80,7 +80,7 @@ class ServerSettings:
     feed_bytes: int = 4 * 2**20
     task_batch_size: int = 512
     writer_timeout: float = 60.0
-    max_waiting_writers: int = 64
+    max_waiting_writers: int = 256
     upload_idle_seconds: float = 30.0
 
     @classmethod
@@ -103,7 +103,7 @@ class ServerSettings:
             "max_upload_bytes": int(float(env("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20),
             "task_batch_size": int(env("BRINICLE_TASK_BATCH", "512")),
             "writer_timeout": float(env("BRINICLE_WRITER_TIMEOUT", "60")),
-            "max_waiting_writers": int(env("BRINICLE_MAX_WAITING_WRITERS", "64")),
+            "max_waiting_writers": int(env("BRINICLE_MAX_WAITING_WRITERS", "256")),
             "upload_idle_seconds": float(env("BRINICLE_UPLOAD_IDLE_SECONDS", "30")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None and v != ()})

@@ -40,7 +40,7 @@ class _Turns:
 class WriterGate:
     """``max_waiting`` writers may queue per collection; each waits at most ``timeout`` seconds."""
 
-    def __init__(self, *, max_waiting: int = 64, timeout: float = 60.0):
+    def __init__(self, *, max_waiting: int = 256, timeout: float = 60.0):
         self.max_waiting = max_waiting
         self.timeout = timeout
         self._turns: dict[str, _Turns] = {}

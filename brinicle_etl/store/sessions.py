@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from brinicle_etl.errors import BrinicleError, ConfigError, InputError, LockedError, StateError
+from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, StateError
 from brinicle_etl.store.files import disk_full_is_an_error, pwrite_all
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
@@ -136,7 +136,9 @@ class SessionsMixin:
             try:
                 tx.add(keys, vectors)
                 result = tx.commit(session_id=log.header.id)
-            except BrinicleError:
+            except (ConflictError, InputError):
+                # The staged data can never apply: the session ends. Anything else (a full
+                # disk, a crash) keeps it, acknowledged as it is, for the next finalize.
                 tx.rollback()
                 log.discard()
                 self._log = None
