@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--writer-timeout", type=float, metavar="S", help="longest wait for a write's turn on an index, then 503 (60)"
     )
-    p.add_argument("--max-waiting-writers", type=int, metavar="N", help="writes that may wait per index, then 503 (256)")
+    p.add_argument("--max-waiting-writers", type=int, metavar="N", help="writes waiting per index before 503 (256)")
     p.add_argument(
         "--upload-idle-seconds", type=float, metavar="S", help="drop an upload that sends nothing this long (30)"
     )

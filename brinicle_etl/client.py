@@ -1,9 +1,11 @@
 """``BrinicleClient``: a small Python client for the brinicle HTTP API (ours or brinicle's own server).
 
 Methods follow brinicle's documented SDK; an error response raises a typed
-:class:`HTTPError` (``BadRequestError``, ``UnauthorizedError``, ``NotFoundHTTPError``,
-``ConflictHTTPError``, ``PayloadTooLargeError``, ``ServerError``) carrying the status and the
-server's ``detail``. Needs the ``client`` extra (httpx).
+:class:`HTTPError` (``BadRequestError``, ``UnauthorizedError``, ``QuotaHTTPError``,
+``NotFoundHTTPError``, ``ConflictHTTPError``, ``PayloadTooLargeError``, ``BusyHTTPError``,
+``DiskFullHTTPError``, ``ServerError``) carrying the status and the server's ``detail``. A
+503 with ``Retry-After`` (the index is busy; nothing was done) is retried ``busy_retries``
+times first. Needs the ``client`` extra (httpx).
 """
 
 from __future__ import annotations
@@ -17,15 +19,27 @@ from typing import Any
 
 import numpy as np
 
-from brinicle_etl.errors import BrinicleError, ConflictError, InputError, MissingExtraError, NotFoundError
+from brinicle_etl.errors import (
+    BrinicleError,
+    BusyError,
+    ConflictError,
+    DiskFullError,
+    InputError,
+    MissingExtraError,
+    NotFoundError,
+    QuotaExceededError,
+)
 
 __all__ = [
     "BadRequestError",
     "BrinicleClient",
+    "BusyHTTPError",
     "ConflictHTTPError",
+    "DiskFullHTTPError",
     "HTTPError",
     "NotFoundHTTPError",
     "PayloadTooLargeError",
+    "QuotaHTTPError",
     "ServerError",
     "UnauthorizedError",
     "encode_batch",
@@ -63,18 +77,35 @@ class PayloadTooLargeError(HTTPError, InputError):
     """413: the upload is over the server's limit."""
 
 
+class QuotaHTTPError(HTTPError, QuotaExceededError):
+    """403: the write would take the API key past its storage quota."""
+
+
 class ServerError(HTTPError):
     """5xx."""
+
+
+class BusyHTTPError(ServerError, BusyError):
+    """503: too many writers on the index, or the wait timed out; nothing was done.
+    ``retry_after`` is the server's advice in seconds."""
+
+
+class DiskFullHTTPError(ServerError, DiskFullError):
+    """507: the server's disk is full; nothing was written."""
 
 
 _ERRORS: dict[int, type[HTTPError]] = {
     400: BadRequestError,
     401: UnauthorizedError,
+    403: QuotaHTTPError,
     404: NotFoundHTTPError,
     409: ConflictHTTPError,
     413: PayloadTooLargeError,
     422: BadRequestError,
+    503: BusyHTTPError,
+    507: DiskFullHTTPError,
 }
+_MAX_RETRY_WAIT = 30.0
 
 
 def encode_batch(ids: Sequence[str], vectors: Any) -> bytes:
@@ -99,7 +130,15 @@ def encode_batch(ids: Sequence[str], vectors: Any) -> bytes:
 class BrinicleClient:
     """``BrinicleClient("http://127.0.0.1:1984", api_key=None)``; also a context manager."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:1984", *, api_key: str | None = None, timeout: float = 300.0):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:1984",
+        *,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        busy_retries: int = 3,
+    ):
+        self.busy_retries = busy_retries
         try:
             import httpx
         except ImportError as exc:
@@ -119,14 +158,25 @@ class BrinicleClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
+        # A busy 503 did nothing, so sending the same request again is safe (a file upload's
+        # body cannot be replayed: it is not retried here).
+        retries = 0 if "files" in kwargs else self.busy_retries
+        for attempt in range(retries + 1):
+            response = self._http.request(method, path, **kwargs)
+            advice = response.headers.get("retry-after")
+            if response.status_code != 503 or advice is None or attempt == retries:
+                break
+            time.sleep(min(float(advice), _MAX_RETRY_WAIT))
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
             cls = _ERRORS.get(response.status_code, ServerError if response.status_code >= 500 else HTTPError)
-            raise cls(response.status_code, detail)
+            error = cls(response.status_code, detail)
+            if isinstance(error, BusyError):
+                error.retry_after = float(response.headers.get("retry-after") or 1)
+            raise error
         return response.json()
 
     # ---- indexes ----

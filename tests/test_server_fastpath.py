@@ -43,9 +43,17 @@ def col(tmp_path: Path) -> Collection:
 
 
 def call(
-    app: SearchFastPath, query: str, body: bytes, *, path: str = "/search.bin", key: bytes | None = None
+    app: SearchFastPath,
+    query: str,
+    body: bytes,
+    *,
+    path: str = "/search.bin",
+    key: bytes | None = None,
+    length: bool = True,
 ) -> tuple[int, bytes]:
     headers = [(b"x-api-key", key)] if key is not None else []
+    if length:  # what every client sends with a body of known size
+        headers.append((b"content-length", str(len(body)).encode()))
     scope = {"type": "http", "method": "POST", "path": path, "query_string": query.encode(), "headers": headers}
     chunks = [body[:5], body[5:]]  # the body arrives in two messages
     sent: list[dict] = []
@@ -107,3 +115,11 @@ def test_api_keys_and_other_paths(col: Collection) -> None:
     assert call(app, "index_name=items", body)[0] == 418
     assert call(app, "index_name=items", body, path="/search/batch.bin", key=b"other")[0] == 418
     assert [path for path, _ in inner.calls] == ["/search.bin", "/search.bin", "/search/batch.bin"]
+
+
+def test_a_body_of_unannounced_size_is_left_to_the_app(col: Collection) -> None:
+    inner = Inner()
+    app = SearchFastPath(inner, lookup=lambda name: col if name == "items" else None)
+    q = clustered(1, 8, seed=2)[0].astype("<f4").tobytes()
+    assert call(app, "index_name=items&k=3", q, length=False) == (418, b"")
+    assert inner.calls == [("/search.bin", q)]

@@ -38,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     root = tmp_path_factory.mktemp("robust")
     store = root / "store"
     model_registry(Store(store)).register(ModelSpec(id="hash128", dim=128, kind="hash"))
-    args = ("--upload-idle-seconds", "2", "--writer-timeout", str(WRITER_TIMEOUT))
+    args = ("--upload-idle-seconds", "2", "--writer-timeout", str(WRITER_TIMEOUT), "--max-upload-mb", "2")
     with running_server(store, *args) as (url, proc):
         yield url, store
         assert "Traceback" not in server_log(proc), server_log(proc)
@@ -258,6 +258,34 @@ def test_sigterm_stops_the_server_despite_a_stalled_client(tmp_path: Path) -> No
         assert time.monotonic() - t < 15
 
 
+def test_bodies_over_the_limits_are_413_before_they_are_read(http: httpx.Client) -> None:
+    create(http, "limits")
+    http.post("/init", json={"index_name": "limits", "mode": "build"})
+
+    def endless(pieces: int) -> Iterator[bytes]:  # no Content-Length: the server has to count
+        for _ in range(pieces):
+            yield b" " * (1 << 20)
+
+    # held in memory: 64 MB at most, announced or not
+    parts = urlsplit(str(http.base_url))
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"POST /delete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(b"Content-Length: %d\r\n\r\n{" % 2**30)
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413"), answer
+    assert answer.endswith(
+        '{"detail":"request body too large: the limit is 67108864 bytes, 0 bytes arrived before it stopped"}'
+    )
+    r = http.post("/ingest", content=endless(100), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["detail"].startswith("request body too large: the limit is 67108864 bytes, ")
+    # spooled to disk: --max-upload-mb (2 here)
+    r = http.post("/ingest/batch", params={"index_name": "limits"}, content=endless(5))
+    assert r.status_code == 413 and r.json()["detail"].startswith("upload too large: the limit is 2097152 bytes, ")
+    assert http.get("/indexes/limits/status").json()["staged_count"] == 0
+    assert http.get("/").status_code == 200
+
+
 # ---- names that become paths ---------------------------------------------------------------
 
 
@@ -455,3 +483,35 @@ def test_a_client_that_leaves_mid_upload_costs_nothing(http: httpx.Client, serve
     time.sleep(0.5)
     assert http.get("/indexes/leaver/status").json()["staged_count"] == 0
     assert not list((server[1] / ".brinicle" / "uploads").glob("*"))
+
+
+def test_the_client_waits_out_a_busy_index_and_says_so_when_it_stays_busy(tmp_path: Path) -> None:
+    from brinicle_etl.client import BrinicleClient, BusyHTTPError
+
+    store = tmp_path / "store"
+    with running_server(store, "--writer-timeout", "1") as (url, _proc), BrinicleClient(url) as client:
+        client.create_index("busy", dim=DIM)
+        client.init("busy", "build")
+        x = clustered(2, DIM, seed=11)
+
+        def hold(seconds: float) -> threading.Thread:
+            def run() -> None:
+                with writer_lock(store / "busy" / "default", wait=True):
+                    time.sleep(seconds)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            time.sleep(0.2)
+            return thread
+
+        holder = hold(2.5)  # longer than the server waits (1 s), shorter than the client's retries
+        assert client.ingest_batch("busy", ["a"], x[:1]) == 1
+        holder.join()
+        client.busy_retries = 0
+        holder = hold(2.0)
+        with pytest.raises(BusyHTTPError) as info:
+            client.ingest_batch("busy", ["b"], x[1:])
+        holder.join()
+        assert (info.value.status, info.value.retry_after) == (503, 1.0)
+        assert "stayed busy with another writer for 1 s; retry later" in str(info.value)
+        assert client.get_index_status("busy")["staged_count"] == 1

@@ -21,6 +21,7 @@ from brinicle_etl.errors import BrinicleError
 from brinicle_etl.server import brinicle_api, ingest_api, search_api, tasks_api
 from brinicle_etl.server.deps import ServerSettings, ServerState, error_response
 from brinicle_etl.server.fastpath import SearchFastPath
+from brinicle_etl.server.upload import BodyLimit
 from brinicle_etl.server.writers import WriterGate
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.tasks import TaskStore, TaskWorker
@@ -94,6 +95,8 @@ def create_app(
         except HTTPException:
             return None
 
+    streamed = frozenset({"/ingest/batch", "/build_ingest_data/"})
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, streamed=streamed)
     # Outermost, so the fast path skips routing; it hands everything it cannot answer inward.
     app.add_middleware(SearchFastPath, lookup=lookup, api_keys=settings.api_keys)
 

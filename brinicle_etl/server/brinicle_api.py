@@ -18,7 +18,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from brinicle_etl.errors import AlreadyExistsError
-from brinicle_etl.server.deps import NAME_RULE, canonical, display, json_response, responses, state_of
+from brinicle_etl.server.deps import (
+    BINARY_BODY,
+    NAME_RULE,
+    canonical,
+    display,
+    json_body,
+    json_response,
+    responses,
+    state_of,
+)
 from brinicle_etl.server.upload import chunks
 from brinicle_etl.types import BUILD_THREADS, DELTA_RATIO_MIN, DIM, EF, EF_CONSTRUCTION, RNG_SEED, HnswParams, K, M
 
@@ -223,7 +232,22 @@ async def init(request: Request, body: InitRequest) -> Response:
     return success(f"Index '{body.index_name}' initialized in '{body.mode}' mode", body.index_name)
 
 
-@router.post("/ingest", summary="Stage one vector", responses=_ok(Staged, 400, 404, 503, 507))
+@router.post(
+    "/ingest",
+    summary="Stage one vector",
+    responses=_ok(Staged, 400, 404, 503, 507),
+    openapi_extra=json_body(
+        {
+            "type": "object",
+            "required": ["index_name", "external_id", "vector"],
+            "properties": {
+                "index_name": {"type": "string"},
+                "external_id": {"type": "string"},
+                "vector": {"type": "array", "items": {"type": "number"}},
+            },
+        }
+    ),
+)
 async def ingest(request: Request) -> Response:
     try:
         data = orjson.loads(await request.body())
@@ -246,7 +270,10 @@ async def ingest(request: Request) -> Response:
 
 
 @router.post(
-    "/ingest/batch", summary="Stage many vectors (binary rows)", responses=_ok(Staged, 400, 404, 408, 503, 507)
+    "/ingest/batch",
+    summary="Stage many vectors (binary rows)",
+    responses=_ok(Staged, 400, 404, 408, 413, 503, 507),
+    openapi_extra=BINARY_BODY,
 )
 async def ingest_batch(request: Request, index_name: str | None = None) -> Response:
     state = state_of(request)
@@ -259,7 +286,7 @@ async def ingest_batch(request: Request, index_name: str | None = None) -> Respo
     # next chunk arrives. Only finish() waits for the writer's turn, on the event loop.
     feeding: asyncio.Future[None] | None = None
     try:
-        async for chunk in chunks(request, state.settings.upload_idle_seconds):
+        async for chunk in chunks(request, state.settings.upload_idle_seconds, state.settings.max_upload_bytes):
             pending += chunk
             if len(pending) >= state.settings.feed_bytes:
                 data, pending = bytes(pending), bytearray()
@@ -329,7 +356,12 @@ def _ids(col: Any, query: np.ndarray, k: int, efs: int) -> bytes:
     return orjson.dumps([h.id for h in col.search(query, k, ef=efs)])
 
 
-@router.post("/search.bin", summary="Search with one float32 query vector", responses=_ok(list[str], 400, 404))
+@router.post(
+    "/search.bin",
+    summary="Search with one float32 query vector",
+    responses=_ok(list[str], 400, 404),
+    openapi_extra=BINARY_BODY,
+)
 async def search_bin(request: Request, index_name: Annotated[str, Query()], k: int = 10, efs: int = 64) -> Response:
     col = await run_in_threadpool(state_of(request).collection, index_name)
     _search_args(k, efs)
@@ -346,6 +378,7 @@ async def search_bin(request: Request, index_name: Annotated[str, Query()], k: i
     "/search/batch.bin",
     summary="Search with many float32 query vectors",
     responses=_ok(list[list[str]], 400, 404),
+    openapi_extra=BINARY_BODY,
 )
 async def search_batch_bin(
     request: Request, index_name: Annotated[str, Query()], k: int = 10, efs: int = 64

@@ -43,6 +43,7 @@ from brinicle_etl.store import Collection, Store
 from brinicle_etl.tasks import TaskStore, TaskWorker
 
 __all__ = [
+    "BINARY_BODY",
     "NAME_RULE",
     "ErrorBody",
     "ServerSettings",
@@ -50,6 +51,7 @@ __all__ = [
     "canonical",
     "display",
     "error_response",
+    "json_body",
     "json_response",
     "responses",
     "state_of",
@@ -70,12 +72,15 @@ class ServerSettings:
     ``writer_timeout``: how long a write waits for its turn on a collection before 503;
     ``max_waiting_writers``: how many writes may wait per collection before 503;
     ``upload_idle_seconds``: an upload that sends nothing for this long is dropped (408).
+    ``max_upload_bytes`` bounds a CSV upload or a binary batch (spooled to disk),
+    ``max_body_bytes`` every other body (held in memory); past either the answer is 413.
     """
 
     store: Path
     api_keys: tuple[str, ...] = ()
     quotas: dict[str, int] = field(default_factory=dict)
     max_upload_bytes: int = 512 * 2**20
+    max_body_bytes: int = 64 * 2**20
     max_search_batch: int = 8192
     feed_bytes: int = 4 * 2**20
     task_batch_size: int = 512
@@ -227,16 +232,30 @@ _MEANING = {
     404: "No such index (or task)",
     408: "The upload stalled: nothing arrived for too long; nothing was written",
     409: "Conflicting keys, or the index already exists",
-    413: "The upload is larger than the server accepts",
+    413: "The body is larger than the server accepts (--max-upload-mb for uploads, 64 MB otherwise)",
     503: "Too many writers waiting on this index, or the wait timed out: retry after Retry-After seconds",
     507: "The disk is full: nothing was written",
 }
 
 
+BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+"""The OpenAPI request body of the routes that read raw little-endian float32 rows."""
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its JSON itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error codes a route can answer (401 is always possible)."""
+    """OpenAPI ``responses`` for the error codes a route can answer (401 and 413 always are)."""
     documented: dict[int | str, dict[str, Any]] = {}
-    for code in sorted({401, *codes}):
+    for code in sorted({401, 413, *codes}):
         entry: dict[str, Any] = {"model": ErrorBody, "description": _MEANING[code]}
         if code == 503:
             entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}

@@ -44,7 +44,9 @@ class SearchFastPath:
             return
         args = self._arguments(scope)
         col = self.lookup(args[0]) if args is not None else None
-        if col is None:
+        # Only a body announced at exactly one query's size is read here: anything else
+        # (chunked, too long) is the app's to refuse, within its body limit.
+        if col is None or _declared_length(scope) != col.dim * 4:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -85,6 +87,11 @@ class SearchFastPath:
         except BrinicleError:
             return None
         return orjson.dumps([h.id for h in hits])
+
+
+def _declared_length(scope: Scope) -> int | None:
+    raw = next((v for n, v in scope["headers"] if n == b"content-length"), None)
+    return int(raw) if raw is not None and raw.isdigit() else None
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -12,9 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from brinicle_etl.build_ingest import build_ingest_data, collection_name
-from brinicle_etl.errors import BrinicleError
-from brinicle_etl.server.deps import error_response, json_response, responses, state_of
-from brinicle_etl.server.upload import StreamingForm, TooLarge, chunks
+from brinicle_etl.server.deps import json_response, responses, state_of
+from brinicle_etl.server.upload import StreamingForm, chunks
 from brinicle_etl.usage import owner_id
 
 router = APIRouter()
@@ -32,17 +31,27 @@ _RESULT = {
 }
 
 
+_FORM = {
+    "type": "object",
+    "required": ["file", "dim", "seed", "depth"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the CSV rows"},
+        "dim": {"type": "integer", "description": "vector dimension (128-8192 for a new collection)"},
+        "seed": {"type": "integer", "description": "HNSW rng_seed of a new collection"},
+        "depth": {"type": "integer", "description": "connectivity M = 8 x depth (1-8)"},
+        "db_name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "vector_col": {"type": "string"},
+        "dtype_config": {"type": "string"},
+        "template_name": {"type": "string"},
+        "template_schema": {"type": "string"},
+        "on_conflict": {"type": "string", "enum": ["error", "update", "skip"]},
+    },
+}
+
+
 def _invalid(problems: list[dict[str, Any]]) -> Response:
     return JSONResponse(status_code=422, content={"detail": problems})
-
-
-def _too_large(limit: int, received: int) -> Response:
-    return JSONResponse(
-        status_code=413,
-        content={"detail": f"upload too large: the limit is {limit} bytes, {received} bytes arrived before it stopped"},
-        # the rest of the body is not wanted: no keep-alive, so the server need not drain it
-        headers={"Connection": "close"},
-    )
 
 
 def _fields(form: StreamingForm) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -73,26 +82,15 @@ def _fields(form: StreamingForm) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     "/build_ingest_data/",
     summary="Build or append to a collection from a CSV upload",
     responses={200: _RESULT, **responses(400, 403, 404, 408, 409, 413, 503, 507), 422: _VALIDATION},
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _FORM}}}},
 )
 async def build_ingest(request: Request) -> Response:
     state = state_of(request)
-    limit = state.settings.max_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return _too_large(limit, 0)
-    try:
-        form = StreamingForm(
-            request.headers.get("content-type", ""), spool_dir=state.store.config_dir / "uploads", limit=limit
-        )
-    except BrinicleError as exc:
-        return error_response(exc)
-    with form:
-        try:
-            async for chunk in chunks(request, state.settings.upload_idle_seconds):
-                form.feed(chunk)
-            form.finish()
-        except TooLarge as exc:
-            return _too_large(limit, exc.received)
+    settings = state.settings
+    with StreamingForm(request.headers.get("content-type", ""), spool_dir=state.store.config_dir / "uploads") as form:
+        async for chunk in chunks(request, settings.upload_idle_seconds, settings.max_upload_bytes):
+            form.feed(chunk)
+        form.finish()
         options, problems = _fields(form)
         if problems:
             return _invalid(problems)

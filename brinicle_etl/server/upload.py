@@ -1,6 +1,6 @@
-"""Request bodies as they stream in: a stalled upload times out, and multipart/form-data is
-parsed on the fly (the file part goes to disk, small fields stay in memory, the size limit is
-enforced on the bytes received, before the whole body is read)."""
+"""Request bodies as they stream in: size limits enforced on the bytes received (before the
+whole body is read), stalled uploads timed out, and multipart/form-data parsed on the fly (the
+file part goes to disk, small fields stay in memory)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,65 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from brinicle_etl.errors import InputError
 from brinicle_etl.store.files import disk_full_is_an_error
 
-__all__ = ["StreamingForm", "TooLarge", "chunks"]
+__all__ = ["BodyLimit", "StreamingForm", "chunks", "too_large"]
 
 MAX_FIELD_BYTES = 1 << 20
 MAX_HEADER_BYTES = 8 << 10
 
 
-async def chunks(request: Request, idle_seconds: float) -> AsyncIterator[bytes]:
+def too_large(limit: int, received: int, what: str = "request body") -> HTTPException:
+    # no keep-alive: the rest of the body is not wanted, so the server need not read it
+    return HTTPException(
+        status_code=413,
+        detail=f"{what} too large: the limit is {limit} bytes, {received} bytes arrived before it stopped",
+        headers={"Connection": "close"},
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is 413, announced or not, before it is all
+    read, so no request can make the server hold more than that in memory. ``streamed`` paths
+    (spooled to disk, with limits of their own) pass untouched."""
+
+    def __init__(self, app: Any, *, limit: int, streamed: frozenset[str]):
+        self.app, self.limit, self.streamed = app, limit, streamed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.streamed:
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for n, v in scope["headers"] if n == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            error = too_large(self.limit, 0)
+            await JSONResponse({"detail": error.detail}, 413, headers=error.headers)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise too_large(self.limit, received)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def chunks(request: Request, idle_seconds: float, limit: int | None = None) -> AsyncIterator[bytes]:
     """The request body as it arrives; an upload that sends nothing for ``idle_seconds`` is 408,
-    so a client that stops half way holds nothing for long."""
+    so a client that stops half way holds nothing for long, and one past ``limit`` bytes is 413."""
+    declared = request.headers.get("content-length", "")
+    if limit is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit, 0, "upload")
+    received = 0
     stream = request.stream().__aiter__()
     while True:
         try:
@@ -40,27 +84,20 @@ async def chunks(request: Request, idle_seconds: float) -> AsyncIterator[bytes]:
                 detail=f"upload stalled: no bytes for {idle_seconds:g} s; nothing was written",
                 headers={"Connection": "close"},
             ) from None
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise too_large(limit, received, "upload")
         yield chunk
-
-
-class TooLarge(Exception):
-    """The upload passed the limit; ``received`` bytes were read when it was noticed."""
-
-    def __init__(self, received: int):
-        super().__init__(received)
-        self.received = received
 
 
 class StreamingForm:
     """Feed the request body; ``file_field`` is written to ``spool_dir``, other fields kept as text."""
 
-    def __init__(self, content_type: str, *, spool_dir: Path, limit: int, file_field: str = "file"):
+    def __init__(self, content_type: str, *, spool_dir: Path, file_field: str = "file"):
         kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
             raise InputError("expected a multipart/form-data body with a boundary")
-        self.limit = limit
-        self.received = 0
         self.fields: dict[str, str] = {}
         self.file_name: str | None = None
         self.file_path: Path | None = None
@@ -127,9 +164,6 @@ class StreamingForm:
             self.fields[self._name] = self._value.decode("utf-8", errors="replace")
 
     def feed(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.limit:
-            raise TooLarge(self.received)
         try:
             self._parser.write(chunk)
         except FormParserError as exc:
