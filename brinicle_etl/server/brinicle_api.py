@@ -8,6 +8,7 @@ batches are rows of a 32-byte NUL-padded id and ``dim`` little-endian float32 va
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -191,27 +192,9 @@ async def delete_index(request: Request, index_name: str, destroy: bool = False)
     "/indexes/{index_name:path}/status", summary="An index's settings and counts", responses=_ok(IndexStatus, 400, 404)
 )
 def index_status(request: Request, index_name: str) -> Response:
-    s = state_of(request).collection(index_name).status()
-    return json_response(
-        {
-            "index_name": index_name,
-            "dim": s.dim,
-            "has_index": s.has_index,
-            "needs_rebuild": s.needs_rebuild,
-            "metric": s.metric,
-            "dtype": s.dtype,
-            "params": s.params.to_dict(),
-            "delta_ratio": s.delta_ratio,
-            "live_count": s.live_count,
-            "main_count": s.main_count,
-            "delta_count": s.delta_count,
-            "deleted_count": s.deleted_count,
-            "generation": s.generation,
-            "bytes_on_disk": s.bytes_on_disk,
-            "session_mode": s.session_mode,
-            "staged_count": s.staged_count,
-        }
-    )
+    status = asdict(state_of(request).collection(index_name).status())
+    del status["name"]  # brinicle calls it index_name, and answers with the name as asked
+    return json_response({"index_name": index_name, **status})
 
 
 @router.post("/indexes/load", summary="Load an index from disk", responses=_ok(Success, 400, 404))

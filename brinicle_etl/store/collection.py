@@ -213,8 +213,7 @@ class Collection(SessionsMixin):
     def status(self) -> CollectionStatus:
         snap = self._snapshot()
         m = snap.manifest
-        log = StagingLog.open(self.directory / SESSION_LOG)
-        pending = log if log is not None and log.header.id != m.last_session else None
+        pending = self._staged(snap)
         files = [MANIFEST, *m.files()] + ([SESSION_LOG] if pending else [])
         size = 0
         for f in files:

@@ -8,15 +8,13 @@ nothing; either way the session ends.
 
 from __future__ import annotations
 
-import errno
-import os
 import tempfile
 import uuid
 import zlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -74,10 +72,10 @@ class SessionsMixin:
     def _no_session(self, op: str) -> StateError:
         return StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
 
-    def _has_session(self, snap: Snapshot) -> bool:
-        """Whether a session is pending, only looking (no lock needed, nothing changed)."""
+    def _staged(self, snap: Snapshot) -> StagingLog | None:
+        """The pending session's log, only looking: no lock needed, nothing changed."""
         log = StagingLog.open(self.directory / SESSION_LOG)
-        return log is not None and log.header.id != snap.manifest.last_session
+        return log if log is not None and log.header.id != snap.manifest.last_session else None
 
     def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
         """Start an ingest session; nothing is visible until :meth:`finalize`."""
@@ -176,10 +174,11 @@ class BinaryIngest:
         self.row_bytes = id_width + 4 * self.dim
         self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
         # Without the lock: only look, so a missing session fails before any body is read.
-        if not col._has_session(col._snapshot()):
+        if col._staged(col._snapshot()) is None:
             raise col._no_session("ingest_batch")
         with disk_full_is_an_error(col.directory):
-            self._spool: int | None = _anonymous_file(col.directory)
+            # no name (O_TMPFILE where the file system has it): it vanishes with the process
+            self._spool: IO[bytes] | None = tempfile.TemporaryFile(dir=col.directory)  # noqa: SIM115 (closed by finish/abort)
         self._carry = b""
         self._crc = 0
         self.count = 0
@@ -247,25 +246,13 @@ class BinaryIngest:
     def abort(self) -> None:
         """Drop everything fed so far; the session is as it was before."""
         if self._spool is not None:
-            os.close(self._spool)
+            self._spool.close()
             self._spool = None
 
     def _open_spool(self) -> int:
         if self._spool is None:
             raise StateError("ingest_batch: this binary ingest is already finished or aborted")
-        return self._spool
-
-
-def _anonymous_file(directory: Path) -> int:
-    """A file with no name in ``directory`` (on its file system): it vanishes with its last descriptor."""
-    try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except (AttributeError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-        handle, path = tempfile.mkstemp(dir=directory, prefix=".spool-")
-        os.unlink(path)
-        return handle
+        return self._spool.fileno()
 
 
 def _id(raw: bytes) -> str:
