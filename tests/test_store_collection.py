@@ -286,7 +286,7 @@ def test_init_while_pending_says_how_to_end_it(col: Collection) -> None:
 
 
 def test_calls_out_of_order(col: Collection) -> None:
-    with pytest.raises(StateError, match=r"^ingest: no pending ingest session on 'db/ns'; call init\(mode\) first$"):
+    with pytest.raises(StateError, match=r"^ingest: no pending ingest session on 'db/ns'; call init\(\) first$"):
         col.ingest("a", np.zeros(DIM))
     with pytest.raises(StateError, match=r"^finalize: no pending ingest session"):
         col.finalize()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +126,79 @@ def test_destroy_removes_the_files(tmp_path: Path) -> None:
     assert not (tmp_path / "i").exists()
     with pytest.raises(ValueError, match="dim must be greater than 0"):
         VectorEngine(str(tmp_path / "i"))
+
+
+def session(path: Path, dim: int, prefix: str, vectors: np.ndarray) -> str:
+    """One brinicle-style writer: its own engine, init / ingest / finalize."""
+    try:
+        e = VectorEngine(str(path), dim)
+        e.init("insert")
+        for i, v in enumerate(vectors):
+            e.ingest(f"{prefix}-{i}", v)
+        e.finalize()
+        e.close()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_writers_in_other_threads_or_processes_wait_their_turn(tmp_path: Path, workers: str) -> None:
+    dim = 8
+    path = tmp_path / "shared"
+    base = VectorEngine(str(path), dim)
+    base.init("build")
+    base.ingest_batch([f"base-{i}" for i in range(50)], clustered(50, dim, seed=1))
+    base.finalize()
+    jobs = [(path, dim, f"w{w}", clustered(15, dim, seed=10 + w)) for w in range(6)]
+    if workers == "threads":
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            outcomes = list(pool.map(lambda job: session(*job), jobs))
+    else:
+        with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+            outcomes = pool.starmap(session, jobs)
+    assert outcomes == ["ok"] * len(jobs)
+    assert len(VectorEngine(str(path)).collection) == 50 + 6 * 15
+
+
+def test_a_writer_past_its_timeout_is_told_and_readers_never_wait(tmp_path: Path) -> None:
+    path = str(tmp_path / "i")
+    holder = VectorEngine(path, 4)
+    holder.init("build")
+    holder.ingest("a", np.ones(4, np.float32))
+    # another thread's writer waits its turn, and no longer than its timeout
+    late = VectorEngine(path, 4, lock_timeout=0.5)
+    outcome: list[BaseException] = []
+    thread = threading.Thread(target=lambda: outcome.extend(_raised(lambda: late.init("upsert"))))
+    started = time.monotonic()
+    thread.start()
+    thread.join()
+    assert 0.4 < time.monotonic() - started < 3
+    assert isinstance(outcome[0], EngineError)
+    assert "is still locked by another writer" in str(outcome[0]) and "after waiting 0.5 s" in str(outcome[0])
+    # a reader does not wait for the session
+    t = time.monotonic()
+    assert VectorEngine(path, 4).search(np.ones(4, np.float32)) == []
+    assert time.monotonic() - t < 0.5
+    holder.finalize()
+    assert late.search(np.ones(4, np.float32)) == ["a"]
+
+
+def test_waiting_for_a_session_this_thread_holds_fails_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "i")
+    first = VectorEngine(path, 4)
+    first.init("build")
+    t = time.monotonic()
+    with pytest.raises(EngineError, match=r"is held by this same thread .* finalize or close it first"):
+        VectorEngine(path, 4).delete_items(["x"])
+    assert time.monotonic() - t < 1
+    first.close()  # lets others in; the staged session stays on disk
+    assert VectorEngine(path, 4).delete_items(["x"], True) == (0, ["x"])
+
+
+def _raised(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:
+        return [exc]
+    return []

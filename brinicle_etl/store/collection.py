@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -110,6 +110,8 @@ class Collection(SessionsMixin):
         self._snap: Snapshot | None = None
         self._snap_lock = threading.Lock()
         self._log: StagingLog | None = None
+        self._held: ExitStack | None = None
+        self._held_mutex = threading.Lock()
         self._snapshot()
 
     @classmethod
@@ -415,9 +417,32 @@ class Collection(SessionsMixin):
 
     # ---- writing -------------------------------------------------------------------
 
+    def hold_writer_lock(self, *, wait: Wait = False) -> bool:
+        """Take the writer lock and keep it until :meth:`release_writer_lock` (or until this
+        object is dropped): the writes made through this object in between do not take it
+        again, and every other writer waits. brinicle's session (init ... finalize) as one
+        writer's turn. Returns whether it took the lock now (False: already held)."""
+        if self._held is not None:
+            return False
+        held = ExitStack()
+        held.enter_context(writer_lock(self.directory, wait=wait, name=self.name))
+        self._held = held
+        return True
+
+    def release_writer_lock(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
+    def _lock(self, wait: Wait) -> AbstractContextManager[object]:
+        # Held across calls: threads sharing this object still write one at a time.
+        if self._held is not None:
+            return self._held_mutex
+        return writer_lock(self.directory, wait=wait, name=self.name)
+
     @contextmanager
     def _writing(self, wait: Wait) -> Iterator[Snapshot]:
-        with writer_lock(self.directory, wait=wait, name=self.name):
+        with self._lock(wait):
             snap = self._snapshot(fresh=True)
             remove_unreferenced(self.directory, snap.manifest.files())
             # A full disk anywhere below: whatever generation is current stays, and what the
@@ -532,8 +557,9 @@ class Collection(SessionsMixin):
     def destroy(self, *, wait: Wait = False) -> None:
         """Delete the collection's directory and every file in it."""
         trash = self.directory.parent / f".dropped-{self.directory.name}-{secrets.token_hex(4)}"
-        with writer_lock(self.directory, wait=wait, name=self.name):
+        with self._lock(wait):
             os.replace(self.directory, trash)
+        self.release_writer_lock()
         shutil.rmtree(trash, ignore_errors=True)
 
     def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:

@@ -6,6 +6,12 @@ types follow brinicle 0.1.3: invalid constructor arguments raise ValueError; sta
 and data errors raise RuntimeError (here :class:`EngineError`, a RuntimeError) with
 a message that starts with the operation's name.
 
+Writers take turns as brinicle's do: ``init`` waits (up to ``lock_timeout``, 600 s as in
+brinicle) until no other writer holds the index, and this engine then holds it until
+``finalize`` (or ``close``), so engines in other threads or processes queue behind it;
+``delete_items``, ``rebuild_compact`` and ``optimize_graph`` wait their turn too. Searches
+never wait.
+
 Where brinicle loses data or is surprising, this keeps the data: a staged session
 survives ``close()`` and a crash, insert of an existing id is refused at
 ``finalize`` instead of creating a duplicate, and insert into an empty index builds it.
@@ -76,7 +82,9 @@ class VectorEngine:
         n_shards: int = 1,
         *,
         dtype: VectorDType = "f32",
+        lock_timeout: float = 600.0,
     ):
+        self._wait = lock_timeout
         if not 0 < delta_ratio <= 0.5:
             raise ValueError("delta_ratio must be in range (0, 0.5]")
         if n_shards < 1:
@@ -131,15 +139,21 @@ class VectorEngine:
     def init(self, mode: str) -> None:
         if mode not in ("build", "insert", "upsert"):
             raise EngineError("init(mode): mode must be 'build'|'insert'|'upsert'")
-        self._col.init(mode)  # type: ignore[arg-type]
+        took = self._col.hold_writer_lock(wait=self._wait)  # this engine's turn, until finalize
+        try:
+            self._col.init(mode, wait=self._wait)  # type: ignore[arg-type]
+        except BaseException:
+            if took:
+                self._col.release_writer_lock()
+            raise
 
     @_translated
     def ingest(self, external_id: str, vec: Any) -> None:
-        self._col.ingest(external_id, vec)
+        self._col.ingest(external_id, vec, wait=self._wait)
 
     @_translated
     def ingest_batch(self, external_ids: Sequence[str], vectors: Any) -> int:
-        return self._col.ingest_batch(external_ids, vectors)
+        return self._col.ingest_batch(external_ids, vectors, wait=self._wait)
 
     @_translated
     def finalize(
@@ -153,11 +167,14 @@ class VectorEngine:
     ) -> None:
         # brinicle: 0 means "the index's own value".
         overrides = {k: v for k, v in _params(M, ef_construction, ef_search, build_n_threads, seed).items() if v}
-        self._col.finalize(optimize=optimize, params=overrides or None)
+        try:
+            self._col.finalize(optimize=optimize, params=overrides or None, wait=self._wait)
+        finally:
+            self._col.release_writer_lock()
 
     @_translated
     def delete_items(self, external_ids: Sequence[str], return_not_found: bool = False) -> tuple[int, list[str] | None]:
-        result = self._col.delete(list(external_ids), return_not_found=return_not_found, wait=True)
+        result = self._col.delete(list(external_ids), return_not_found=return_not_found, wait=self._wait)
         return result.deleted_count, result.not_found
 
     @_translated
@@ -176,7 +193,7 @@ class VectorEngine:
             "build_n_threads": build_n_threads,
             "rng_seed": seed,
         }
-        self._col.rebuild({k: v for k, v in given.items() if v is not None} or None, wait=True)
+        self._col.rebuild({k: v for k, v in given.items() if v is not None} or None, wait=self._wait)
 
     @_translated
     def search(self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1) -> list[str]:
@@ -202,11 +219,12 @@ class VectorEngine:
 
     @_translated
     def optimize_graph(self) -> None:
-        self._col.optimize(wait=True)
+        self._col.optimize(wait=self._wait)
 
     def close(self) -> None:
-        """Nothing to release: reads hold no locks and a pending session stays staged on disk."""
+        """Let other writers go; a pending session stays staged on disk (``finalize`` it later)."""
+        self._col.release_writer_lock()
 
     @_translated
     def destroy(self) -> None:
-        self._col.destroy(wait=True)
+        self._col.destroy(wait=self._wait)

@@ -26,6 +26,9 @@ LOCK_FILE = ".lock"
 # spinning against each other while waiting.
 _process_locks: dict[str, threading.Lock] = {}
 _registry_lock = threading.Lock()
+# Which thread took each process lock: a thread waiting for a lock it holds itself (through
+# another object's held session) would wait forever, so it is told at once instead.
+_owners: dict[str, int] = {}
 
 
 def _thread_lock(path: Path) -> threading.Lock:
@@ -43,8 +46,14 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
     path = directory / LOCK_FILE
     deadline = None if wait is True else time.monotonic() + (0.0 if wait is False else float(wait))
     tlock = _thread_lock(path)
+    if wait is not False and _owners.get(str(path)) == threading.get_ident():
+        raise LockedError(
+            f"collection {name!r} is held by this same thread (a session opened through another object, "
+            "not finalized yet); finalize or close it first"
+        )
     if not tlock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
-        raise _locked(name, None)
+        raise _locked(name, None, wait)
+    _owners[str(path)] = threading.get_ident()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -56,7 +65,7 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
                     if exc.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise _locked(name, _holder(path)) from None
+                        raise _locked(name, _holder(path), wait) from None
                     time.sleep(0.02)
             with suppress(OSError):  # the pid only helps messages; a full disk must not stop the write here
                 os.ftruncate(fd, 0)
@@ -68,6 +77,7 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
         finally:
             os.close(fd)
     finally:
+        _owners.pop(str(path), None)
         tlock.release()
 
 
@@ -78,8 +88,10 @@ def _holder(path: Path) -> str | None:
         return None
 
 
-def _locked(name: str, pid: str | None) -> LockedError:
+def _locked(name: str, pid: str | None, wait: bool | float) -> LockedError:
     who = f"another writer (pid {pid})" if pid else "another writer"
-    return LockedError(
-        f"collection {name!r} is locked by {who}; retry when it finishes, or pass wait=True to wait for it"
-    )
+    if wait is False or not wait:
+        return LockedError(
+            f"collection {name!r} is locked by {who}; retry when it finishes, or pass wait=True to wait for it"
+        )
+    return LockedError(f"collection {name!r} is still locked by {who} after waiting {float(wait):g} s; retry later")

@@ -70,7 +70,7 @@ class SessionsMixin:
         return log
 
     def _no_session(self, op: str) -> StateError:
-        return StateError(f"{op}: no pending ingest session on {self.name!r}; call init(mode) first")
+        return StateError(f"{op}: no pending ingest session on {self.name!r}; call init() first")
 
     def _staged(self, snap: Snapshot) -> StagingLog | None:
         """The pending session's log, only looking: no lock needed, nothing changed."""
