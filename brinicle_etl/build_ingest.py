@@ -2,7 +2,9 @@
 
 Create vs append by ``db_name/namespace``; ``dim`` must be 128-8192 for a new database and
 equal the stored dimension on append; vectors are generated, precomputed (``vector_col``) or
-none; primary-key conflicts follow ``on_conflict``. The endpoint's other fields mean, here:
+none; primary-key conflicts follow ``on_conflict``, and as the spec says any stored key is
+a conflict, identical rows included (``conflict_on="key"``: they are counted and listed,
+never re-embedded). The endpoint's other fields mean, here:
 
 - ``seed``: the HNSW ``rng_seed`` of a new collection (the order its vectors are inserted in);
 - ``depth``: the graph's connectivity, ``M = 8 x depth`` (1-8; depth 2 is M=16);
@@ -124,6 +126,7 @@ def build_ingest_data(
         store=store,
         format="csv",
         on_conflict=on_conflict,
+        conflict_on="key",  # the endpoint's spec: any stored key collides
         schema=schema,
         template_name=template_name,
         vector_col=vector_col,

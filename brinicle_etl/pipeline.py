@@ -28,6 +28,7 @@ from brinicle_etl.read import DEFAULT_BATCH_ROWS, Batch, Source, SourceLike, ope
 from brinicle_etl.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.types import (
+    ConflictOn,
     ConflictPolicy,
     HnswParams,
     Metric,
@@ -188,6 +189,7 @@ def ingest(
     mode: WriteMode = "upsert",
     on_conflict: ConflictPolicy = "error",
     on_duplicate: DuplicatePolicy = "error",
+    conflict_on: ConflictOn = "change",
     sync: bool = False,
     schema: TemplateSchema | str | dict[str, Any] | None = None,
     template_name: str | None = None,
@@ -217,11 +219,14 @@ def ingest(
     with the source. Rows identical to the stored ones are never conflicts and never
     re-embedded. ``sync=True`` also deletes keys the source no longer has.
     ``on_duplicate='keep_last'`` keeps the last of repeated keys instead of refusing.
+    ``conflict_on='key'`` makes every stored key a conflict, identical rows included (they
+    are counted as updated or skipped, and listed, but still not rewritten or re-embedded).
     ``meta`` entries are stored in the collection's metadata in the same atomic commit.
     """
     check_choice("mode", mode, WriteMode)
     check_choice("on_conflict", on_conflict, ConflictPolicy)
     check_choice("on_duplicate", on_duplicate, DuplicatePolicy)
+    check_choice("conflict_on", conflict_on, ConflictOn)
     if template_name is not None:
         check_name(template_name, "template_name")  # saved after the write: refuse it before
     started = time.perf_counter()
@@ -290,6 +295,7 @@ def ingest(
                 mode=mode,
                 on_conflict=on_conflict,
                 on_duplicate=on_duplicate,
+                conflict_on=conflict_on,
                 sync=sync,
             )
             embedded = _write(src, sch, plan, tx, embedder, vector_dim, timings, progress, batch_rows)
@@ -424,6 +430,7 @@ def _plan(
     mode: WriteMode,
     on_conflict: ConflictPolicy,
     on_duplicate: DuplicatePolicy,
+    conflict_on: ConflictOn,
     sync: bool,
 ) -> Plan:
     t = time.perf_counter()
@@ -457,7 +464,9 @@ def _plan(
                 progress("read", read, None)
         timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
-        plan = planner.finish(mode=mode, on_conflict=on_conflict, on_duplicate=on_duplicate, sync=sync)
+        plan = planner.finish(
+            mode=mode, on_conflict=on_conflict, on_duplicate=on_duplicate, sync=sync, conflict_on=conflict_on
+        )
         timings["plan"] = time.perf_counter() - t
         return plan
     finally:

@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from brinicle_etl.errors import ConfigError, ConflictError, InputError, format_values
-from brinicle_etl.types import ConflictPolicy, WriteMode
+from brinicle_etl.types import ConflictOn, ConflictPolicy, WriteMode
 
 __all__ = ["DuplicatePolicy", "Hasher", "Plan", "Planner", "RowKind", "typed_key"]
 
@@ -155,6 +155,7 @@ class Planner:
         on_conflict: ConflictPolicy,
         on_duplicate: DuplicatePolicy,
         sync: bool,
+        conflict_on: ConflictOn = "change",
     ) -> Plan:
         if mode == "insert" and on_conflict == "update":
             raise ConfigError("mode 'insert' never replaces rows; use mode 'upsert' with on_conflict='update'")
@@ -194,11 +195,15 @@ class Planner:
         keys = _arrow(con, "SELECT key FROM incoming ORDER BY pos").column(0).combine_chunks()
 
         changed = (kind == CHANGED) | (kind == CHANGED_SAME_TEXT)
-        conflict_keys = keys.filter(pa.array(changed)).to_pylist() if mode != "build" else []
+        # Under conflict_on="key" an identical row collides too, but is still never rewritten.
+        collided = changed | (kind == UNCHANGED) if conflict_on == "key" else changed
+        conflict_keys = keys.filter(pa.array(collided)).to_pylist() if mode != "build" else []
         conflicts = [typed_key(k, self._key_kind) for k in conflict_keys]
         if conflicts and on_conflict == "error":
+            n = len(conflicts)
+            what = f"{n} of the incoming key(s)" if conflict_on == "key" else f"different content for {n} row(s)"
             raise ConflictError(
-                f"primary key {self._key_field!r} already holds different content for {len(conflicts)} row(s): "
+                f"primary key {self._key_field!r} already holds {what}: "
                 f"{format_values(conflicts)}; nothing was written; pass on_conflict='update' to replace them "
                 "or 'skip' to keep the stored rows",
                 keys=conflicts,
@@ -213,8 +218,9 @@ class Planner:
         else:
             write = (kind == NEW) | (changed & (on_conflict == "update"))
             reuse = np.where(write & (kind == CHANGED_SAME_TEXT), old, -1)
-            updated = int(changed.sum()) if on_conflict == "update" else 0
-            skipped = int(changed.sum()) if on_conflict == "skip" else 0
+            updated = int(collided.sum()) if on_conflict == "update" else 0
+            skipped = int(collided.sum()) if on_conflict == "skip" else 0
+        unchanged = int(((kind == UNCHANGED) & ~collided).sum()) if mode != "build" else int((kind == UNCHANGED).sum())
 
         deletes = pa.array([], pa.string())
         if sync or mode == "build":
@@ -229,7 +235,7 @@ class Planner:
             inserted=int((kind == NEW).sum()),
             updated=updated,
             skipped=skipped,
-            unchanged=int((kind == UNCHANGED).sum()),
+            unchanged=unchanged,
             duplicates_dropped=dropped,
             conflicts=conflicts,
             deletes=deletes,

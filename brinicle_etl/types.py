@@ -24,6 +24,7 @@ __all__ = [
     "RNG_SEED",
     "shown",
     "is_name",
+    "ConflictOn",
     "ConflictPolicy",
     "HnswParams",
     "Hit",
@@ -48,6 +49,12 @@ WriteMode = Literal["build", "insert", "upsert"]
 
 ConflictPolicy = Literal["error", "update", "skip"]
 """What an ingest does with a row whose key already exists."""
+
+ConflictOn = Literal["change", "key"]
+"""What makes a row a conflict: ``change`` (the default) a stored row with the same key and
+different content, so re-sending identical rows is always safe; ``key`` any stored row with
+the same key, identical or not (the CSV endpoint's spec). Either way an identical row is
+never rewritten or re-embedded: under ``key`` it is only counted and listed as a conflict."""
 
 VectorSource = Literal["generated", "precomputed", "none"]
 

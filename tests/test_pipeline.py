@@ -396,3 +396,31 @@ def test_a_collection_with_no_live_rows_can_be_written_again(
     result = ingest(DAY2, "shop/products", store=store, embedder=counting, mode=mode)
     assert (result.mode, result.rows_inserted) == ("Append", 5)
     assert sorted(live(store)) == ["1", "2", "3", "5", "6"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "counted"), [("skip", "rows_skipped"), ("update", "rows_updated")], ids=["skip", "update"]
+)
+def test_conflict_on_key_counts_identical_rows_as_conflicts(
+    store: Store, counting: CountingEmbedder, policy: str, counted: str
+) -> None:
+    ingest(DAY1, "shop/products", store=store, embedder=counting)
+    before = len(counting.texts)
+    result = ingest(DAY2, "shop/products", store=store, embedder=counting, on_conflict=policy, conflict_on="key")
+    # 1, 2, 3, 5 exist (3 and 5 identical): all four collide; 6 is new
+    assert (getattr(result, counted), result.rows_inserted, result.rows_unchanged) == (4, 1, 0)
+    assert result.conflicts == [1, 2, 3, 5]
+    embedded = {
+        "skip": ["Trekking poles\ncarbon"],
+        "update": ["Hiking boots\nfull-grain waterproof leather", "Trekking poles\ncarbon"],
+    }[policy]
+    assert sorted(t.split("\x1f")[-1] for t in counting.texts[before:]) == embedded
+    with pytest.raises(
+        ConflictError, match=r"^primary key 'product_id' already holds 5 of the incoming key\(s\): 1, 2, 3, 5, 6;"
+    ):
+        ingest(DAY2, "shop/products", store=store, embedder=counting, conflict_on="key")
+
+
+def test_conflict_on_is_checked(store: Store) -> None:
+    with pytest.raises(ConfigError, match=r"^conflict_on must be one of 'change', 'key'; got 'row'$"):
+        ingest(DAY1, "shop/products", store=store, model="hash-8", conflict_on="row")  # type: ignore[arg-type]

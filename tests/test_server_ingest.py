@@ -72,11 +72,31 @@ def test_create_then_append(http: httpx.Client) -> None:
     assert hits[0]["row"]["title"] == "green stove"
 
 
+@pytest.mark.parametrize("policy", ["error", "skip", "update"])
+def test_any_key_collision_is_a_conflict_as_the_spec_says(http: httpx.Client, policy: str) -> None:
+    """spec 001: each incoming row is checked against the namespace's rows; any key collision
+    is a conflict. Identical rows collide too, and are still never re-embedded."""
+    db = f"collide_{policy}"
+    first = upload(http, "id,title\n1,red boots\n2,blue tent\n", db_name=db)
+    assert first.status_code == 200
+    again = upload(http, "id,title\n1,red boots\n2,green tent\n3,stove\n", db_name=db, on_conflict=policy)
+    if policy == "error":
+        assert again.status_code == 409
+        assert again.json()["detail"].startswith("primary key 'id' already holds 2 of the incoming key(s): 1, 2;")
+        return
+    body = again.json()
+    counted = "rows_skipped" if policy == "skip" else "rows_updated"
+    assert (again.status_code, body[counted], body["conflicts"], body["rows_inserted"]) == (200, 2, [1, 2], 1)
+    assert body["rows_unchanged"] == 0
+    # the identical row 1 is not embedded again; on update the changed row 2 is
+    assert body["rows_embedded"] == (1 if policy == "skip" else 2)
+
+
 def test_error_statuses(http: httpx.Client) -> None:
     assert upload(http, "id,title\n1,a\n", db_name="errs").status_code == 200
     r = upload(http, "id,title\n1,changed\n", db_name="errs")
     assert r.status_code == 409
-    assert r.json()["detail"].startswith("primary key 'id' already holds different content for 1 row(s): 1;")
+    assert r.json()["detail"].startswith("primary key 'id' already holds 1 of the incoming key(s): 1;")
     cases = [
         ({"db_name": "errs", "dim": "256"}, "dimension mismatch: 'errs/default' holds 128-d vectors"),
         ({"db_name": "small", "dim": "64"}, "dim must be between 128 and 8192 for a new database; got 64"),
