@@ -123,6 +123,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
             vector_col=args.vector_col,
             model=args.model,
             dim=args.dim,
+            separator=args.separator,
             metric=args.metric,
             dtype=args.dtype,
             params=params,
@@ -133,9 +134,10 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         progress.close()
 
     def human(out: TextIO) -> None:
-        verb = "Created" if result.mode == "Create" else "Updated"
+        verb = "Created" if result.mode == "Create" else "Updated" if result.published else "Unchanged"
         model = f", model {result.schema.model}" if result.vector_source == "generated" else ""
-        out.write(f"{verb} {result.collection} from {args.path} ({result.vector_source} vectors{model})\n")
+        vectors = "no vectors" if result.vector_source == "none" else f"{result.vector_source} vectors{model}"
+        out.write(f"{verb} {result.collection} from {args.path} ({vectors})\n")
         if result.inferred:
             out.write(f"inferred: {result.inferred}\n")
         out.write(
@@ -367,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", help="template schema as JSON, or @file.json")
     p.add_argument("--template-name", help="use, or save under this name, the schema template")
     p.add_argument("--dim", type=int, help="vector dimension (checked against the vectors)")
+    p.add_argument(
+        "--separator", metavar="CHAR", help="CSV delimiter (default: tab for .tsv, else the header's , TAB ; or |)"
+    )
     p.add_argument("--metric", choices=["cosine", "ip", "l2sq"], default="cosine")
     p.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], default="bf16")
     p.add_argument("--M", type=int, default=16, help="HNSW connectivity")

@@ -74,6 +74,8 @@ class IngestResult:
     inferred: str | None
     timings: dict[str, float] = field(default_factory=dict)
     status: str = "success"
+    published: bool = True
+    """False when the source changed nothing: no new generation was published."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +97,7 @@ class IngestResult:
             "rows_read": self.rows_read,
             "duplicates_dropped": self.duplicates_dropped,
             "generation": self.generation,
+            "published": self.published,
             "schema": self.schema.to_dict(),
             "inferred": self.inferred,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
@@ -205,6 +208,7 @@ def ingest(
     params: HnswParams | None = None,
     delta_ratio: float = 0.10,
     format: Literal["csv", "parquet"] | None = None,
+    separator: str | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: Progress | None = None,
     wait: bool | float = False,
@@ -222,6 +226,8 @@ def ingest(
     ``conflict_on='key'`` makes every stored key a conflict, identical rows included (they
     are counted as updated or skipped, and listed, but still not rewritten or re-embedded).
     ``meta`` entries are stored in the collection's metadata in the same atomic commit.
+    ``separator``: a CSV source's delimiter; by default tab for ``.tsv``, else whichever of
+    ``, TAB ; |`` the header line holds most of.
     """
     check_choice("mode", mode, WriteMode)
     check_choice("on_conflict", on_conflict, ConflictPolicy)
@@ -234,7 +240,7 @@ def ingest(
     st = store if isinstance(store, Store) else Store(store)
     name = st.canonical(collection)
     namespace = name.split("/")[1]
-    src = open_source(source, format=format)
+    src = open_source(source, format=format, separator=separator)
 
     existing = st.open(name) if st.exists(name) else None
     if existing is not None and "schema" not in existing.meta:
@@ -302,7 +308,11 @@ def ingest(
             t = time.perf_counter()
             if len(plan.deletes) and mode != "build":
                 tx.delete(plan.deletes)
-            written = tx.commit(meta={**col.meta, **(meta or {}), "schema": sch.to_dict()})
+            # Nothing to write, delete or record: publish nothing, the generation stays.
+            published = created or mode == "build" or meta is not None or bool(plan.write.any() or len(plan.deletes))
+            generation = tx.generation - 1
+            if published:
+                generation = tx.commit(meta={**col.meta, **(meta or {}), "schema": sch.to_dict()}).generation
             timings["commit"] = time.perf_counter() - t
     except BaseException:
         if created:
@@ -329,7 +339,8 @@ def ingest(
         write_mode=mode,
         rows_read=plan.rows,
         duplicates_dropped=plan.duplicates_dropped,
-        generation=written.generation,
+        generation=generation,
+        published=published,
         schema=sch,
         inferred=str(inferred) if inferred is not None and inferred.notes else None,
         timings=timings,

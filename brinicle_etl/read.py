@@ -143,6 +143,26 @@ def _check_csv_shape(path: Path, separator: str) -> None:
             raise InputError(f"{path}: not valid UTF-8 near byte {exc.start}; save the file as UTF-8") from exc
 
 
+_SEPARATORS = (",", "\t", ";", "|")
+
+
+def _sniff_separator(files: list[Path], fmt: Format) -> str:
+    """The delimiter of a CSV source whose separator was not given: tab for ``.tsv``, else
+    whichever of ``, TAB ; |`` the first file's header line holds most of (comma on a tie)."""
+    if fmt != "csv":
+        return ","
+    if all(p.suffix.lower() == ".tsv" for p in files):
+        return "\t"
+    try:
+        with open(files[0], encoding="utf-8-sig", errors="replace", newline="") as fh:
+            header = fh.readline(1 << 16)
+    except OSError:
+        return ","
+    counts = {sep: header.count(sep) for sep in _SEPARATORS}
+    best = max(_SEPARATORS, key=lambda sep: counts[sep])
+    return best if counts[best] > counts[","] else ","
+
+
 def _expand(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> tuple[str, list[Path]]:
     if isinstance(spec, str | os.PathLike):
         text = os.fspath(spec)
@@ -195,7 +215,7 @@ def open_source(source: SourceLike, *, format: Format | None = None, separator: 
         )
     description, files = _expand(source)
     fmt = _format_of(files, format)
-    sep = separator or ("\t" if all(p.suffix.lower() == ".tsv" for p in files) else ",")
+    sep = separator or _sniff_separator(files, fmt)
     kept: list[Path] = []
     first: dict[str, pl.DataType] | None = None
     for path in files:

@@ -169,3 +169,35 @@ def test_a_closed_pipe_ends_quietly(store: str) -> None:
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert (proc.wait(30), err) == (141, "")
+
+
+def test_a_no_op_ingest_says_unchanged_and_publishes_nothing(
+    capsys: pytest.CaptureFixture[str], csv: Path, store: str
+) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = run(capsys, "ingest", str(csv), "-c", "shop", "--store", store, "-q")
+    assert (code, out.splitlines()[0]) == (0, f"Unchanged shop/default from {csv} (generated vectors, model hash-8)")
+    assert out.splitlines()[-1].endswith("; generation 1")
+    code, out, _ = run(capsys, "delete", "shop", "nope", "--store", store, "--json")
+    assert json.loads(out) == {"deleted_count": 0, "not_found": ["nope"], "generation": 1}
+
+
+@pytest.mark.parametrize("separator", ["\t", ";", "|"])
+def test_the_delimiter_is_detected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, store: str, separator: str
+) -> None:
+    path = tmp_path / "products.csv"
+    ROWS.write_csv(path, separator=separator)
+    code, out, _ = run(capsys, "ingest", str(path), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    assert (code, out.splitlines()[1]) == (0, "inferred: primary key 'sku'; semantic fields ['title']")
+    code, out, _ = run(capsys, "status", "shop", "--store", store, "--json")
+    assert json.loads(out)["live_count"] == 3
+
+
+def test_an_explicit_separator_wins(capsys: pytest.CaptureFixture[str], tmp_path: Path, store: str) -> None:
+    path = tmp_path / "odd.txt"
+    path.write_text("sku:title\nA1:red, warm boots\n")
+    code, out, _ = run(
+        capsys, "ingest", str(path), "-c", "shop", "--separator", ":", "--model", "hash-8", "--store", store, "-q"
+    )
+    assert (code, out.splitlines()[1]) == (0, "inferred: primary key 'sku'; semantic fields ['title']")

@@ -144,7 +144,8 @@ def test_re_ingesting_the_same_file_embeds_nothing(store: Store, day1: Path, cou
     again = ingest(day1, "shop/products", store=store, embedder=counting)
     assert (again.mode, again.rows_unchanged, again.rows_added, again.rows_embedded) == ("Append", 5, 0, 0)
     assert len(counting.calls) == calls
-    assert again.generation == first.generation + 1
+    # nothing changed: nothing is published, and the CLI says "Unchanged"
+    assert (again.generation, again.published, store.open("shop/products").generation) == (first.generation, False, 1)
 
 
 def test_build_replaces_and_reuses_vectors(store: Store, day1: Path, day2: Path, counting: CountingEmbedder) -> None:
