@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -447,6 +448,29 @@ def _version() -> str:
     return f"brinicle-etl {__version__}"
 
 
+_ARGUMENT = re.compile(r"\b([a-z_]+)=(?:'([^']*)'|(True)\b)?")
+
+
+def in_cli_words(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message with its Python arguments as this CLI's flags: ``pass wait=True``
+    -> ``pass --wait``, ``on_conflict='update'`` -> ``--on-conflict update``."""
+    options: dict[str, argparse.Action] = {}
+    for group in parser._subparsers._group_actions if parser._subparsers else ():
+        for sub in getattr(group, "choices", {}).values():
+            options.update({a.dest: a for a in sub._actions if a.option_strings})
+
+    def flag(match: re.Match[str]) -> str:
+        action = options.get(match.group(1))
+        if action is None:
+            return match.group(0)
+        name = max(action.option_strings, key=len)
+        if match.group(3):  # =True: a switch
+            return name
+        return f"{name} {match.group(2) if match.group(2) is not None else action.metavar or action.dest.upper()}"
+
+    return _ARGUMENT.sub(flag, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -460,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except BrinicleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_cli_words(str(exc), parser)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

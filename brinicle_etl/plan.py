@@ -205,7 +205,7 @@ class Planner:
             raise ConflictError(
                 f"primary key {self._key_field!r} already holds {what}: "
                 f"{format_values(conflicts)}; nothing was written; pass on_conflict='update' to replace them "
-                "or 'skip' to keep the stored rows",
+                "or on_conflict='skip' to keep the stored rows",
                 keys=conflicts,
                 field=self._key_field,
             )

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from brinicle_etl import Store
 from brinicle_etl.cli import main
 from tests.conftest import REPO
 
@@ -95,7 +96,7 @@ def test_conflicts_and_errors_are_one_line(
     assert out == ""
     assert err == (
         "error: primary key 'sku' already holds different content for 3 row(s): 'A1', 'B2', 'C3'; nothing was "
-        "written; pass on_conflict='update' to replace them or 'skip' to keep the stored rows\n"
+        "written; pass --on-conflict update to replace them or --on-conflict skip to keep the stored rows\n"
     )
     code, out, _ = run(capsys, "ingest", str(changed), "-c", "shop", "--store", store, "-q", "--on-conflict", "skip")
     assert "conflicts (skip): A1, B2, C3" in out
@@ -201,3 +202,21 @@ def test_an_explicit_separator_wins(capsys: pytest.CaptureFixture[str], tmp_path
         capsys, "ingest", str(path), "-c", "shop", "--separator", ":", "--model", "hash-8", "--store", store, "-q"
     )
     assert (code, out.splitlines()[1]) == (0, "inferred: primary key 'sku'; semantic fields ['title']")
+
+
+def test_errors_name_flags_not_python_arguments(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, _, err = run(capsys, "ingest", str(csv), "-c", "shop", "--text-fields", "sku", "--store", store, "-q")
+    assert (code, err) == (
+        1,
+        "error: collection 'shop/default' has semantic_fields=('title',), not ('sku',); an existing collection "
+        "keeps its schema (use --mode build to replace it)\n",
+    )
+    col = Store(store).open("shop")
+    with col.transaction("upsert"):  # another writer, as far as the CLI can tell
+        code, _, err = run(capsys, "delete", "shop", "A1", "--store", store)
+    assert (code, err) == (
+        1,
+        "error: collection 'shop/default' is locked by another writer; retry when it finishes, "
+        "or pass --wait to wait for it\n",
+    )

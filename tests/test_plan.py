@@ -53,7 +53,7 @@ def test_error_policy_names_the_key_field_and_values(mode: str) -> None:
         planner().finish(mode=mode, on_conflict="error", on_duplicate="error", sync=False)  # type: ignore[arg-type]
     assert str(info.value) == (
         "primary key 'id' already holds different content for 2 row(s): 'b', 'c'; nothing was written; "
-        "pass on_conflict='update' to replace them or 'skip' to keep the stored rows"
+        "pass on_conflict='update' to replace them or on_conflict='skip' to keep the stored rows"
     )
     assert (info.value.keys, info.value.field) == (["b", "c"], "id")
 
