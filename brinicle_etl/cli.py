@@ -192,13 +192,39 @@ def _status_dict(status: Any) -> dict[str, Any]:
     return asdict(status)
 
 
+def _size(n: int) -> str:
+    value, unit = float(n), "bytes"
+    for bigger in ("KB", "MB", "GB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     status = _store(args).open(args.collection).status()
     data = _status_dict(status)
 
     def human(out: TextIO) -> None:
-        for key, value in data.items():
-            out.write(f"{key:>15}: {value}\n")
+        s = status
+        params = "  ".join(f"{k}={v}" for k, v in s.params.to_dict().items())
+        session = f"{s.session_mode}, {s.staged_count:,} vectors staged" if s.session_mode else "none"
+        lines = [
+            (
+                "rows",
+                f"{s.live_count:,} live ({s.main_count:,} in main, {s.delta_count:,} in delta; "
+                f"{s.deleted_count:,} deleted since the last build)",
+            ),
+            ("vectors", f"{s.dim}-d {s.dtype}, {s.metric}"),
+            ("index", params),
+            ("rebuild", f"{'needed' if s.needs_rebuild else 'not needed'} (delta_ratio {s.delta_ratio:g})"),
+            ("generation", str(s.generation)),
+            ("on disk", _size(s.bytes_on_disk)),
+            ("session", session),
+        ]
+        out.write(f"{s.name}\n")
+        for label, value in lines:
+            out.write(f"  {label:<11}{value}\n")
 
     _emit(args, data, human)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,20 @@ def test_errors_name_flags_not_python_arguments(capsys: pytest.CaptureFixture[st
         "error: collection 'shop/default' is locked by another writer; retry when it finishes, "
         "or pass --wait to wait for it\n",
     )
+
+
+def test_status_reads_as_text(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop/items", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = run(capsys, "status", "shop/items", "--store", store)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[:6] == [
+        "shop/items",
+        "  rows       3 live (3 in main, 0 in delta; 0 deleted since the last build)",
+        "  vectors    8-d bf16, cosine",
+        "  index      M=16  ef_construction=200  ef_search=64  rng_seed=0  build_n_threads=0",
+        "  rebuild    not needed (delta_ratio 0.1)",
+        "  generation 1",
+    ]
+    assert re.fullmatch(r"  on disk    \d+\.\d KB", lines[6]) and lines[7] == "  session    none"
+    assert "None" not in out and "{" not in out
