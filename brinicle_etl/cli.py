@@ -308,13 +308,28 @@ def cmd_sql(args: argparse.Namespace) -> None:
 
 
 def _repl(con: Any, args: argparse.Namespace) -> None:
-    """Statements end with ';'. Errors are printed and the prompt continues; .quit or EOF leaves."""
+    """Statements end with ';' (at the end of input, the last one needs none). At a prompt an
+    error is printed and the prompt continues; from a pipe or file the first error stops
+    the run with exit status 1. .quit or EOF leaves."""
     from brinicle_etl.sql import run
 
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"brinicle-etl SQL on {_store(args).root} (end statements with ';', .quit to leave)")
     buffer: list[str] = []
+
+    def execute() -> None:
+        statement = "\n".join(buffer).strip()
+        buffer.clear()
+        if not statement:
+            return
+        try:
+            _print_result(run(con, statement), args)
+        except BrinicleError as exc:
+            if not interactive:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+
     while True:
         try:
             line = input("brinicle> " if not buffer else "      ...> ") if interactive else sys.stdin.readline()
@@ -323,15 +338,11 @@ def _repl(con: Any, args: argparse.Namespace) -> None:
         if not interactive and line == "":
             break
         if not buffer and line.strip() in (".quit", ".exit", "\\q"):
-            break
+            return
         buffer.append(line.rstrip("\n"))
         if line.rstrip().endswith(";"):
-            statement = "\n".join(buffer)
-            buffer = []
-            try:
-                _print_result(run(con, statement), args)
-            except BrinicleError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+            execute()
+    execute()  # a last statement without ';'
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

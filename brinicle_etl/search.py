@@ -133,7 +133,12 @@ def _resolve(collection: Collection | str, store: Store | str | None) -> tuple[C
 
 
 def embed_query(collection: Collection, queries: Sequence[str], registry: ModelRegistry | None = None) -> np.ndarray:
-    """Embed texts with the model the collection was built with."""
+    """Embed texts with the model the collection was built with; an empty text is refused
+    (its vector is noise: the "nearest" rows would be arbitrary)."""
+    empty = next((i for i, q in enumerate(queries) if not q.strip()), None)
+    if empty is not None:
+        where = "" if len(queries) == 1 else f" (query {empty + 1} of {len(queries)})"
+        raise InputError(f"search: the query text is empty{where}; give words to search for, or a vector")
     schema = collection.meta.get("schema")
     model = TemplateSchema.from_dict(schema).model if schema else None
     if model is None:

@@ -42,7 +42,9 @@ from brinicle_etl.types import K
 __all__ = ["connect", "register", "run"]
 
 ARROW = func.PythonUDFType.ARROW
-_HIT = pa.struct([("key", pa.string()), ("distance", pa.float32())])
+# Distances are DOUBLE holding each float32's shortest decimal (0.2101, not 0.21010000407...),
+# so round(_distance, 3) and plain output print as a reader expects.
+_HIT = pa.struct([("key", pa.string()), ("distance", pa.float64())])
 # brinicle_search joins hits to rows by where they are stored; users see keys only.
 _HIT_ROW = pa.struct([*_HIT, ("_row_id", pa.uint64())])
 _HITS = pa.list_(_HIT)
@@ -50,7 +52,7 @@ _HIDDEN = "('_row_id', '_hash', '_text_hash')"
 
 
 def _hit_type(*, row_id: bool = False) -> Any:
-    fields = {"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("FLOAT")}
+    fields = {"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("DOUBLE")}
     if row_id:
         fields["_row_id"] = duckdb.sqltype("UBIGINT")
     return duckdb.struct_type(fields)
@@ -158,10 +160,9 @@ class _Functions:
             counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
             fields = _HIT_ROW if row_ids else _HIT
-            hits = pa.StructArray.from_arrays(
-                [table.column(c).combine_chunks() for c in ("_key", "distance", "_row_id")[: len(fields)]],
-                fields=list(fields),
-            )
+            columns = [table.column(c).combine_chunks() for c in ("_key", "distance", "_row_id")[: len(fields)]]
+            columns[1] = pa.array(_printable(columns[1].to_numpy()))
+            hits = pa.StructArray.from_arrays(columns, fields=list(fields))
             parts.append(pa.ListArray.from_arrays(pa.array(offsets), hits))
             order[rows] = np.arange(done, done + len(rows))
             done += len(rows)
@@ -175,7 +176,9 @@ class _Functions:
         as few as it can (measured in benchmarks/bench_sql.py)."""
         col = self._collection(name)
         found = col.search(_vectors(query, [0], col.dim)[0], k)
-        return pa.array([found], _HITS)  # (key, distance) tuples fill the structs in one call
+        distances = _printable(np.array([h.distance for h in found], np.float32)).tolist()
+        # (key, distance) tuples fill the structs in one call
+        return pa.array([list(zip([h.id for h in found], distances, strict=True))], _HITS)
 
     def embed(self, names: pa.Array, texts: pa.Array) -> pa.Array:
         out: list[list[float] | None] = [None] * len(names)
@@ -189,6 +192,11 @@ class _Functions:
             for pos, i in enumerate(rows):
                 out[i] = vectors[pos].tolist()
         return pa.array(out, pa.list_(pa.float32()))
+
+
+def _printable(distances: np.ndarray) -> np.ndarray:
+    """float32 distances as the doubles their shortest decimal forms denote."""
+    return np.asarray(distances, np.float32).astype(str).astype(np.float64)
 
 
 def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -238,3 +238,36 @@ def test_status_reads_as_text(capsys: pytest.CaptureFixture[str], csv: Path, sto
     ]
     assert re.fullmatch(r"  on disk    \d+\.\d KB", lines[6]) and lines[7] == "  session    none"
     assert "None" not in out and "{" not in out
+
+
+def test_an_empty_text_query_is_refused(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, out, err = run(capsys, "search", "shop", "  ", "--store", store)
+    assert (code, out, err) == (
+        1,
+        "",
+        "error: search: the query text is empty; give words to search for, or a vector\n",
+    )
+
+
+def sql_script(store: str, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "brinicle_etl.cli", "sql", "--store", store],
+        cwd=REPO,
+        input=script,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_piped_sql_runs_the_last_statement_and_stops_at_the_first_error(
+    capsys: pytest.CaptureFixture[str], csv: Path, store: str
+) -> None:
+    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    done = sql_script(store, "SELECT 1 AS a;\nSELECT count(*) AS n FROM brinicle_rows('shop')")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "a\n-\n1\n(1 row)\nn\n-\n3\n(1 row)\n", "")
+    failed = sql_script(store, "SELECT 1 AS a;\nSELECT nope FROM nowhere;\nSELECT 3 AS never;\n")
+    assert (failed.returncode, failed.stdout) == (1, "a\n-\n1\n(1 row)\n")
+    assert failed.stderr.startswith("error: Catalog Error: Table with name nowhere does not exist!")
+    rounded = sql_script(store, "SELECT round(_distance, 3) AS d FROM brinicle_search('shop', 'hiking boots', k := 1)")
+    assert rounded.returncode == 0 and len(rounded.stdout.splitlines()[2]) <= 5  # e.g. 0.352, never 0.35199999...

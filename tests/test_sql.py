@@ -254,3 +254,21 @@ def test_empty_collection(tmp_path: Path) -> None:
     assert con.execute("SELECT count(*) FROM brinicle_rows('empty')").fetchall()[0][0] == 0
     assert con.sql("SELECT * FROM brinicle_search('empty', [1.0, 0, 0, 0])").fetchall() == []
     con.close()
+
+
+@pytest.mark.parametrize("query", ["'hiking boots'", "brinicle_embed('shop/products', 'hiking boots')"])
+def test_distances_are_doubles_that_print_as_written(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """A distance is the float32 usearch computed, as the double its shortest decimal names:
+    round() then prints 0.123, not 0.12300000339746475."""
+    rows = con.sql(f"SELECT _distance, round(_distance, 3) FROM brinicle_search('shop/products', {query}, k := 3)")
+    assert [t for t in rows.types] == ["DOUBLE", "DOUBLE"]
+    for distance, rounded in rows.fetchall():
+        assert repr(distance) == str(np.float32(distance))  # no widening noise
+        assert len(repr(rounded)) <= 5  # 0.186, never 0.18600000441074371
+    hits = con.execute(f"SELECT brinicle_search_ids('shop/products', {query}, 2)").fetchall()[0][0]
+    assert all(repr(h["distance"]) == str(np.float32(h["distance"])) for h in hits)
+
+
+def test_an_empty_text_query_is_refused(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(duckdb.Error, match="search: the query text is empty; give words to search for, or a vector"):
+        con.sql("SELECT * FROM brinicle_search('shop/products', '')").fetchall()

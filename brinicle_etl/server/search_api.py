@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,8 +46,6 @@ class SearchResults(BaseModel):
 def search_rows(request: Request, body: SearchRequest) -> Response:
     state = state_of(request)
     col = state.collection(body.index_name)
-    if isinstance(body.query, str) and not body.query.strip():
-        raise HTTPException(status_code=400, detail="search: the query text is empty")
     hits = search(col, body.query, body.k, ef=body.ef, filter=body.filter, registry=state.registry)
     return json_response(
         {
