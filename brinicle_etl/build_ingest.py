@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from brinicle_etl.embed import DEFAULT_MODEL
-from brinicle_etl.errors import ConfigError, InputError
+from brinicle_etl.errors import BrinicleError, ConfigError, InputError
 from brinicle_etl.pipeline import IngestResult, ingest, model_registry
 from brinicle_etl.schema import TemplateSchema
 from brinicle_etl.store import Store
@@ -80,8 +80,8 @@ def build_ingest_data(
     file: str | Path,
     *,
     dim: int,
-    seed: int,
-    depth: int,
+    seed: int | None = None,
+    depth: int | None = None,
     db_name: str = "fractal_db",
     namespace: str = "default",
     vector_col: str | None = None,
@@ -92,8 +92,13 @@ def build_ingest_data(
     owner: str | None = None,
     quota_bytes: int | None = None,
     wait: bool | float = True,
+    file_name: str | None = None,
 ) -> IngestResult:
-    """Ingest a CSV file into ``db_name/namespace`` with the CSV endpoint's rules (see the module doc)."""
+    """Ingest a CSV file into ``db_name/namespace`` with the CSV endpoint's rules (see the module doc).
+
+    ``seed`` and ``depth`` shape a new collection and are required for one; an existing
+    collection keeps its own. ``file_name`` is what messages call the file (an upload's
+    own name, not where the server spooled it)."""
     # Every argument is checked before anything is read or written.
     check_choice("on_conflict", on_conflict, ConflictPolicy)
     if template_name is not None:
@@ -103,11 +108,16 @@ def build_ingest_data(
         stored = store.open(collection).dim
         if dim != stored:
             raise InputError(f"dimension mismatch: {collection!r} holds {stored}-d vectors, the request says dim={dim}")
-    elif not MIN_DIM <= dim <= MAX_DIM:
-        raise InputError(f"dim must be between {MIN_DIM} and {MAX_DIM} for a new database; got {dim}")
-    if not 1 <= depth <= 8:
+    else:
+        if not MIN_DIM <= dim <= MAX_DIM:
+            raise InputError(f"dim must be between {MIN_DIM} and {MAX_DIM} for a new database; got {dim}")
+        missing = [name for name, value in (("seed", seed), ("depth", depth)) if value is None]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} must be given to create {collection!r}")
+    if depth is not None and not 1 <= depth <= 8:
         raise ConfigError(f"depth must be between 1 and 8 (the graph's connectivity is 8 x depth); got {depth}")
-    RNG_SEED.check(seed, name="seed")
+    if seed is not None:
+        RNG_SEED.check(seed, name="seed")
     dtype, metric = parse_dtype_config(dtype_config)
     schema = TemplateSchema.from_json(template_schema) if template_schema else None
     if schema is None and template_name is not None and store.template(template_name) is not None:
@@ -120,22 +130,28 @@ def build_ingest_data(
         model = _model_for(store, dim, schema)
         if model is not None:
             options["model"] = model
-    result = ingest(
-        file,
-        collection,
-        store=store,
-        format="csv",
-        on_conflict=on_conflict,
-        conflict_on="key",  # the endpoint's spec: any stored key collides
-        schema=schema,
-        template_name=template_name,
-        vector_col=vector_col,
-        dim=dim,
-        dtype=dtype,
-        metric=metric,
-        params=HnswParams(M=8 * depth, rng_seed=seed),
-        wait=wait,
-        **options,
-    )
+    try:
+        result = ingest(
+            file,
+            collection,
+            store=store,
+            format="csv",
+            on_conflict=on_conflict,
+            conflict_on="key",  # the endpoint's spec: any stored key collides
+            schema=schema,
+            template_name=template_name,
+            vector_col=vector_col,
+            dim=dim,
+            dtype=dtype,
+            metric=metric,
+            # an existing collection keeps its own params: these shape a new one only
+            params=HnswParams(M=8 * (depth or 2), rng_seed=seed or 0),
+            wait=wait,
+            **options,
+        )
+    except BrinicleError as exc:
+        if file_name is not None:  # the caller's name for the file, not where it was spooled
+            exc.args = tuple(a.replace(str(file), file_name) if isinstance(a, str) else a for a in exc.args)
+        raise
     ledger.record(collection, owner=owner)
     return result

@@ -92,6 +92,24 @@ def test_any_key_collision_is_a_conflict_as_the_spec_says(http: httpx.Client, po
     assert body["rows_embedded"] == (1 if policy == "skip" else 2)
 
 
+def test_seed_and_depth_are_needed_to_create_not_to_append(http: httpx.Client) -> None:
+    rows = {"file": ("rows.csv", b"id,title\n1,red boots\n", "text/csv")}
+    r = http.post("/build_ingest_data/", data={"dim": "128", "db_name": "sd"}, files=rows)
+    assert (r.status_code, [p["loc"][-1] for p in r.json()["detail"]]) == (422, ["seed", "depth"])
+    assert upload(http, "id,title\n1,red boots\n", db_name="sd").status_code == 200
+    more = {"file": ("more.csv", b"id,title\n2,blue tent\n", "text/csv")}
+    r = http.post("/build_ingest_data/", data={"dim": "128", "db_name": "sd"}, files=more)
+    assert (r.status_code, r.json()["rows_inserted"]) == (200, 1)
+
+
+def test_errors_name_the_uploaded_file_not_the_servers_copy(http: httpx.Client, server: tuple[str, Path]) -> None:
+    r = http.post("/build_ingest_data/", data=FORM, files={"file": ("my export.csv", b"", "text/csv")})
+    assert (r.status_code, r.json()["detail"]) == (400, "my export.csv is empty: no header row and no data")
+    r = upload(http, "id,title\n1,a,b\n", db_name="ragged")
+    assert r.json()["detail"] == "rows.csv: line 2: expected 2 fields like the header, found 3"
+    assert str(server[1]) not in r.text
+
+
 def test_error_statuses(http: httpx.Client) -> None:
     assert upload(http, "id,title\n1,a\n", db_name="errs").status_code == 200
     r = upload(http, "id,title\n1,changed\n", db_name="errs")

@@ -385,9 +385,19 @@ def test_maintenance_and_search_refuse_numbers_out_of_range(http: httpx.Client) 
         for path in ("/search.bin", "/search/batch.bin"):
             r = http.post(path, params={"index_name": "after_ranges", **params}, content=q)
             assert r.status_code == 400, (path, params, r.text)
-    for extra in ({"ef": 2**63}, {"k": 2**63}, {"k": 10_001}, {"ef": 0}):
+    for extra, detail in (
+        ({"ef": 2**63}, "ef must be an integer between 1 and 16384; got 9223372036854775808"),
+        ({"k": 2**63}, "k must be an integer between 1 and 10000; got 9223372036854775808"),
+        ({"k": 10_001}, "k must be an integer between 1 and 10000; got 10001"),
+        ({"k": 0}, "k must be an integer between 1 and 10000; got 0"),
+        ({"ef": 0}, "ef must be an integer between 1 and 16384; got 0"),
+    ):
         r = http.post("/search", json={"index_name": "after_ranges", "query": x[0].tolist(), **extra})
-        assert r.status_code == 422, (extra, r.text)
+        assert (r.status_code, r.json()["detail"]) == (400, detail), (extra, r.text)
+        # the same rule and message as /search.bin
+        params = {"index_name": "after_ranges", "k": extra.get("k", 10), "efs": extra.get("ef", 64)}
+        r = http.post("/search.bin", params=params, content=q)
+        assert (r.status_code, r.json()["detail"]) == (400, detail.replace("ef must", "efs must")), r.text
     # nothing above broke the index
     status = http.get("/indexes/after_ranges/status")
     assert (status.status_code, status.json()["live_count"]) == (200, 50)

@@ -18,7 +18,7 @@ from brinicle_etl.usage import owner_id
 
 router = APIRouter()
 
-_REQUIRED_INTS = ("dim", "seed", "depth")
+_INTS = ("dim", "seed", "depth")
 _FIELDS = ("db_name", "namespace", "vector_col", "dtype_config", "template_name", "template_schema", "on_conflict")
 
 _VALIDATION = {
@@ -33,17 +33,37 @@ _RESULT = {
 
 _FORM = {
     "type": "object",
-    "required": ["file", "dim", "seed", "depth"],
+    "required": ["file", "dim"],
     "properties": {
         "file": {"type": "string", "format": "binary", "description": "the CSV rows"},
-        "dim": {"type": "integer", "description": "vector dimension (128-8192 for a new collection)"},
-        "seed": {"type": "integer", "description": "HNSW rng_seed of a new collection"},
-        "depth": {"type": "integer", "description": "connectivity M = 8 x depth (1-8)"},
-        "db_name": {"type": "string"},
-        "namespace": {"type": "string"},
+        "dim": {
+            "type": "integer",
+            "description": "vector dimension: 128-8192 for a new collection, the stored one on append",
+        },
+        "seed": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2**32 - 1,
+            "description": "HNSW rng_seed of a new collection (required to create one; ignored on append)",
+        },
+        "depth": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 8,
+            "description": "connectivity M = 8 x depth of a new collection (required to create one; ignored on append)",
+        },
+        "db_name": {
+            "type": "string",
+            "description": "letters, digits and _ kept (others become _), at most 64; default fractal_db",
+        },
+        "namespace": {"type": "string", "description": "as db_name; default 'default'"},
         "vector_col": {"type": "string"},
         "dtype_config": {"type": "string"},
-        "template_name": {"type": "string"},
+        "template_name": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$",
+            "description": "a schema template saved in the store (saved after the ingest if new)",
+        },
         "template_schema": {"type": "string"},
         "on_conflict": {"type": "string", "enum": ["error", "update", "skip"]},
     },
@@ -54,15 +74,19 @@ def _invalid(problems: list[dict[str, Any]]) -> Response:
     return JSONResponse(status_code=422, content={"detail": problems})
 
 
-def _fields(form: StreamingForm) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ingest's keyword arguments from the form, and FastAPI-style problems with it."""
+def _fields(form: StreamingForm, *, creating: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ingest's keyword arguments from the form, and FastAPI-style problems with it.
+
+    ``seed`` and ``depth`` are required to create a collection, as the spec says; appending
+    to an existing one they may be left out (it keeps its own)."""
+    required = ("file", "dim", "seed", "depth") if creating else ("file", "dim")
     problems = [
         {"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}
-        for name in ("file", *_REQUIRED_INTS)
+        for name in required
         if (name == "file" and form.file_path is None) or (name != "file" and name not in form.fields)
     ]
     options: dict[str, Any] = {k: form.fields[k] for k in _FIELDS if form.fields.get(k) not in (None, "")}
-    for name in _REQUIRED_INTS:
+    for name in _INTS:
         if name in form.fields:
             try:
                 options[name] = int(form.fields[name])
@@ -91,18 +115,20 @@ async def build_ingest(request: Request) -> Response:
         async for chunk in chunks(request, settings.upload_idle_seconds, settings.max_upload_bytes):
             form.feed(chunk)
         form.finish()
-        options, problems = _fields(form)
+        name = collection_name(form.fields.get("db_name") or "fractal_db", form.fields.get("namespace") or "default")
+        options, problems = _fields(form, creating=not state.store.exists(name))
         if problems:
             return _invalid(problems)
         key = request.headers.get("x-api-key")
         owner = owner_id(key) if key and state.settings.api_keys else None
         quota = state.settings.quotas.get(key) if key else None
-        path = form.file_path
+        path, file_name = form.file_path, form.file_name
         assert path is not None
-        name = collection_name(options.get("db_name", "fractal_db"), options.get("namespace", "default"))
         result = await state.writers.run(
             name,
-            lambda: build_ingest_data(state.store, path, owner=owner, quota_bytes=quota, wait=False, **options),
+            lambda: build_ingest_data(
+                state.store, path, owner=owner, quota_bytes=quota, wait=False, file_name=file_name, **options
+            ),
         )
     state.load(result.collection)
     body = result.to_dict()

@@ -22,8 +22,10 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     index_name: str
     query: str | list[float]
-    k: int = Field(default=10, ge=K.low, le=K.high)
-    ef: int | None = Field(default=None, ge=EF.low, le=EF.high)
+    # The ranges are documented here and checked by the library (types.K, types.EF): one
+    # rule and one message, as /search.bin answers them (400).
+    k: int = Field(default=10, json_schema_extra={"minimum": K.low, "maximum": K.high})
+    ef: int | None = Field(default=None, json_schema_extra={"minimum": EF.low, "maximum": EF.high})
     filter: dict[str, Any] | None = None
 
 
@@ -46,6 +48,9 @@ class SearchResults(BaseModel):
 def search_rows(request: Request, body: SearchRequest) -> Response:
     state = state_of(request)
     col = state.collection(body.index_name)
+    K.check(body.k)
+    if body.ef is not None:
+        EF.check(body.ef)
     hits = search(col, body.query, body.k, ef=body.ef, filter=body.filter, registry=state.registry)
     return json_response(
         {
