@@ -323,7 +323,7 @@ def test_search_with_rows_text_and_filters(http: httpx.Client) -> None:
         ({"index_name": "shop/products", "query": "x", "filter": {"price": {"lt": {"a": 1}}}}, 400, "takes a number"),
         ({"index_name": "shop/products", "query": [1.0, 2.0]}, 400, "dimension mismatch"),
         ({"index_name": "preexisting", "query": "text"}, 400, "has no embedding model"),
-        ({"index_name": "shop/products", "query": "x", "k": 0}, 422, ""),
+        ({"index_name": "shop/products", "query": "x", "k": 0}, 400, "k must be an integer between 1 and 10000; got 0"),
         ({"index_name": "shop/products", "query": "x", "sql": "1=1"}, 422, ""),
     ]
     for body, status, detail in errors:
