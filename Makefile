@@ -17,6 +17,7 @@ INSTALL := $(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e '.[all,dev]'
 .PHONY: setup demo dagster test test-slow test-all lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(TORCH_CONSTRAINTS)
+	@echo "== installing brinicle-etl and its dependencies into $(VENV) (about 2 minutes the first time: torch is most of it)"
 	$(PYTHON) -m venv $(VENV)
 	$(INSTALL) $(if $(TORCH_CONSTRAINTS),|| { echo "== install failed (if pip found no torch 2.13.0+cpu above, that is expected): retrying with $(TORCH_CPU_INDEX)"; $(INSTALL) --extra-index-url $(TORCH_CPU_INDEX); })
 	touch $@
