@@ -14,7 +14,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PIP_CONSTRAINTS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS))
 INSTALL := $(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e '.[all,dev]'
 
-.PHONY: setup demo dagster test test-slow test-all lint bench clean
+.PHONY: setup browser demo dagster test test-slow test-all lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(TORCH_CONSTRAINTS)
 	@echo "== installing brinicle-etl and its dependencies into $(VENV) (about 2 minutes the first time: torch is most of it)"
@@ -36,7 +36,20 @@ dagster: setup
 	mkdir -p .dagster_home
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -m pipelines -h 127.0.0.1 -p 3000
 
-test: setup
+# The /docs browser test drives Chromium from the OS packages: installed here when we can.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "== installing chromium (Debian package) for the /docs browser test"; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
+	      || echo "== could not install chromium: the browser test will be skipped"; \
+	  else \
+	    echo "== no chromium (apt-get install chromium): the browser test will be skipped"; \
+	  fi; \
+	fi
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-slow: setup

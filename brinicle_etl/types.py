@@ -20,6 +20,7 @@ __all__ = [
     "EF_CONSTRUCTION",
     "K",
     "M",
+    "NAME_PATTERN",
     "NAME_RULE",
     "RNG_SEED",
     "shown",
@@ -70,7 +71,8 @@ def check_choice(name: str, value: object, allowed: Any) -> Any:
 
 # ---- names that become paths ----------------------------------------------------------
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
+_NAME = re.compile(NAME_PATTERN)
 NAME_RULE = "1-64 letters, digits, '_' or '-' (not starting with '-')"
 """The one rule for every name that becomes a file or directory name: collection parts,
 template names, task ids. Nothing matching it can be ``.``, ``..``, hold a ``/`` or a NUL."""

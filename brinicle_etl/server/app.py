@@ -19,7 +19,8 @@ from starlette.requests import ClientDisconnect
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import BrinicleError
 from brinicle_etl.server import brinicle_api, ingest_api, search_api, tasks_api
-from brinicle_etl.server.deps import ServerSettings, ServerState, error_response
+from brinicle_etl.server.deps import API_DESCRIPTION, ServerSettings, ServerState, error_response
+from brinicle_etl.server.docs import add_offline_docs
 from brinicle_etl.server.fastpath import SearchFastPath
 from brinicle_etl.server.upload import BodyLimit
 from brinicle_etl.server.writers import WriterGate
@@ -60,11 +61,14 @@ def create_app(
 
     app = FastAPI(
         title="brinicle-etl",
-        description="brinicle's HTTP API over brinicle-etl collections, plus search with rows and filters.",
+        description=API_DESCRIPTION,
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,  # served below from the installed package, not from a CDN
+        redoc_url=None,
     )
     app.state.brinicle = state
+    add_offline_docs(app)
 
     @app.exception_handler(BrinicleError)
     async def library_error(request: Request, exc: BrinicleError) -> JSONResponse:

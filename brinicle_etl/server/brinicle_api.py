@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from brinicle_etl.errors import AlreadyExistsError
 from brinicle_etl.server.deps import (
     BINARY_BODY,
+    INDEX_NAME,
     NAME_RULE,
     canonical,
     display,
@@ -32,7 +33,15 @@ from brinicle_etl.server.deps import (
 from brinicle_etl.server.upload import chunks
 from brinicle_etl.types import BUILD_THREADS, DELTA_RATIO_MIN, DIM, EF, EF_CONSTRUCTION, RNG_SEED, HnswParams, K, M
 
-router = APIRouter()
+router = APIRouter(tags=["brinicle: indexes, ingest sessions, binary search"])
+
+IndexPath = Annotated[str, Path(json_schema_extra=INDEX_NAME)]
+IndexQuery = Annotated[str, Query(json_schema_extra=INDEX_NAME)]
+# Documented ranges; the library checks them (400 with the range), as brinicle answers.
+KQuery = Annotated[int, Query(json_schema_extra={"minimum": K.low, "maximum": K.high, "description": "results"})]
+EfsQuery = Annotated[
+    int, Query(json_schema_extra={"minimum": EF.low, "maximum": EF.high, "description": "search beam width"})
+]
 
 
 def _valid_name(value: str) -> str:
@@ -59,7 +68,7 @@ class Params(BaseModel):
 
 class Named(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    index_name: str
+    index_name: str = Field(json_schema_extra=INDEX_NAME)
 
     _check_name = field_validator("index_name")(classmethod(lambda cls, v: _valid_name(v)))
 
@@ -175,7 +184,7 @@ async def create_index(request: Request, body: CreateIndexRequest) -> Response:
     summary="Close an index (destroy=true: delete its files)",
     responses=_ok(Success, 400, 404, 503),
 )
-async def delete_index(request: Request, index_name: str, destroy: bool = False) -> Response:
+async def delete_index(request: Request, index_name: IndexPath, destroy: bool = False) -> Response:
     state = state_of(request)
     name = canonical(index_name)
     if destroy:
@@ -191,7 +200,7 @@ async def delete_index(request: Request, index_name: str, destroy: bool = False)
 @router.get(
     "/indexes/{index_name:path}/status", summary="An index's settings and counts", responses=_ok(IndexStatus, 400, 404)
 )
-def index_status(request: Request, index_name: str) -> Response:
+def index_status(request: Request, index_name: IndexPath) -> Response:
     status = asdict(state_of(request).collection(index_name).status())
     del status["name"]  # brinicle calls it index_name, and answers with the name as asked
     return json_response({"index_name": index_name, **status})
@@ -258,7 +267,9 @@ async def ingest(request: Request) -> Response:
     responses=_ok(Staged, 400, 404, 408, 413, 503, 507),
     openapi_extra=BINARY_BODY,
 )
-async def ingest_batch(request: Request, index_name: str | None = None) -> Response:
+async def ingest_batch(
+    request: Request, index_name: Annotated[str | None, Query(json_schema_extra=INDEX_NAME)] = None
+) -> Response:
     state = state_of(request)
     if not index_name:
         raise HTTPException(status_code=400, detail="Missing query param: index_name")
@@ -345,7 +356,7 @@ def _ids(col: Any, query: np.ndarray, k: int, efs: int) -> bytes:
     responses=_ok(list[str], 400, 404),
     openapi_extra=BINARY_BODY,
 )
-async def search_bin(request: Request, index_name: Annotated[str, Query()], k: int = 10, efs: int = 64) -> Response:
+async def search_bin(request: Request, index_name: IndexQuery, k: KQuery = 10, efs: EfsQuery = 64) -> Response:
     col = await run_in_threadpool(state_of(request).collection, index_name)
     _search_args(k, efs)
     body = await request.body()
@@ -363,9 +374,7 @@ async def search_bin(request: Request, index_name: Annotated[str, Query()], k: i
     responses=_ok(list[list[str]], 400, 404),
     openapi_extra=BINARY_BODY,
 )
-async def search_batch_bin(
-    request: Request, index_name: Annotated[str, Query()], k: int = 10, efs: int = 64
-) -> Response:
+async def search_batch_bin(request: Request, index_name: IndexQuery, k: KQuery = 10, efs: EfsQuery = 64) -> Response:
     state = state_of(request)
     col = await run_in_threadpool(state.collection, index_name)
     _search_args(k, efs)

@@ -20,6 +20,7 @@ from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from pydantic.config import JsonDict
 
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import (
@@ -43,7 +44,9 @@ from brinicle_etl.store import Collection, Store
 from brinicle_etl.tasks import TaskStore, TaskWorker
 
 __all__ = [
+    "API_DESCRIPTION",
     "BINARY_BODY",
+    "INDEX_NAME",
     "NAME_RULE",
     "ErrorBody",
     "ServerSettings",
@@ -113,6 +116,35 @@ class ServerSettings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
         return cls(**values)
+
+
+INDEX_NAME_PATTERN = r"^[A-Za-z0-9_]{1,64}(/[A-Za-z0-9_]{1,64})?$"
+INDEX_NAME: JsonDict = {
+    "description": "an index (brinicle's rule: letters, digits and _, at most 64) or a collection built by "
+    "ingest as db/namespace, each part by the same rule; anything else is 400",
+    "pattern": INDEX_NAME_PATTERN,
+}
+
+API_DESCRIPTION = """brinicle's HTTP API over brinicle-etl collections, plus search with rows and filters.
+
+**Names.** An `index_name` is letters, digits and `_` (at most 64), or `db/namespace` of two
+such parts for a collection built by `ingest`. Task ids and template names are 1-64 letters,
+digits, `_` or `-`, not starting with `-`.
+
+**Limits.** `dim` 1-65,536 (128-8,192 for a collection created by a CSV upload); `M` 2-256;
+`ef_construction`, `ef_search` and a search's `ef`/`efs` 1-16,384; `k` 1-10,000; `rng_seed`
+0-4,294,967,295; `build_n_threads` 0-1,024; `delta_ratio` in (0, 0.5], at least 1e-6; at most
+8,192 queries per `/search/batch.bin`. Bodies held in memory: 64 MB; CSV uploads and binary
+batches: `--max-upload-mb` (512 by default).
+
+**Binary formats.** `/ingest/batch`: rows of a 32-byte id (UTF-8, right-padded with NUL) and
+`dim` little-endian float32. `/search.bin`: one query of `dim` little-endian float32;
+`/search/batch.bin`: several, concatenated.
+
+**Writes** to one index take turns; a write that cannot get its turn in time is 503 with
+`Retry-After` and did nothing. With `--api-key`, every request (this page too) needs
+`X-API-Key`.
+"""
 
 
 def canonical(index_name: object) -> str:

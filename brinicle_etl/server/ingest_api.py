@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from brinicle_etl.build_ingest import build_ingest_data, collection_name
 from brinicle_etl.server.deps import json_response, responses, state_of
 from brinicle_etl.server.upload import StreamingForm, chunks
+from brinicle_etl.types import NAME_PATTERN
 from brinicle_etl.usage import owner_id
 
-router = APIRouter()
+router = APIRouter(tags=["CSV upload"])
 
 _INTS = ("dim", "seed", "depth")
 _FIELDS = ("db_name", "namespace", "vector_col", "dtype_config", "template_name", "template_schema", "on_conflict")
@@ -61,7 +62,7 @@ _FORM = {
         "dtype_config": {"type": "string"},
         "template_name": {
             "type": "string",
-            "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$",
+            "pattern": f"^{NAME_PATTERN}$",
             "description": "a schema template saved in the store (saved after the ingest if new)",
         },
         "template_schema": {"type": "string"},

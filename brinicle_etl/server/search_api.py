@@ -9,10 +9,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from brinicle_etl.search import search
-from brinicle_etl.server.deps import json_response, responses, state_of
+from brinicle_etl.server.deps import INDEX_NAME, json_response, responses, state_of
 from brinicle_etl.types import EF, K
 
-router = APIRouter()
+router = APIRouter(tags=["search with rows"])
 
 
 class SearchRequest(BaseModel):
@@ -20,8 +20,10 @@ class SearchRequest(BaseModel):
     "price": {"lt": 100}, "brand": {"in": ["A", "B"]}}``; operators eq ne lt lte gt gte in nin."""
 
     model_config = ConfigDict(extra="forbid")
-    index_name: str
-    query: str | list[float]
+    index_name: str = Field(json_schema_extra=INDEX_NAME)
+    query: str | list[float] = Field(
+        description="a text (embedded with the collection's model; not empty) or a vector of dim numbers"
+    )
     # The ranges are documented here and checked by the library (types.K, types.EF): one
     # rule and one message, as /search.bin answers them (400).
     k: int = Field(default=10, json_schema_extra={"minimum": K.low, "maximum": K.high})

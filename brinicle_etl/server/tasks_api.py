@@ -11,21 +11,28 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from brinicle_etl.errors import StateError
-from brinicle_etl.server.deps import canonical, json_response, responses, state_of
+from brinicle_etl.server.deps import INDEX_NAME, canonical, json_response, responses, state_of
 from brinicle_etl.tasks import TASK_STATUSES
+from brinicle_etl.types import NAME_PATTERN, NAME_RULE
 
-router = APIRouter(prefix="/internal/upsertion-tasks")
+router = APIRouter(prefix="/internal/upsertion-tasks", tags=["upsertion tasks"])
+
+TASK_ID: JsonDict = {"description": NAME_RULE, "pattern": f"^{NAME_PATTERN}$"}
+TaskId = Annotated[str, Query(json_schema_extra=TASK_ID)]
 
 
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    embedding_model_id: str
-    task_id: str | None = None
-    items: list[dict[str, Any]]
-    index_name: str | None = None
+    embedding_model_id: str = Field(description="a model of the store's registry, e.g. all-MiniLM-L6-v2 or hash-<dim>")
+    task_id: str | None = Field(default=None, json_schema_extra=TASK_ID)
+    items: list[dict[str, Any]] = Field(
+        description="{object_id, payload (its text field, or its scalar values, is embedded), item_info}"
+    )
+    index_name: str | None = Field(default=None, json_schema_extra=INDEX_NAME)
 
 
 class Task(BaseModel):
@@ -70,7 +77,7 @@ async def run_task(request: Request, body: RunRequest) -> Response:
 
 
 @router.get("/info", summary="One task: status, timestamps, failed items", responses=_ok(Task, 400, 404))
-async def task_info(request: Request, task_id: Annotated[str, Query()]) -> Response:
+async def task_info(request: Request, task_id: TaskId) -> Response:
     record = await run_in_threadpool(state_of(request).tasks.get, task_id)
     return json_response(record.public())
 
@@ -89,7 +96,7 @@ async def list_tasks(
 
 
 @router.put("/restart", summary="Re-queue a failed or cancelled task", responses=_ok(Task, 400, 404, 409, 507))
-async def restart_task(request: Request, task_id: Annotated[str, Query()]) -> Response:
+async def restart_task(request: Request, task_id: TaskId) -> Response:
     state = state_of(request)
     try:
         record = await run_in_threadpool(state.tasks.restart, task_id)
@@ -104,7 +111,7 @@ async def restart_task(request: Request, task_id: Annotated[str, Query()]) -> Re
     summary="Cancel a pending task, or stop a running one between batches",
     responses=_ok(Task, 400, 404, 409, 507),
 )
-async def cancel_task(request: Request, task_id: Annotated[str, Query()]) -> Response:
+async def cancel_task(request: Request, task_id: TaskId) -> Response:
     try:
         record = await run_in_threadpool(state_of(request).tasks.cancel, task_id)
     except StateError as exc:
