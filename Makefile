@@ -33,8 +33,8 @@ demo: setup
 	$(BIN)/brinicle-etl search shop/products "waterproof boots for hiking in the rain" --k 5 --store $(STORE)
 
 dagster: setup
-	mkdir -p .dagster_home
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -m pipelines -h 127.0.0.1 -p 3000
+	mkdir -p .dagster_home && touch .dagster_home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster_home VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dg dev -h 127.0.0.1 -p 3000
 
 # The /docs browser test drives Chromium from the OS packages: installed here when we can.
 browser:

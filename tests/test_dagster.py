@@ -244,8 +244,48 @@ def test_pipelines_load_like_dagster_dev_and_the_sample_job_runs(
     defs = pipelines.defs
     assert {s.name for s in defs.schedules} >= {"daily_catalogue", "daily_catalogue_vectors"}
     assert {s.name for s in defs.sensors} == {"inbox_sensor"}
+    # the inbox sensor runs from the start; the schedules wait to be turned on (README says so)
+    assert [s.default_status for s in defs.sensors] == [dg.DefaultSensorStatus.RUNNING]
+    assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.STOPPED}
+    assert set(defs.resources) == {"brinicle_store"}  # readable, not brinicle_<hash>
     result = defs.resolve_job_def("catalogue_job").execute_in_process()
     assert result.success
     smoke = result.asset_materializations_for_node("catalogue_smoke_test")[0]
     assert "Waterproof Hiking Boots" in str(smoke.metadata["top_titles"].value)
     assert len(Store(tmp_path / "store").open("shop/products")) == 300
+
+
+def test_resource_keys_read_as_their_stores(tmp_path: Path) -> None:
+    from brinicle_etl.dagster import store_resource
+
+    # (keys are per process: names no other test uses)
+    assert store_resource(tmp_path / "brinicle_keys")[0] == "brinicle_keys"
+    key, resource = store_resource(tmp_path / "key-vectors")
+    assert (key, resource.store) == ("brinicle_key_vectors", str(tmp_path / "key-vectors"))
+    assert store_resource(tmp_path / "key-vectors") == (key, resource)  # one object per store
+    assert store_resource(tmp_path / "other" / "key-vectors")[0] == "brinicle_key_vectors_2"
+
+
+def test_dg_loads_the_project_without_a_warning(tmp_path: Path) -> None:
+    """The code location has a stable name (not the checkout's folder): `dg check defs` and
+    `dg dev` say nothing about it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").touch()
+    venv = Path(sys.executable).parent.parent
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "BRINICLE_STORE": str(tmp_path / "store"),
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        [str(venv / "bin" / "dg"), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "All definitions loaded successfully." in out
+    assert "warning" not in out.lower(), out

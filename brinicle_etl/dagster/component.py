@@ -16,8 +16,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Literal
@@ -28,7 +28,7 @@ from brinicle_etl.dagster.assets import BrinicleResource, collection_asset
 
 __all__ = ["BrinicleCollectionComponent", "store_resource"]
 
-_resources: dict[str, BrinicleResource] = {}
+_resources: dict[str, tuple[str, BrinicleResource]] = {}
 _lock = threading.Lock()
 
 
@@ -36,13 +36,19 @@ def store_resource(store: str | Path) -> tuple[str, BrinicleResource]:
     """The resource key and resource for a store directory, one object per directory.
 
     Dagster merges definitions only when a resource key maps to the same object, so every
-    component and asset that writes to one store shares this one.
+    component and asset that writes to one store shares this one. The key reads as the
+    store: ``brinicle_store`` for ``./brinicle_store``, ``brinicle_vectors`` for
+    ``/data/vectors`` (``_2``, ``_3``... if two stores share a folder name).
     """
     path = os.path.abspath(store)
-    key = "brinicle_" + hashlib.md5(path.encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).name).strip("_") or "store"
+    base = name if name.startswith("brinicle") else f"brinicle_{name}"
     with _lock:
-        resource = _resources.setdefault(path, BrinicleResource(store=path))
-    return key, resource
+        if path not in _resources:
+            taken = {key for key, _resource in _resources.values()}
+            key = next(k for k in (base, *(f"{base}_{i}" for i in range(2, 10_000))) if k not in taken)
+            _resources[path] = (key, BrinicleResource(store=path))
+        return _resources[path]
 
 
 class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):

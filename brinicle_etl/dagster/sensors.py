@@ -36,12 +36,15 @@ def directory_sensor(
     partitions_def: dg.DynamicPartitionsDefinition | None = None,
     name: str | None = None,
     minimum_interval_seconds: int = 30,
+    running: bool = False,
 ) -> dg.SensorDefinition:
     """Request a run for each file in ``directory`` that is new or changed since the last tick.
 
     A file counts as changed when its modification time or size changes; the cursor
     remembers what was seen. With a dynamic ``partitions_def``, each file is also added
     as a partition and its run targets that partition (``source="{partition}"``).
+    ``running=True`` starts it running when the code location loads (Dagster's default,
+    as for every sensor, is stopped until someone turns it on).
     """
     sensor_name = name or f"watch_{Path(directory).name or 'files'}"
 
@@ -51,6 +54,7 @@ def directory_sensor(
         asset_selection=asset_selection,
         minimum_interval_seconds=minimum_interval_seconds,
         description=f"Runs for new or changed {pattern} files in {directory}.",
+        default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
     )
     def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         seen: dict[str, list[int]] = json.loads(context.cursor) if context.cursor else {}

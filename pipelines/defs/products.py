@@ -112,6 +112,12 @@ defs = dg.Definitions(
     assets=[products_export, catalogue, catalogue_smoke_test, category_export, catalogue_by_category, inbox],
     jobs=[catalogue_job, inbox_job],
     schedules=[dg.ScheduleDefinition(name="daily_catalogue", job=catalogue_job, cron_schedule="0 6 * * *")],
-    sensors=[directory_sensor(INBOX, job=inbox_job, pattern="*.csv", partitions_def=inbox_files, name="inbox_sensor")],
+    # Dropping a file in the inbox is the whole interface: the sensor runs from the start. The
+    # schedule stays off until turned on, so opening the UI never starts a nightly job by itself.
+    sensors=[
+        directory_sensor(
+            INBOX, job=inbox_job, pattern="*.csv", partitions_def=inbox_files, name="inbox_sensor", running=True
+        )
+    ],
     resources={resource_key: brinicle},
 )
