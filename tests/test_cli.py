@@ -25,6 +25,12 @@ ROWS = pl.DataFrame(
 )
 
 
+def cli(*argv: str) -> tuple[int, str, str]:
+    """The installed command in its own process, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "brinicle_etl.cli", *argv], cwd=REPO, capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -173,41 +179,37 @@ def test_a_closed_pipe_ends_quietly(store: str) -> None:
     assert (proc.wait(30), err) == (141, "")
 
 
-def test_a_no_op_ingest_says_unchanged_and_publishes_nothing(
-    capsys: pytest.CaptureFixture[str], csv: Path, store: str
-) -> None:
-    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
-    code, out, _ = run(capsys, "ingest", str(csv), "-c", "shop", "--store", store, "-q")
+def test_a_no_op_ingest_says_unchanged_and_publishes_nothing(csv: Path, store: str) -> None:
+    cli("ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = cli("ingest", str(csv), "-c", "shop", "--store", store, "-q")
     assert (code, out.splitlines()[0]) == (0, f"Unchanged shop/default from {csv} (generated vectors, model hash-8)")
     assert out.splitlines()[-1].endswith("; generation 1")
-    code, out, _ = run(capsys, "delete", "shop", "nope", "--store", store, "--json")
+    code, out, _ = cli("delete", "shop", "nope", "--store", store, "--json")
     assert json.loads(out) == {"deleted_count": 0, "not_found": ["nope"], "generation": 1}
 
 
 @pytest.mark.parametrize("separator", ["\t", ";", "|"])
-def test_the_delimiter_is_detected(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, store: str, separator: str
-) -> None:
+def test_the_delimiter_is_detected(tmp_path: Path, store: str, separator: str) -> None:
     path = tmp_path / "products.csv"
     ROWS.write_csv(path, separator=separator)
-    code, out, _ = run(capsys, "ingest", str(path), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = cli("ingest", str(path), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
     assert (code, out.splitlines()[1]) == (0, "inferred: primary key 'sku'; semantic fields ['title']")
-    code, out, _ = run(capsys, "status", "shop", "--store", store, "--json")
+    code, out, _ = cli("status", "shop", "--store", store, "--json")
     assert json.loads(out)["live_count"] == 3
 
 
-def test_an_explicit_separator_wins(capsys: pytest.CaptureFixture[str], tmp_path: Path, store: str) -> None:
+def test_an_explicit_separator_wins(tmp_path: Path, store: str) -> None:
     path = tmp_path / "odd.txt"
     path.write_text("sku:title\nA1:red, warm boots\n")
-    code, out, _ = run(
-        capsys, "ingest", str(path), "-c", "shop", "--separator", ":", "--model", "hash-8", "--store", store, "-q"
+    code, out, _ = cli(
+        "ingest", str(path), "-c", "shop", "--separator", ":", "--model", "hash-8", "--store", store, "-q"
     )
     assert (code, out.splitlines()[1]) == (0, "inferred: primary key 'sku'; semantic fields ['title']")
 
 
-def test_errors_name_flags_not_python_arguments(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
-    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
-    code, _, err = run(capsys, "ingest", str(csv), "-c", "shop", "--text-fields", "sku", "--store", store, "-q")
+def test_errors_name_flags_not_python_arguments(csv: Path, store: str) -> None:
+    cli("ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, _, err = cli("ingest", str(csv), "-c", "shop", "--text-fields", "sku", "--store", store, "-q")
     assert (code, err) == (
         1,
         "error: collection 'shop/default' has semantic_fields=('title',), not ('sku',); an existing collection "
@@ -215,17 +217,17 @@ def test_errors_name_flags_not_python_arguments(capsys: pytest.CaptureFixture[st
     )
     col = Store(store).open("shop")
     with col.transaction("upsert"):  # another writer, as far as the CLI can tell
-        code, _, err = run(capsys, "delete", "shop", "A1", "--store", store)
+        code, _, err = cli("delete", "shop", "A1", "--store", store)
     assert (code, err) == (
         1,
-        "error: collection 'shop/default' is locked by another writer; retry when it finishes, "
-        "or pass --wait to wait for it\n",
+        f"error: collection 'shop/default' is locked by another writer (pid {os.getpid()}); retry when it "
+        "finishes, or pass --wait to wait for it\n",
     )
 
 
-def test_status_reads_as_text(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
-    run(capsys, "ingest", str(csv), "-c", "shop/items", "--model", "hash-8", "--store", store, "-q")
-    code, out, _ = run(capsys, "status", "shop/items", "--store", store)
+def test_status_reads_as_text(csv: Path, store: str) -> None:
+    cli("ingest", str(csv), "-c", "shop/items", "--model", "hash-8", "--store", store, "-q")
+    code, out, _ = cli("status", "shop/items", "--store", store)
     assert code == 0
     lines = out.splitlines()
     assert lines[:6] == [
@@ -240,9 +242,9 @@ def test_status_reads_as_text(capsys: pytest.CaptureFixture[str], csv: Path, sto
     assert "None" not in out and "{" not in out
 
 
-def test_an_empty_text_query_is_refused(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
-    run(capsys, "ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
-    code, out, err = run(capsys, "search", "shop", "  ", "--store", store)
+def test_an_empty_text_query_is_refused(csv: Path, store: str) -> None:
+    cli("ingest", str(csv), "-c", "shop", "--model", "hash-8", "--store", store, "-q")
+    code, out, err = cli("search", "shop", "  ", "--store", store)
     assert (code, out, err) == (
         1,
         "",
