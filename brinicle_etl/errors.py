@@ -12,6 +12,7 @@ Dagster) can map each branch to their own form of failure::
     │   └── UnknownModelError  an embedding model named in a request or schema is not registered
     ├── AlreadyExistsError   creating something that exists
     ├── StateError           a call out of order (no session, session pending) (RuntimeError)
+    │   └── TaskStateError   a task cannot be restarted or cancelled in its current status
     ├── LockedError          another writer holds the collection               (RuntimeError)
     ├── CorruptCollectionError  files on disk are missing or unreadable
     ├── EngineError          what the brinicle-compatible VectorEngine raises  (RuntimeError)
@@ -45,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "QuotaExceededError",
     "StateError",
+    "TaskStateError",
     "UnknownModelError",
     "format_values",
 ]
@@ -96,6 +98,11 @@ class AlreadyExistsError(BrinicleError):
 
 class StateError(BrinicleError, RuntimeError):
     """A call was made in the wrong state (no pending session, a session already pending)."""
+
+
+class TaskStateError(StateError):
+    """An upsertion task's status does not allow the request (restart a running task, cancel a
+    finished one): a conflict with the task's state, which the HTTP server answers with 409."""
 
 
 class LockedError(BrinicleError, RuntimeError):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from brinicle_etl.errors import BrinicleError, ConfigError, ConflictError, NotFoundError, StateError
+from brinicle_etl.errors import BrinicleError, ConfigError, ConflictError, NotFoundError, TaskStateError
 from brinicle_etl.pipeline import ingest, model_registry
 from brinicle_etl.store import Store
 from brinicle_etl.store.files import atomic_write_bytes
@@ -186,7 +186,9 @@ class TaskStore:
     def restart(self, task_id: str) -> TaskRecord:
         record = self.get(task_id)
         if record.status not in ("failed", "cancelled", "partially_failed"):
-            raise StateError(f"task {task_id!r} is {record.status}; only failed or cancelled tasks can be restarted")
+            raise TaskStateError(
+                f"task {task_id!r} is {record.status}; only failed or cancelled tasks can be restarted"
+            )
         return self.update(
             task_id, status="pending", error=None, failed_items=[], cancel_requested=False, processed_count=0
         )
@@ -197,7 +199,7 @@ class TaskStore:
             return self.update(task_id, status="cancelled", cancel_requested=True)
         if record.status == "running":
             return self.update(task_id, cancel_requested=True)
-        raise StateError(f"task {task_id!r} is {record.status}; only pending or running tasks can be cancelled")
+        raise TaskStateError(f"task {task_id!r} is {record.status}; only pending or running tasks can be cancelled")
 
 
 class TaskWorker:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from brinicle_etl import Collection, Store
+from brinicle_etl.server.auth import ApiKeyGuard
 from brinicle_etl.server.fastpath import SearchFastPath
 from tests.conftest import clustered
 
@@ -106,15 +107,15 @@ def test_a_query_the_library_refuses_reaches_the_app(col: Collection) -> None:
     assert inner.calls == [("/search.bin", body)]
 
 
-def test_api_keys_and_other_paths(col: Collection) -> None:
+def test_api_keys_are_checked_before_the_fast_path_and_other_paths_pass(col: Collection) -> None:
     inner = Inner()
-    app = SearchFastPath(inner, lookup=lambda name: col, api_keys=("s3cret", "other"))
+    app = ApiKeyGuard(SearchFastPath(inner, lookup=lambda name: col), keys=("s3cret", "other"))
     body = np.ones(8, dtype="<f4").tobytes()
     assert call(app, "index_name=items", body, key=b"s3cret")[0] == 200
-    assert call(app, "index_name=items", body, key=b"wrong")[0] == 418  # the app's middleware answers 401
-    assert call(app, "index_name=items", body)[0] == 418
+    assert call(app, "index_name=items", body, key=b"wrong") == (401, b'{"detail":"missing or invalid API key"}')
+    assert call(app, "index_name=items", body)[0] == 401
     assert call(app, "index_name=items", body, path="/search/batch.bin", key=b"other")[0] == 418
-    assert [path for path, _ in inner.calls] == ["/search.bin", "/search.bin", "/search/batch.bin"]
+    assert [path for path, _ in inner.calls] == ["/search/batch.bin"]
 
 
 def test_a_body_of_unannounced_size_is_left_to_the_app(col: Collection) -> None:

@@ -7,8 +7,7 @@ into a status code at one boundary; responses and errors follow brinicle's wire 
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import BrinicleError
 from brinicle_etl.server import brinicle_api, ingest_api, search_api, tasks_api
+from brinicle_etl.server.auth import ApiKeyGuard
 from brinicle_etl.server.deps import API_DESCRIPTION, ServerSettings, ServerState, error_response
 from brinicle_etl.server.docs import add_offline_docs
 from brinicle_etl.server.fastpath import SearchFastPath
@@ -79,20 +79,6 @@ def create_app(
         # The client left during its upload: whatever it sent was dropped, and nobody reads this.
         return Response(status_code=400)
 
-    if settings.api_keys:
-        keys = [k.encode() for k in settings.api_keys]
-
-        @app.middleware("http")
-        async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            given = request.headers.get("x-api-key", "").encode()
-            # compare with every key, whatever matches, so timing tells nothing
-            ok = False
-            for key in keys:
-                ok |= hmac.compare_digest(given, key)
-            if not ok:
-                return JSONResponse(status_code=401, content={"detail": "missing or invalid API key"})
-            return await call_next(request)
-
     def lookup(index_name: str) -> Collection | None:
         try:
             return state.collection(index_name)
@@ -101,8 +87,10 @@ def create_app(
 
     streamed = frozenset({"/ingest/batch", "/build_ingest_data/"})
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, streamed=streamed)
-    # Outermost, so the fast path skips routing; it hands everything it cannot answer inward.
-    app.add_middleware(SearchFastPath, lookup=lookup, api_keys=settings.api_keys)
+    # Outside the routing, so the fast path skips it; it hands everything it cannot answer inward.
+    app.add_middleware(SearchFastPath, lookup=lookup)
+    if settings.api_keys:  # outermost: nothing runs for a request without a valid key
+        app.add_middleware(ApiKeyGuard, keys=settings.api_keys)
 
     for module in (brinicle_api, search_api, ingest_api, tasks_api):
         app.include_router(module.router)

@@ -37,6 +37,7 @@ from brinicle_etl.errors import (
     NotFoundError,
     QuotaExceededError,
     StateError,
+    TaskStateError,
     UnknownModelError,
 )
 from brinicle_etl.server.writers import WriterGate
@@ -229,6 +230,7 @@ _STATUS: list[tuple[type[BrinicleError], int]] = [
     (LockedError, 409),
     (InputError, 400),
     (ConfigError, 400),
+    (TaskStateError, 409),  # a task's status forbids it: a conflict with the resource's state
     (StateError, 400),
     (QuotaExceededError, 403),
     (BusyError, 503),

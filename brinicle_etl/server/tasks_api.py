@@ -14,7 +14,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from brinicle_etl.errors import StateError
 from brinicle_etl.server.deps import INDEX_NAME, canonical, json_response, responses, state_of
 from brinicle_etl.tasks import TASK_STATUSES
 from brinicle_etl.types import NAME_PATTERN, NAME_RULE
@@ -98,10 +97,7 @@ async def list_tasks(
 @router.put("/restart", summary="Re-queue a failed or cancelled task", responses=_ok(Task, 400, 404, 409, 507))
 async def restart_task(request: Request, task_id: TaskId) -> Response:
     state = state_of(request)
-    try:
-        record = await run_in_threadpool(state.tasks.restart, task_id)
-    except StateError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    record = await run_in_threadpool(state.tasks.restart, task_id)
     state.worker.notify()
     return json_response(record.public())
 
@@ -112,8 +108,5 @@ async def restart_task(request: Request, task_id: TaskId) -> Response:
     responses=_ok(Task, 400, 404, 409, 507),
 )
 async def cancel_task(request: Request, task_id: TaskId) -> Response:
-    try:
-        record = await run_in_threadpool(state_of(request).tasks.cancel, task_id)
-    except StateError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    record = await run_in_threadpool(state_of(request).tasks.cancel, task_id)
     return json_response(record.public())
