@@ -8,6 +8,7 @@ first used.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from brinicle_etl.compat.engine import VectorEngine
 from brinicle_etl.errors import (
     AlreadyExistsError,
     BrinicleError,
@@ -32,14 +33,13 @@ from brinicle_etl.store import (
     CollectionStatus,
     DeleteResult,
     Store,
-    VectorEngine,
     WriteResult,
 )
 from brinicle_etl.types import ConflictPolicy, Hit, HnswParams, Metric, VectorDType, VectorSource, WriteMode
 
 if TYPE_CHECKING:
     from brinicle_etl.pipeline import IngestResult, ingest
-    from brinicle_etl.schema import TemplateSchema
+    from brinicle_etl.pipeline.schema import TemplateSchema
 
 __version__ = "0.1.0"
 
@@ -48,7 +48,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ingest": "brinicle_etl.pipeline",
     "IngestResult": "brinicle_etl.pipeline",
-    "TemplateSchema": "brinicle_etl.schema",
+    "TemplateSchema": "brinicle_etl.pipeline.schema",
 }
 
 

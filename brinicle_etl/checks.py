@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from brinicle_etl.embed import ModelRegistry
-from brinicle_etl.schema import TemplateSchema
+from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Collection
 
 __all__ = ["CHECK_NAMES", "CheckOutcome", "check_collection"]

@@ -19,7 +19,7 @@ import polars as pl
 
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import ConfigError, InputError
-from brinicle_etl.schema import TemplateSchema
+from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Collection, Store
 
 __all__ = ["SearchHit", "allowed_row_ids", "embed_query", "filter_expression", "search", "search_batch"]

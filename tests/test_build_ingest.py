@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from brinicle_etl import ConfigError, ConflictError, InputError, QuotaExceededError, Store
-from brinicle_etl.build_ingest import build_ingest_data, parse_dtype_config, sanitize_identifier
+from brinicle_etl.compat.build_ingest import build_ingest_data, parse_dtype_config, sanitize_identifier
+from brinicle_etl.compat.usage import UsageLedger, owner_id
 from brinicle_etl.embed import ModelSpec
 from brinicle_etl.pipeline import model_registry
-from brinicle_etl.usage import UsageLedger, owner_id
 
 
 def csv(tmp_path: Path, name: str, rows: list[str], header: str = "id,title,price") -> Path:

@@ -19,7 +19,7 @@ def test_import_loads_no_heavy_dependency() -> None:
 
 def test_pipeline_names_resolve_on_first_use() -> None:
     from brinicle_etl.pipeline import IngestResult, ingest
-    from brinicle_etl.schema import TemplateSchema
+    from brinicle_etl.pipeline.schema import TemplateSchema
 
     assert (brinicle_etl.ingest, brinicle_etl.IngestResult, brinicle_etl.TemplateSchema) == (
         ingest,

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from brinicle_etl.errors import ConfigError, ConflictError, InputError
-from brinicle_etl.plan import Hasher, Planner
+from brinicle_etl.pipeline.plan import Hasher, Planner
 
 EXISTING = pa.table(
     {

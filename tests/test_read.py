@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from brinicle_etl.errors import InputError
-from brinicle_etl.read import open_source
+from brinicle_etl.pipeline.read import open_source
 
 
 def rows(source: object, **kwargs: object) -> pl.DataFrame:

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from brinicle_etl.errors import ConfigError, InputError
-from brinicle_etl.schema import TemplateSchema, cast_frame, infer_schema, render_text
+from brinicle_etl.pipeline.schema import TemplateSchema, cast_frame, infer_schema, render_text
 
 CATALOGUE = pl.DataFrame(
     {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brinicle_etl import ConfigError, ConflictError, NotFoundError, StateError, Store
-from brinicle_etl.tasks import PROGRESS_KEY, TaskStore, TaskWorker, default_index, item_text
+from brinicle_etl.compat.tasks import PROGRESS_KEY, TaskStore, TaskWorker, default_index, item_text
 
 MODEL = "hash-32"
 

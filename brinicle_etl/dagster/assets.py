@@ -18,7 +18,7 @@ from pydantic import Field
 from brinicle_etl.checks import check_collection
 from brinicle_etl.errors import BrinicleError, ConflictError
 from brinicle_etl.pipeline import IngestResult, ingest, model_registry
-from brinicle_etl.schema import TemplateSchema
+from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Store
 from brinicle_etl.types import ConflictPolicy, HnswParams, Metric, VectorDType, WriteMode
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.embed.base import Embedder
 from brinicle_etl.embed.hashing import HashEmbedder
 from brinicle_etl.embed.sentence import SentenceTransformerEmbedder
@@ -98,8 +99,6 @@ class ModelRegistry:
         models = self._registered()
         models[spec.id] = spec
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from brinicle_etl.store.files import atomic_write_bytes
-
         body = {"models": [asdict(m) for m in sorted(models.values(), key=lambda s: s.id)]}
         atomic_write_bytes(self.path, json.dumps(body, indent=2).encode())
         with self._lock:

@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from brinicle_etl.compat.tasks import TaskStore, TaskWorker
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import BrinicleError
 from brinicle_etl.server import brinicle_api, ingest_api, search_api, tasks_api
@@ -25,7 +26,6 @@ from brinicle_etl.server.fastpath import SearchFastPath
 from brinicle_etl.server.upload import BodyLimit
 from brinicle_etl.server.writers import WriterGate
 from brinicle_etl.store import Collection, Store
-from brinicle_etl.tasks import TaskStore, TaskWorker
 
 __all__ = ["ServerSettings", "ServerState", "app_from_env", "create_app"]
 

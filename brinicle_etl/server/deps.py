@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from pydantic.config import JsonDict
 
+from brinicle_etl.compat.tasks import TaskStore, TaskWorker
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import (
     AlreadyExistsError,
@@ -42,7 +43,6 @@ from brinicle_etl.errors import (
 )
 from brinicle_etl.server.writers import WriterGate
 from brinicle_etl.store import Collection, Store
-from brinicle_etl.tasks import TaskStore, TaskWorker
 
 __all__ = [
     "API_DESCRIPTION",

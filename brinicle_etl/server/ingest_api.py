@@ -11,11 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from brinicle_etl.build_ingest import build_ingest_data, collection_name
+from brinicle_etl.compat.build_ingest import build_ingest_data, collection_name
+from brinicle_etl.compat.usage import owner_id
 from brinicle_etl.server.deps import json_response, responses, state_of
 from brinicle_etl.server.upload import StreamingForm, chunks
 from brinicle_etl.types import NAME_PATTERN
-from brinicle_etl.usage import owner_id
 
 router = APIRouter(tags=["CSV upload"])
 

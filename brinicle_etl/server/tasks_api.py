@@ -14,8 +14,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from brinicle_etl.compat.tasks import TASK_STATUSES
 from brinicle_etl.server.deps import INDEX_NAME, canonical, json_response, responses, state_of
-from brinicle_etl.tasks import TASK_STATUSES
 from brinicle_etl.types import NAME_PATTERN, NAME_RULE
 
 router = APIRouter(prefix="/internal/upsertion-tasks", tags=["upsertion tasks"])

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from brinicle_etl._fs import disk_full_is_an_error
 from brinicle_etl.errors import InputError
-from brinicle_etl.store.files import disk_full_is_an_error
 
 __all__ = ["BodyLimit", "StreamingForm", "chunks", "too_large"]
 

@@ -1,7 +1,6 @@
 """The collection store: usearch segments, Parquet rows and an atomic manifest per collection."""
 
 from brinicle_etl.store.collection import Collection, CollectionStatus
-from brinicle_etl.store.engine import VectorEngine
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.store.store import DEFAULT_NAMESPACE, Store, default_store_path, parse_name
 from brinicle_etl.store.writer import DeleteResult, WriteResult
@@ -13,7 +12,6 @@ __all__ = [
     "CollectionStatus",
     "DeleteResult",
     "Store",
-    "VectorEngine",
     "WriteResult",
     "default_store_path",
     "parse_name",

@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from brinicle_etl._fs import disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
     BrinicleError,
@@ -31,7 +32,7 @@ from brinicle_etl.errors import (
     InputError,
     NotFoundError,
 )
-from brinicle_etl.store.files import disk_full_is_an_error, remove_unreferenced
+from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
 from brinicle_etl.store.rows import KEY, ROW_ID

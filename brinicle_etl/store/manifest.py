@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import CorruptCollectionError
-from brinicle_etl.store.files import atomic_write_bytes
 from brinicle_etl.types import DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
 
 __all__ = ["CollectionConfig", "Manifest", "RowsFile", "SegmentInfo", "read_manifest", "write_manifest"]

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from brinicle_etl._fs import fsync_file
 from brinicle_etl.errors import CorruptCollectionError
-from brinicle_etl.store.files import fsync_file
 
 __all__ = ["ROW_ID", "KEY", "IdMap", "read_rows", "read_tombstones", "write_rows", "write_table", "write_tombstones"]
 

@@ -26,8 +26,8 @@ try:
 except ImportError:  # pragma: no cover - older usearch: the public search is used
     _UNKNOWN_DTYPE = None
 
+from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import CorruptCollectionError
-from brinicle_etl.store.files import free_bytes, fsync_file
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.types import HnswParams
 

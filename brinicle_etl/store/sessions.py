@@ -18,8 +18,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from brinicle_etl._fs import disk_full_is_an_error, pwrite_all
 from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, StateError
-from brinicle_etl.store.files import disk_full_is_an_error, pwrite_all
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.validate import as_matrix, as_vector

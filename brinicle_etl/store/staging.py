@@ -30,8 +30,8 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
+from brinicle_etl._fs import fsync_dir, pwrite_all
 from brinicle_etl.errors import CorruptCollectionError, InputError
-from brinicle_etl.store.files import fsync_dir, pwrite_all
 from brinicle_etl.types import WriteMode
 
 __all__ = ["SessionHeader", "StagingLog", "encode_keys"]

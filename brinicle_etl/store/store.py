@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
-from brinicle_etl.store.files import atomic_write_bytes
 from brinicle_etl.store.manifest import MANIFEST
 from brinicle_etl.types import NAME_RULE, HnswParams, Metric, VectorDType, check_name, is_name, shown
 

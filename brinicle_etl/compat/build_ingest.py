@@ -20,13 +20,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from brinicle_etl.compat.usage import UsageLedger
 from brinicle_etl.embed import DEFAULT_MODEL
 from brinicle_etl.errors import BrinicleError, ConfigError, InputError
 from brinicle_etl.pipeline import IngestResult, ingest, model_registry
-from brinicle_etl.schema import TemplateSchema
+from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Store
 from brinicle_etl.types import RNG_SEED, ConflictPolicy, HnswParams, Metric, VectorDType, check_choice, check_name
-from brinicle_etl.usage import UsageLedger
 
 __all__ = ["MAX_DIM", "MIN_DIM", "build_ingest_data", "collection_name", "parse_dtype_config", "sanitize_identifier"]
 

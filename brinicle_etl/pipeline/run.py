@@ -23,9 +23,9 @@ import pyarrow as pa
 
 from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors, vector_digest
 from brinicle_etl.errors import ConfigError, InputError
-from brinicle_etl.plan import DuplicatePolicy, Hasher, Plan, Planner
-from brinicle_etl.read import DEFAULT_BATCH_ROWS, Batch, Source, SourceLike, open_source
-from brinicle_etl.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
+from brinicle_etl.pipeline.plan import DuplicatePolicy, Hasher, Plan, Planner
+from brinicle_etl.pipeline.read import DEFAULT_BATCH_ROWS, Batch, Source, SourceLike, open_source
+from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.types import (
     ConflictOn,

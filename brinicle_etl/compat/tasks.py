@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import polars as pl
 
+from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import BrinicleError, ConfigError, ConflictError, NotFoundError, TaskStateError
 from brinicle_etl.pipeline import ingest, model_registry
 from brinicle_etl.store import Store
-from brinicle_etl.store.files import atomic_write_bytes
 from brinicle_etl.types import check_name, is_name
 
 __all__ = ["TaskItem", "TaskRecord", "TaskStatus", "TaskStore", "TaskWorker", "default_index"]

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import QuotaExceededError
 from brinicle_etl.store import Store
-from brinicle_etl.store.files import atomic_write_bytes
 
 __all__ = ["UsageLedger", "owner_id"]
 

@@ -1,0 +1,109 @@
+"""Durable file writes for everything the package keeps on disk: fsync, atomic replace,
+writes that cannot be short, and a full disk turned into :class:`DiskFullError`."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from brinicle_etl.errors import DiskFullError
+
+__all__ = [
+    "atomic_write_bytes",
+    "disk_full_is_an_error",
+    "free_bytes",
+    "fsync_dir",
+    "fsync_file",
+    "is_no_space",
+    "no_space_error",
+    "pwrite_all",
+]
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system is full (or the quota used up).
+
+    pyarrow raises OSError without an errno and says so in its text only."""
+    if not isinstance(exc, OSError) or isinstance(exc, DiskFullError):
+        return False
+    return exc.errno in _NO_SPACE or "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def no_space_error(path: Path) -> DiskFullError:
+    return DiskFullError(
+        f"no space left on the disk holding {path}: nothing was written there; free some space and retry",
+        path=str(path),
+    )
+
+
+@contextmanager
+def disk_full_is_an_error(path: Path, cleanup: Callable[[], object] | None = None) -> Iterator[None]:
+    """Turn "no space left" inside the block into :class:`DiskFullError` naming ``path``,
+    after ``cleanup()`` removed what the block had half-written."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        if cleanup is not None:
+            with suppress(OSError):
+                cleanup()
+        raise no_space_error(path) from exc
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers see the old or the new content, never a mix.
+
+    A failed write (a full disk) leaves ``path`` as it was and no temporary file behind."""
+    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    with disk_full_is_an_error(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
