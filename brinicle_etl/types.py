@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -25,8 +26,12 @@ __all__ = [
     "RNG_SEED",
     "shown",
     "is_name",
+    "BuildProgress",
     "ConflictOn",
     "ConflictPolicy",
+    "DuplicatePolicy",
+    "NO_KEY",
+    "Wait",
     "HnswParams",
     "Hit",
     "IntRange",
@@ -50,6 +55,19 @@ WriteMode = Literal["build", "insert", "upsert"]
 
 ConflictPolicy = Literal["error", "update", "skip"]
 """What an ingest does with a row whose key already exists."""
+
+DuplicatePolicy = Literal["error", "keep_last"]
+"""What an ingest does with a key repeated within its own source."""
+
+Wait = bool | float
+"""For the writer lock: False fails at once if another writer holds it, True waits as long as
+needed, a number waits at most that many seconds."""
+
+BuildProgress = Callable[[int, int], None]
+"""``progress(done, total)`` while an index is built."""
+
+NO_KEY = np.uint64(2**64 - 1)
+"""usearch's own tombstone key (what -1 becomes): never a row id, and "no hit" in results."""
 
 ConflictOn = Literal["change", "key"]
 """What makes a row a conflict: ``change`` (the default) a stored row with the same key and

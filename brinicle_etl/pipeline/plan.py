@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -20,11 +20,10 @@ import polars as pl
 import pyarrow as pa
 
 from brinicle_etl.errors import ConfigError, ConflictError, InputError, format_values
-from brinicle_etl.types import ConflictOn, ConflictPolicy, WriteMode
+from brinicle_etl.types import ConflictOn, ConflictPolicy, DuplicatePolicy, WriteMode
 
 __all__ = ["DuplicatePolicy", "Hasher", "Plan", "Planner", "RowKind", "typed_key"]
 
-DuplicatePolicy = Literal["error", "keep_last"]
 
 # Per-row outcome codes in Plan.kind.
 NEW, UNCHANGED, CHANGED_SAME_TEXT, CHANGED, DROPPED = 0, 1, 2, 3, 4

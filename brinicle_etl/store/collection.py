@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, Unpack
 
 import numpy as np
 import pyarrow as pa
@@ -34,14 +34,21 @@ from brinicle_etl.errors import (
 )
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
-from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, Manifest, read_manifest, write_manifest
+from brinicle_etl.store.manifest import (
+    MANIFEST,
+    CollectionConfig,
+    ConfigSettings,
+    Manifest,
+    read_manifest,
+    write_manifest,
+)
 from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.sessions import SESSION_LOG, SessionsMixin
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.staging import StagingLog
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
-from brinicle_etl.types import Hit, HnswParams, K, Metric, VectorDType, WriteMode, check_choice
+from brinicle_etl.types import BuildProgress, Hit, HnswParams, K, Metric, VectorDType, Wait, WriteMode, check_choice
 
 __all__ = ["Collection", "CollectionStatus"]
 
@@ -68,10 +75,6 @@ def _retry_on_vanished(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
 
     return wrapper
-
-
-Progress = Callable[[int, int], None]
-Wait = bool | float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,22 +122,17 @@ class Collection(SessionsMixin):
     def create(
         cls,
         directory: str | os.PathLike[str],
+        config: CollectionConfig | None = None,
         *,
-        dim: int,
-        metric: Metric = "cosine",
-        dtype: VectorDType = "bf16",
-        params: HnswParams | None = None,
-        delta_ratio: float = 0.10,
         meta: dict[str, Any] | None = None,
         name: str | None = None,
         exist_ok: bool = False,
+        **settings: Unpack[ConfigSettings],
     ) -> Collection:
-        """Create an empty collection. With ``exist_ok``, open it instead if it exists with the same dim."""
-        config = CollectionConfig(
-            dim=dim, metric=metric, dtype=dtype, params=params or HnswParams(), delta_ratio=delta_ratio
-        )
-        if config.dtype == "i8" and config.metric == "l2sq":
-            raise ConfigError("dtype 'i8' stores values in [-1, 1] and suits metric 'cosine' or 'ip', not 'l2sq'")
+        """Create an empty collection with ``config``, or with its settings as keywords
+        (``dim=384, metric="cosine"``...). With ``exist_ok``, open it instead if it exists
+        with the same dim."""
+        config = CollectionConfig.of(config, settings)
         path = Path(directory)
         label = name or path.name
         with disk_full_is_an_error(path):
@@ -146,8 +144,8 @@ class Collection(SessionsMixin):
                 else:
                     write_manifest(path, Manifest(config=config, meta=meta or {}))
         collection = cls(path, name=label)
-        if collection.config.dim != dim:
-            raise ConfigError(f"collection {label!r} exists with dim {collection.config.dim}, not {dim}")
+        if collection.config.dim != config.dim:
+            raise ConfigError(f"collection {label!r} exists with dim {collection.config.dim}, not {config.dim}")
         return collection
 
     # ---- reading -------------------------------------------------------------------
@@ -472,7 +470,7 @@ class Collection(SessionsMixin):
         params: HnswParams | None = None,
         meta: dict[str, Any] | None = None,
         wait: Wait = False,
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
     ) -> WriteResult:
         """Write rows in one atomic step: ``build`` replaces all, ``insert`` adds new keys, ``upsert`` both.
 
@@ -503,7 +501,7 @@ class Collection(SessionsMixin):
         *,
         params: HnswParams | None = None,
         wait: Wait = False,
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
         op: str = "write",
     ) -> Iterator[Transaction]:
         """Hold the writer lock and stream a write through a :class:`Transaction`.
@@ -531,7 +529,11 @@ class Collection(SessionsMixin):
         return DeleteResult(deleted_count=result.deleted, not_found=not_found, generation=result.generation)
 
     def rebuild(
-        self, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = False, progress: Progress | None = None
+        self,
+        params: HnswParams | dict[str, Any] | None = None,
+        *,
+        wait: Wait = False,
+        progress: BuildProgress | None = None,
     ) -> int:
         """Compact every live vector into a fresh main segment; returns the new generation.
 
@@ -548,7 +550,9 @@ class Collection(SessionsMixin):
             self._compact(snap, None, None)
             return True
 
-    def _compact(self, snap: Snapshot, params: HnswParams | dict[str, Any] | None, progress: Progress | None) -> int:
+    def _compact(
+        self, snap: Snapshot, params: HnswParams | dict[str, Any] | None, progress: BuildProgress | None
+    ) -> int:
         current = snap.manifest.config.params
         merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
         manifest = compact(snap, merged, progress)

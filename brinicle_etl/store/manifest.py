@@ -11,16 +11,34 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from brinicle_etl._fs import atomic_write_bytes
-from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.types import DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
 
-__all__ = ["CollectionConfig", "Manifest", "RowsFile", "SegmentInfo", "read_manifest", "write_manifest"]
+__all__ = [
+    "CollectionConfig",
+    "ConfigSettings",
+    "Manifest",
+    "RowsFile",
+    "SegmentInfo",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+
+
+class ConfigSettings(TypedDict, total=False):
+    """A :class:`CollectionConfig` as keyword arguments (``Store.create(name, dim=384, ...)``)."""
+
+    dim: int
+    metric: Metric
+    dtype: VectorDType
+    params: HnswParams | None
+    delta_ratio: float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,6 +56,19 @@ class CollectionConfig:
         check_choice("metric", self.metric, Metric)
         check_choice("dtype", self.dtype, VectorDType)
         check_delta_ratio(self.delta_ratio)
+        if self.dtype == "i8" and self.metric == "l2sq":
+            raise ConfigError("dtype 'i8' stores values in [-1, 1] and suits metric 'cosine' or 'ip', not 'l2sq'")
+
+    @classmethod
+    def of(cls, config: CollectionConfig | None, settings: ConfigSettings) -> CollectionConfig:
+        """``config`` as given, or one built from keyword ``settings`` (left out: the defaults)."""
+        if config is not None:
+            if settings:
+                raise ConfigError(f"give a config or its settings, not both: {sorted(settings)}")
+            return config
+        if "dim" not in settings:
+            raise ConfigError("dim is needed to create a collection")
+        return cls(**{k: v for k, v in settings.items() if v is not None})  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {

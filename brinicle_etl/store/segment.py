@@ -12,7 +12,6 @@ import errno
 import os
 import queue
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,12 @@ except ImportError:  # pragma: no cover - older usearch: the public search is us
 from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig
-from brinicle_etl.types import HnswParams
+from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
 
 __all__ = ["Segment", "SegmentBuilder", "build_segment"]
 
 _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
-_NO_KEY = np.uint64(2**64 - 1)
-
-Progress = Callable[[int, int], None]
 
 
 def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
@@ -52,7 +48,7 @@ def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
     )
 
 
-def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, progress: Progress | None) -> None:
+def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, progress: BuildProgress | None) -> None:
     """Add in chunks, in an order drawn from ``rng_seed`` (which fixes every node's level)."""
     total = len(keys)
     order = np.random.default_rng(params.rng_seed).permutation(total)
@@ -92,7 +88,7 @@ def _search_many(
     found = index.search(queries, count, exact=exact, threads=threads)
     if len(queries) == 1:  # the wrapper hands back one query's matches unpadded
         n = len(found.keys)
-        keys = np.full((1, count), _NO_KEY, dtype=np.uint64)
+        keys = np.full((1, count), NO_KEY, dtype=np.uint64)
         dists = np.full((1, count), np.inf, dtype=np.float32)
         keys[0, :n] = found.keys
         dists[0, :n] = found.distances
@@ -111,7 +107,7 @@ class SegmentBuilder:
             self.index = _restore(source, view=False)
             self.index.expansion_add = params.ef_construction
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray, progress: Progress | None = None) -> None:
+    def add(self, keys: np.ndarray, vectors: np.ndarray, progress: BuildProgress | None = None) -> None:
         _add(self.index, keys, vectors, self.params, progress)
 
     def __len__(self) -> int:
@@ -129,7 +125,7 @@ def build_segment(
     vectors: np.ndarray,
     config: CollectionConfig,
     params: HnswParams,
-    progress: Progress | None = None,
+    progress: BuildProgress | None = None,
 ) -> int:
     """Write a fresh HNSW index of ``vectors`` under ``keys`` to ``path``; returns its size."""
     builder = SegmentBuilder(config, params)

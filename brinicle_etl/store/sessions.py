@@ -24,12 +24,11 @@ from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.validate import as_matrix, as_vector
 from brinicle_etl.store.writer import Transaction, WriteResult
-from brinicle_etl.types import HnswParams, WriteMode
+from brinicle_etl.types import HnswParams, Wait, WriteMode
 
 __all__ = ["SESSION_LOG", "BinaryIngest", "SessionsMixin"]
 
 SESSION_LOG = "session.log"
-Wait = bool | float
 
 
 class SessionsMixin:

@@ -18,10 +18,10 @@ import pyarrow as pa
 from brinicle_etl.store.manifest import Manifest, SegmentInfo
 from brinicle_etl.store.rows import KEY, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
 from brinicle_etl.store.segment import Segment
+from brinicle_etl.types import NO_KEY
 
 __all__ = ["RowCache", "Snapshot"]
 
-_NO_KEY = np.uint64(2**64 - 1)
 # A filtered search brute-forces the allowed rows when there are at most this many, or
 # when they are under this share of the live rows (the graph would need too many candidates).
 EXACT_ALLOWED = 4096
@@ -165,7 +165,7 @@ class Snapshot:
             self._search_segment(seg, info, queries, k, ef, threads, allowed, exact) for seg, info in self._segments
         ]
         if not parts:
-            return (np.full((nq, 0), _NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
+            return (np.full((nq, 0), NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
         if len(parts) == 1:
             keys, dists = parts[0]
         else:
@@ -189,7 +189,7 @@ class Snapshot:
                 ids_parts.append(here)
                 vec_parts.append(seg.get(here))
         if not ids_parts:
-            return (np.full((nq, 0), _NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
+            return (np.full((nq, 0), NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
         ids = np.concatenate(ids_parts)
         dists = exact_distances(queries, np.concatenate(vec_parts), self.manifest.config.metric)
         width = min(k, len(ids))
@@ -216,7 +216,7 @@ class Snapshot:
         nq = len(queries)
         live = info.live if allowed is None else int(seg.contains(allowed).sum())
         want = width = min(k, live)
-        out_keys = np.full((nq, width), _NO_KEY, dtype=np.uint64)
+        out_keys = np.full((nq, width), NO_KEY, dtype=np.uint64)
         out_dists = np.full((nq, width), np.inf, dtype=np.float32)
         if want == 0:
             return out_keys, out_dists
@@ -246,7 +246,7 @@ class Snapshot:
                 picked_keys = np.take_along_axis(keys[done], order, axis=1)
                 picked_dists = np.take_along_axis(dists[done].astype(np.float32), order, axis=1)
                 ok = np.take_along_axis(v, order, axis=1)
-                out_keys[rows] = np.where(ok, picked_keys, _NO_KEY)
+                out_keys[rows] = np.where(ok, picked_keys, NO_KEY)
                 out_dists[rows] = np.where(ok, picked_dists, np.inf)
             pending = pending[~done]
             count = min(info.count, count * 4)

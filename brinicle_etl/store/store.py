@@ -6,13 +6,16 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
-from brinicle_etl.store.manifest import MANIFEST
-from brinicle_etl.types import NAME_RULE, HnswParams, Metric, VectorDType, check_name, is_name, shown
+from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, ConfigSettings
+from brinicle_etl.types import NAME_RULE, check_name, is_name, shown
+
+if TYPE_CHECKING:
+    from brinicle_etl.embed.models import ModelRegistry
 
 __all__ = ["DEFAULT_NAMESPACE", "Store", "default_store_path", "parse_name"]
 
@@ -47,6 +50,7 @@ class Store:
         self.root = Path(root) if root is not None else default_store_path()
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
+        self._models: ModelRegistry | None = None
 
     def __repr__(self) -> str:
         return f"<Store {str(self.root)!r}>"
@@ -94,29 +98,32 @@ class Store:
     def create(
         self,
         name: str,
+        config: CollectionConfig | None = None,
         *,
-        dim: int,
-        metric: Metric = "cosine",
-        dtype: VectorDType = "bf16",
-        params: HnswParams | None = None,
-        delta_ratio: float = 0.10,
         meta: dict[str, Any] | None = None,
         exist_ok: bool = False,
+        **settings: Unpack[ConfigSettings],
     ) -> Collection:
+        """Create collection ``name`` with ``config`` or its settings as keywords
+        (``store.create("vectors/demo", dim=384, metric="cosine", dtype="bf16")``)."""
         key = self.canonical(name)
         collection = Collection.create(
-            self.path_for(name),
-            dim=dim,
-            metric=metric,
-            dtype=dtype,
-            params=params,
-            delta_ratio=delta_ratio,
-            meta=meta,
-            name=key,
-            exist_ok=exist_ok,
+            self.path_for(name), CollectionConfig.of(config, settings), meta=meta, name=key, exist_ok=exist_ok
         )
         with self._lock:
             return self._open.setdefault(key, collection)
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The embedding models this store knows: the built-in ones and ``.brinicle/models.json``.
+
+        One registry per store object, so a loaded model is reused by every ingest and search."""
+        if self._models is None:
+            # embed loads polars for its vector parsing: only a store that embeds pays for it
+            from brinicle_etl.embed.models import ModelRegistry
+
+            self._models = ModelRegistry(self.config_dir / "models.json")
+        return self._models
 
     # ---- schema templates, saved by name -----------------------------------------
 

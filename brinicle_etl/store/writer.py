@@ -24,11 +24,10 @@ from brinicle_etl.store.manifest import Manifest, RowsFile, SegmentInfo
 from brinicle_etl.store.rows import ROW_ID, is_in_sorted, read_rows, write_rows, write_table, write_tombstones
 from brinicle_etl.store.segment import SegmentBuilder, build_segment
 from brinicle_etl.store.snapshot import Snapshot
-from brinicle_etl.types import HnswParams, WriteMode
+from brinicle_etl.types import BuildProgress, HnswParams, WriteMode
 
 __all__ = ["DeleteResult", "Transaction", "WriteResult", "compact"]
 
-Progress = Callable[[int, int], None]
 Publish = Callable[[Manifest], None]
 
 
@@ -80,7 +79,7 @@ class Transaction:
         publish: Publish,
         params: HnswParams | None = None,
         op: str = "write",
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
     ):
         self.snapshot = snap
         self.mode = mode
@@ -296,7 +295,7 @@ class Transaction:
         )
 
 
-def compact(snap: Snapshot, params: HnswParams, progress: Progress | None = None) -> Manifest:
+def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None = None) -> Manifest:
     """The next generation with every live vector in one fresh main and the rows in one file."""
     old = snap.manifest
     generation = old.generation + 1

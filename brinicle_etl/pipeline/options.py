@@ -1,0 +1,169 @@
+"""The ingest contract, written once: what an ingest is asked to do (:class:`IngestOptions`) and
+what it did (:class:`IngestResult`).
+
+Every entry point (``ingest()``, the CLI, the Dagster asset and component, the CSV endpoint,
+upsertion tasks) builds one :class:`IngestOptions` and hands it to :func:`run_ingest`; the
+policies are checked here, once, with errors that list the valid values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from brinicle_etl.pipeline.plan import DuplicatePolicy
+from brinicle_etl.pipeline.read import DEFAULT_BATCH_ROWS, Format
+from brinicle_etl.pipeline.schema import TemplateSchema
+from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.types import (
+    ConflictOn,
+    ConflictPolicy,
+    HnswParams,
+    Metric,
+    VectorDType,
+    VectorSource,
+    Wait,
+    WriteMode,
+    check_choice,
+    check_name,
+)
+
+__all__ = ["IngestOptions", "IngestResult", "NewCollection", "Progress", "SchemaSpec"]
+
+Progress = Callable[[str, int, int | None], None]
+"""``progress(stage, done, total)`` with stage ``"read"``, ``"embed"`` or ``"write"``; total may be unknown."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SchemaSpec:
+    """What the caller says about the table; whatever it leaves out is inferred.
+
+    ``schema`` is a whole template schema (object, JSON or dict), ``template_name`` one saved
+    in the store (saved after the ingest if new); the single fields override either."""
+
+    schema: TemplateSchema | str | dict[str, Any] | None = None
+    template_name: str | None = None
+    primary_key: str | None = None
+    semantic_fields: tuple[str, ...] | None = None
+    template: str | None = None
+    vector_col: str | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.template_name is not None:
+            check_name(self.template_name, "template_name")  # saved after the write: refused before
+        if self.semantic_fields is not None and not isinstance(self.semantic_fields, tuple):
+            object.__setattr__(self, "semantic_fields", tuple(self.semantic_fields))
+
+    def overrides(self) -> dict[str, Any]:
+        """The single fields the caller gave, by name."""
+        given = {
+            "primary_key": self.primary_key,
+            "semantic_fields": self.semantic_fields,
+            "template": self.template,
+            "vector_col": self.vector_col,
+            "model": self.model,
+        }
+        return {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewCollection:
+    """How a collection the ingest creates is shaped (an existing one keeps its own).
+
+    ``dim`` is checked against the vectors; left out, the vectors tell it."""
+
+    dim: int | None = None
+    metric: Metric = "cosine"
+    dtype: VectorDType = "bf16"
+    params: HnswParams | None = None
+    delta_ratio: float = 0.10
+
+    def config(self, dim: int) -> CollectionConfig:
+        return CollectionConfig(
+            dim=dim,
+            metric=self.metric,
+            dtype=self.dtype,
+            params=self.params or HnswParams(),
+            delta_ratio=self.delta_ratio,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IngestOptions:
+    """Everything an ingest is asked to do, checked once (see :func:`brinicle_etl.ingest`)."""
+
+    mode: WriteMode = "upsert"
+    on_conflict: ConflictPolicy = "error"
+    on_duplicate: DuplicatePolicy = "error"
+    conflict_on: ConflictOn = "change"
+    sync: bool = False
+    schema: SchemaSpec = field(default_factory=SchemaSpec)
+    new: NewCollection = field(default_factory=NewCollection)
+    format: Format | None = None
+    separator: str | None = None
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    wait: Wait = False
+    meta: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, WriteMode)
+        check_choice("on_conflict", self.on_conflict, ConflictPolicy)
+        check_choice("on_duplicate", self.on_duplicate, DuplicatePolicy)
+        check_choice("conflict_on", self.conflict_on, ConflictOn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestResult:
+    """What an ingest did. The first fields follow the CSV ingest endpoint's response."""
+
+    mode: Literal["Create", "Append"]
+    rows_added: int
+    rows_inserted: int
+    rows_updated: int
+    rows_skipped: int
+    rows_unchanged: int
+    rows_deleted: int
+    rows_embedded: int
+    conflicts: list[Any]
+    on_conflict: ConflictPolicy
+    vector_source: VectorSource
+    namespace: str
+    collection: str
+    write_mode: WriteMode
+    rows_read: int
+    duplicates_dropped: int
+    generation: int
+    schema: TemplateSchema
+    inferred: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    status: str = "success"
+    published: bool = True
+    """False when the source changed nothing: no new generation was published."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "mode": self.mode,
+            "rows_added": self.rows_added,
+            "rows_inserted": self.rows_inserted,
+            "rows_updated": self.rows_updated,
+            "rows_skipped": self.rows_skipped,
+            "rows_unchanged": self.rows_unchanged,
+            "rows_deleted": self.rows_deleted,
+            "rows_embedded": self.rows_embedded,
+            "conflicts": self.conflicts,
+            "on_conflict": self.on_conflict,
+            "vector_source": self.vector_source,
+            "namespace": self.namespace,
+            "collection": self.collection,
+            "write_mode": self.write_mode,
+            "rows_read": self.rows_read,
+            "duplicates_dropped": self.duplicates_dropped,
+            "generation": self.generation,
+            "published": self.published,
+            "schema": self.schema.to_dict(),
+            "inferred": self.inferred,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
