@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
-from brinicle_etl.errors import BrinicleError, ConfigError
+from brinicle_etl.errors import BrinicleError, ConfigError, InputError
 from brinicle_etl.store import Store, default_store_path
+from brinicle_etl.types import ConflictPolicy, DuplicatePolicy, HnswParams, Metric, VectorDType, WriteMode
 
 __all__ = ["main"]
 
@@ -95,8 +96,8 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from brinicle_etl.pipeline import ingest
-    from brinicle_etl.types import HnswParams
+    from brinicle_etl.pipeline.options import IngestOptions
+    from brinicle_etl.pipeline.run import run_ingest
 
     schema: str | None = args.schema
     if schema is not None and schema.startswith("@"):
@@ -106,31 +107,27 @@ def cmd_ingest(args: argparse.Namespace) -> None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(f"--schema {args.schema}: cannot read {schema[1:]!r}: {reason}") from exc
     progress = Progress(sys.stderr, enabled=not args.quiet)
-    params = HnswParams(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef_search)
+    options = IngestOptions.of(
+        mode=args.mode,
+        on_conflict=args.on_conflict,
+        on_duplicate=args.on_duplicate,
+        sync=args.sync,
+        schema=schema,
+        template_name=args.template_name,
+        primary_key=args.pk,
+        semantic_fields=_split(args.text_fields),
+        template=args.template,
+        vector_col=args.vector_col,
+        model=args.model,
+        dim=args.dim,
+        separator=args.separator,
+        metric=args.metric,
+        dtype=args.dtype,
+        params=HnswParams(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef_search),
+        wait=args.wait,
+    )
     try:
-        result = ingest(
-            args.path,
-            args.collection,
-            store=_store(args),
-            mode=args.mode,
-            on_conflict=args.on_conflict,
-            on_duplicate=args.on_duplicate,
-            sync=args.sync,
-            schema=schema,
-            template_name=args.template_name,
-            primary_key=args.pk,
-            semantic_fields=_split(args.text_fields),
-            template=args.template,
-            vector_col=args.vector_col,
-            model=args.model,
-            dim=args.dim,
-            separator=args.separator,
-            metric=args.metric,
-            dtype=args.dtype,
-            params=params,
-            progress=progress,
-            wait=args.wait,
-        )
+        result = run_ingest(args.path, args.collection, store=_store(args), options=options, progress=progress)
     finally:
         progress.close()
 
@@ -163,9 +160,9 @@ def _parse_query(text: str) -> Any:
         try:
             value = json.loads(stripped)
         except json.JSONDecodeError as exc:
-            raise BrinicleError(f"the query looks like a JSON vector but is not valid JSON: {exc}") from exc
+            raise InputError(f"the query looks like a JSON vector but is not valid JSON: {exc}") from exc
         if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
-            raise BrinicleError("a vector query must be a JSON array of numbers")
+            raise InputError("a vector query must be a JSON array of numbers")
         return value
     return text
 
@@ -346,29 +343,25 @@ def _repl(con: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from brinicle_etl.server import serve
+    from brinicle_etl.server import ServerSettings, serve
 
-    keys = tuple(args.api_key or ())
     quotas = {}
     for entry in args.quota or ():
         key, _, megabytes = entry.rpartition("=")
         if not key:
-            raise BrinicleError(f"--quota takes KEY=MB; got {entry!r}")
-        quotas[key] = float(megabytes)
-    print(f"serving {_store(args).root} on http://{args.host}:{args.port} (OpenAPI page: /docs)", file=sys.stderr)
-    serve(
-        str(_store(args).root),
-        host=args.host,
-        port=args.port,
-        api_keys=keys,
-        quotas=quotas,
-        max_upload_mb=args.max_upload_mb,
-        workers=args.workers,
-        access_log=args.access_log,
+            raise ConfigError(f"--quota takes KEY=MB; got {entry!r}")
+        quotas[key] = int(float(megabytes) * 2**20)
+    settings = ServerSettings.from_env(
+        store=_store(args).root,
+        api_keys=tuple(args.api_key or ()),
+        quotas=quotas or None,
+        max_upload_bytes=int(args.max_upload_mb * 2**20) if args.max_upload_mb is not None else None,
         writer_timeout=args.writer_timeout,
         max_waiting_writers=args.max_waiting_writers,
         upload_idle_seconds=args.upload_idle_seconds,
     )
+    print(f"serving {settings.store} on http://{args.host}:{args.port} (OpenAPI page: /docs)", file=sys.stderr)
+    serve(settings, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log)
 
 
 # ---- parser --------------------------------------------------------------------------
@@ -395,9 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common, writer], help="ingest a CSV/Parquet file, glob or directory")
     p.add_argument("path", help="a file, a glob such as 'data/*.csv', or a directory")
     p.add_argument("--collection", "-c", required=True, help="collection as db/namespace (or db)")
-    p.add_argument("--mode", choices=["build", "insert", "upsert"], default="upsert")
-    p.add_argument("--on-conflict", choices=["error", "update", "skip"], default="error")
-    p.add_argument("--on-duplicate", choices=["error", "keep_last"], default="error")
+    p.add_argument("--mode", choices=get_args(WriteMode), default="upsert")
+    p.add_argument("--on-conflict", choices=get_args(ConflictPolicy), default="error")
+    p.add_argument("--on-duplicate", choices=get_args(DuplicatePolicy), default="error")
     p.add_argument("--sync", action="store_true", help="delete rows whose keys are no longer in the source")
     p.add_argument("--pk", help="primary key column (inferred if omitted)")
     p.add_argument("--text-fields", help="comma-separated columns to embed (inferred if omitted)")
@@ -410,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--separator", metavar="CHAR", help="CSV delimiter (default: tab for .tsv, else the header's , TAB ; or |)"
     )
-    p.add_argument("--metric", choices=["cosine", "ip", "l2sq"], default="cosine")
-    p.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], default="bf16")
+    p.add_argument("--metric", choices=get_args(Metric), default="cosine")
+    p.add_argument("--dtype", choices=get_args(VectorDType), default="bf16")
     p.add_argument("--M", type=int, default=16, help="HNSW connectivity")
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef-search", type=int, default=64)

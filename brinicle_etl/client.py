@@ -15,10 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
+from brinicle_etl.compat.form import UploadFields
 from brinicle_etl.errors import (
     BrinicleError,
     BusyError,
@@ -276,35 +277,15 @@ class BrinicleClient:
 
     # ---- CSV ingest and upsertion tasks ----
 
-    def build_ingest_data(
-        self,
-        file: str | Any,
-        *,
-        dim: int,
-        seed: int = 0,
-        depth: int = 2,
-        db_name: str | None = None,
-        namespace: str | None = None,
-        vector_col: str | None = None,
-        dtype_config: str | None = None,
-        template_name: str | None = None,
-        template_schema: str | Mapping[str, Any] | None = None,
-        on_conflict: str | None = None,
-    ) -> dict[str, Any]:
-        """``POST /build_ingest_data/``: upload a CSV file (a path or an open binary file)."""
-        fields: dict[str, Any] = {"dim": dim, "seed": seed, "depth": depth}
-        optional = {
-            "db_name": db_name,
-            "namespace": namespace,
-            "vector_col": vector_col,
-            "dtype_config": dtype_config,
-            "template_name": template_name,
-            "template_schema": template_schema
-            if isinstance(template_schema, str | None)
-            else json.dumps(dict(template_schema)),
-            "on_conflict": on_conflict,
-        }
-        fields.update({k: v for k, v in optional.items() if v is not None})
+    def build_ingest_data(self, file: str | Any, **form: Unpack[UploadFields]) -> dict[str, Any]:
+        """``POST /build_ingest_data/``: upload a CSV file (a path or an open binary file) with
+        the endpoint's form fields (``dim`` required; ``seed`` 0 and ``depth`` 2 unless given)."""
+        fields: dict[str, Any] = {"seed": 0, "depth": 2}
+        for name, value in form.items():
+            if isinstance(value, Mapping):
+                fields[name] = json.dumps(dict(value))
+            elif value is not None:
+                fields[name] = value
         if isinstance(file, str | Path):
             with open(file, "rb") as fh:
                 files = {"file": (Path(file).name, fh, "text/csv")}

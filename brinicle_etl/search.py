@@ -178,7 +178,7 @@ def search_batch(
     """
     col, st = _resolve(collection, store)
     if registry is None and st is not None:
-        registry = ModelRegistry(st.config_dir / "models.json")
+        registry = st.models
     vectors = _as_queries(col, queries, registry)
     allowed = allowed_row_ids(col, filter) if filter is not None else None
     table = col.search_table(vectors, k, ef=ef, columns=None, allow_row_ids=allowed)

@@ -251,7 +251,7 @@ def register(
 ) -> duckdb.DuckDBPyConnection:
     """Make ``con`` able to search the collections of ``store`` (see the module docstring)."""
     st = store if isinstance(store, Store) else Store(store)
-    fns = _Functions(st, registry or ModelRegistry(st.config_dir / "models.json"), con.cursor())
+    fns = _Functions(st, registry or st.models, con.cursor())
     varchar = duckdb.sqltype("VARCHAR")
     floats = duckdb.list_type(duckdb.sqltype("FLOAT"))
     hits = duckdb.list_type(_hit_type())

@@ -18,15 +18,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
+from brinicle_etl.compat.form import UploadFields
 from brinicle_etl.compat.usage import UsageLedger
 from brinicle_etl.embed import DEFAULT_MODEL
 from brinicle_etl.errors import BrinicleError, ConfigError, InputError
-from brinicle_etl.pipeline import IngestResult, ingest, model_registry
+from brinicle_etl.pipeline.options import IngestOptions, IngestResult
+from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Store
-from brinicle_etl.types import RNG_SEED, ConflictPolicy, HnswParams, Metric, VectorDType, check_choice, check_name
+from brinicle_etl.types import RNG_SEED, ConflictPolicy, HnswParams, Metric, VectorDType, Wait, check_choice, check_name
 
 __all__ = ["MAX_DIM", "MIN_DIM", "build_ingest_data", "collection_name", "parse_dtype_config", "sanitize_identifier"]
 
@@ -69,7 +71,7 @@ def _model_for(store: Store, dim: int, schema: TemplateSchema | None) -> str | N
     """The embedding model for generated vectors: the template's, else one that makes ``dim``-d vectors."""
     if schema is not None and schema.model:
         return schema.model
-    registry = model_registry(store)
+    registry = store.models
     if registry.get(DEFAULT_MODEL).dim == dim:
         return DEFAULT_MODEL
     return next((spec.id for spec in registry.specs() if spec.dim == dim), None)
@@ -79,20 +81,11 @@ def build_ingest_data(
     store: Store,
     file: str | Path,
     *,
-    dim: int,
-    seed: int | None = None,
-    depth: int | None = None,
-    db_name: str = "fractal_db",
-    namespace: str = "default",
-    vector_col: str | None = None,
-    dtype_config: str | None = None,
-    template_name: str | None = None,
-    template_schema: str | None = None,
-    on_conflict: ConflictPolicy = "error",
     owner: str | None = None,
     quota_bytes: int | None = None,
-    wait: bool | float = True,
+    wait: Wait = True,
     file_name: str | None = None,
+    **form: Unpack[UploadFields],
 ) -> IngestResult:
     """Ingest a CSV file into ``db_name/namespace`` with the CSV endpoint's rules (see the module doc).
 
@@ -100,10 +93,16 @@ def build_ingest_data(
     collection keeps its own. ``file_name`` is what messages call the file (an upload's
     own name, not where the server spooled it)."""
     # Every argument is checked before anything is read or written.
-    check_choice("on_conflict", on_conflict, ConflictPolicy)
+    unknown = sorted(set(form) - set(UploadFields.__annotations__))
+    if unknown:
+        valid = ", ".join(UploadFields.__annotations__)
+        raise ConfigError(f"unknown form field(s) {', '.join(map(repr, unknown))}; valid: {valid}")
+    dim, seed, depth = form["dim"], form.get("seed"), form.get("depth")
+    on_conflict = check_choice("on_conflict", form.get("on_conflict", "error"), ConflictPolicy)
+    template_name = form.get("template_name")
     if template_name is not None:
         check_name(template_name, "template_name")
-    collection = collection_name(db_name, namespace)
+    collection = collection_name(form.get("db_name", "fractal_db"), form.get("namespace", "default"))
     if store.exists(collection):
         stored = store.open(collection).dim
         if dim != stored:
@@ -118,37 +117,37 @@ def build_ingest_data(
         raise ConfigError(f"depth must be between 1 and 8 (the graph's connectivity is 8 x depth); got {depth}")
     if seed is not None:
         RNG_SEED.check(seed, name="seed")
-    dtype, metric = parse_dtype_config(dtype_config)
-    schema = TemplateSchema.from_json(template_schema) if template_schema else None
+    dtype, metric = parse_dtype_config(form.get("dtype_config"))
+    given_schema = form.get("template_schema")
+    schema = None
+    if isinstance(given_schema, str) and given_schema:
+        schema = TemplateSchema.from_json(given_schema)
+    elif given_schema:
+        schema = TemplateSchema.from_dict(dict(given_schema))
     if schema is None and template_name is not None and store.template(template_name) is not None:
         schema = TemplateSchema.from_dict(store.template(template_name) or {})
+    vector_col = form.get("vector_col")
+    model = _model_for(store, dim, schema) if vector_col is None and not store.exists(collection) else None
+    options = IngestOptions.of(
+        format="csv",
+        on_conflict=on_conflict,
+        conflict_on="key",  # the endpoint's spec: any stored key collides
+        schema=schema,
+        template_name=template_name,
+        vector_col=vector_col,
+        model=model,
+        dim=dim,
+        dtype=dtype,
+        metric=metric,
+        # an existing collection keeps its own params: these shape a new one only
+        params=HnswParams(M=8 * (depth or 2), rng_seed=seed or 0),
+        wait=wait,
+    )
     ledger = UsageLedger(store)
     if owner is not None and quota_bytes is not None:
         ledger.check(owner, quota_bytes=quota_bytes, incoming_bytes=Path(file).stat().st_size)
-    options: dict[str, Any] = {}
-    if vector_col is None and not store.exists(collection):
-        model = _model_for(store, dim, schema)
-        if model is not None:
-            options["model"] = model
     try:
-        result = ingest(
-            file,
-            collection,
-            store=store,
-            format="csv",
-            on_conflict=on_conflict,
-            conflict_on="key",  # the endpoint's spec: any stored key collides
-            schema=schema,
-            template_name=template_name,
-            vector_col=vector_col,
-            dim=dim,
-            dtype=dtype,
-            metric=metric,
-            # an existing collection keeps its own params: these shape a new one only
-            params=HnswParams(M=8 * (depth or 2), rng_seed=seed or 0),
-            wait=wait,
-            **options,
-        )
+        result = run_ingest(file, collection, store=store, options=options)
     except BrinicleError as exc:
         if file_name is not None:  # the caller's name for the file, not where it was spooled
             exc.args = tuple(a.replace(str(file), file_name) if isinstance(a, str) else a for a in exc.args)

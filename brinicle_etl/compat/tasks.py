@@ -29,11 +29,17 @@ import polars as pl
 
 from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import BrinicleError, ConfigError, ConflictError, NotFoundError, TaskStateError
-from brinicle_etl.pipeline import ingest, model_registry
+from brinicle_etl.pipeline.options import IngestOptions
+from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.store import Store
 from brinicle_etl.types import check_name, is_name
 
 __all__ = ["TaskItem", "TaskRecord", "TaskStatus", "TaskStore", "TaskWorker", "default_index"]
+
+_BATCH_OPTIONS = IngestOptions.of(
+    mode="upsert", on_conflict="update", primary_key="object_id", semantic_fields=["text"], wait=True
+)
+"""Every batch of every task: items replace what their object_id held."""
 
 TaskStatus = Literal["pending", "running", "succeeded", "partially_failed", "failed", "cancelled"]
 TASK_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "partially_failed", "failed", "cancelled")
@@ -129,7 +135,7 @@ class TaskStore:
     ) -> tuple[TaskRecord, bool]:
         """Accept a task durably; returns (record, created). The same ``task_id`` with the same
         body returns the existing task; with a different body it is a ConflictError."""
-        model_registry(self.store).get(embedding_model_id)  # unknown model: NotFoundError now, not later
+        self.store.models.get(embedding_model_id)  # unknown model: NotFoundError now, not later
         if task_id is not None:
             check_name(task_id, "task_id")
         target = index_name or default_index(embedding_model_id)
@@ -346,15 +352,11 @@ class TaskWorker:
         progress[task_id] = number
         if len(progress) > 1000:  # keep the newest entries; finished tasks no longer need theirs
             progress = dict(list(progress.items())[-1000:])
-        ingest(
+        # The batch and the task's progress are published in one commit: a crash repeats a batch, never skips one.
+        schema = replace(_BATCH_OPTIONS.schema, model=model_id)
+        run_ingest(
             frame,
             collection,
             store=store,
-            mode="upsert",
-            on_conflict="update",
-            primary_key="object_id",
-            semantic_fields=["text"],
-            model=model_id,
-            wait=True,
-            meta={PROGRESS_KEY: progress},
+            options=replace(_BATCH_OPTIONS, schema=schema, meta={PROGRESS_KEY: progress}),
         )

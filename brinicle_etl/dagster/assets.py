@@ -10,17 +10,17 @@ model, recall@10 above a threshold) are blocking, so a bad index stops what depe
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 import dagster as dg
 from pydantic import Field
 
 from brinicle_etl.checks import check_collection
 from brinicle_etl.errors import BrinicleError, ConflictError
-from brinicle_etl.pipeline import IngestResult, ingest, model_registry
-from brinicle_etl.pipeline.schema import TemplateSchema
-from brinicle_etl.store import Store
-from brinicle_etl.types import ConflictPolicy, HnswParams, Metric, VectorDType, WriteMode
+from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult
+from brinicle_etl.pipeline.run import run_ingest
+from brinicle_etl.store import DEFAULT_STORE_DIR, Store
+from brinicle_etl.types import HnswParams, Metric, VectorDType
 
 __all__ = ["BrinicleResource", "collection_asset", "materialization_metadata"]
 
@@ -36,9 +36,9 @@ _CHECK_DESCRIPTIONS = {
 class BrinicleResource(dg.ConfigurableResource):
     """Where collections live, and the defaults new ones are created with."""
 
-    store: str = Field(default="brinicle_store", description="The store directory.")
-    dtype: str = Field(default="bf16", description="Vector dtype of new collections: f32, f16, bf16 or i8.")
-    metric: str = Field(default="cosine", description="Distance of new collections: cosine, ip or l2sq.")
+    store: str = Field(default=DEFAULT_STORE_DIR, description="The store directory.")
+    dtype: VectorDType = Field(default="bf16", description="Vector dtype of new collections.")
+    metric: Metric = Field(default="cosine", description="Distance of new collections.")
     M: int = Field(default=16, description="HNSW connectivity of new collections.")
     ef_construction: int = Field(default=200, description="HNSW build beam width of new collections.")
     ef_search: int = Field(default=64, description="HNSW search beam width of new collections.")
@@ -51,17 +51,18 @@ class BrinicleResource(dg.ConfigurableResource):
     def params(self) -> HnswParams:
         return HnswParams(M=self.M, ef_construction=self.ef_construction, ef_search=self.ef_search)
 
-    def ingest(self, source: Any, collection: str, **kwargs: Any) -> IngestResult:
-        """``brinicle_etl.ingest`` into this store, with the resource's defaults for new collections."""
-        defaults: dict[str, Any] = {
-            "dtype": self.dtype,
-            "metric": self.metric,
-            "params": self.params(),
-            "wait": self.wait_for_lock,
-        }
-        if self.model is not None and kwargs.get("vector_col") is None:
+    def options(self, **args: Unpack[IngestArgs]) -> IngestOptions:
+        """``args`` as options, with the resource's defaults for what they leave out (or give as None)."""
+        given = cast(IngestArgs, {k: v for k, v in args.items() if v is not None})
+        defaults: IngestArgs = {"dtype": self.dtype, "metric": self.metric, "params": self.params()}
+        defaults["wait"] = self.wait_for_lock
+        if self.model is not None and given.get("vector_col") is None:
             defaults["model"] = self.model
-        return ingest(source, collection, store=self.get_store(), **{**defaults, **kwargs})
+        return IngestOptions.of(**(defaults | given))
+
+    def ingest(self, source: Any, collection: str, **args: Unpack[IngestArgs]) -> IngestResult:
+        """``brinicle_etl.ingest`` into this store, with the resource's defaults for new collections."""
+        return run_ingest(source, collection, store=self.get_store(), options=self.options(**args))
 
 
 def materialization_metadata(result: IngestResult, store: Store, recall: float | None) -> dict[str, Any]:
@@ -117,23 +118,13 @@ def collection_asset(
     source: str | Path | None = None,
     upstream: str | Sequence[str] | dg.AssetKey | None = None,
     key: str | Sequence[str] | dg.AssetKey | None = None,
-    schema: TemplateSchema | dict[str, Any] | str | None = None,
-    mode: WriteMode = "upsert",
-    on_conflict: ConflictPolicy = "error",
-    sync: bool = False,
-    primary_key: str | None = None,
-    semantic_fields: Sequence[str] | None = None,
-    template: str | None = None,
-    vector_col: str | None = None,
-    model: str | None = None,
-    dtype: VectorDType | None = None,
-    metric: Metric | None = None,
     partitions_def: dg.PartitionsDefinition | None = None,
     group_name: str | None = None,
     description: str | None = None,
     recall_threshold: float = 0.9,
     recall_sample: int = 200,
     resource_key: str = "brinicle",
+    **ingest: Unpack[IngestArgs],
 ) -> dg.AssetsDefinition:
     """An asset that keeps ``collection`` in sync with a source, with blocking quality checks.
 
@@ -141,7 +132,12 @@ def collection_asset(
     polars (or Arrow, or pandas) frame. With ``partitions_def``, ``{partition}`` in
     ``collection`` or ``source`` is replaced by the partition key: one namespace per
     partition (``"shop/{partition}"``), or one file per partition (``source="{partition}"``).
+    ``ingest`` takes :func:`brinicle_etl.ingest`'s options (``mode``, ``on_conflict``,
+    ``sync``, ``primary_key``, ``semantic_fields``...); the resource supplies the defaults
+    of new collections (``dtype``, ``metric``, HNSW params, ``model``) that they leave out.
+    Wrong options fail when the definitions load, not when the asset runs.
     """
+    IngestOptions.of(**ingest)  # checked now: a typo fails at load time
     if (source is None) == (upstream is None):
         raise dg.DagsterInvalidDefinitionError("collection_asset needs exactly one of source= or upstream=")
     asset_key = _asset_key(collection, key)
@@ -149,21 +145,6 @@ def collection_asset(
         dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=text)
         for name, text in _CHECK_DESCRIPTIONS.items()
     ]
-    options: dict[str, Any] = {
-        "mode": mode,
-        "on_conflict": on_conflict,
-        "sync": sync,
-        "schema": schema,
-        "primary_key": primary_key,
-        "semantic_fields": list(semantic_fields) if semantic_fields is not None else None,
-        "template": template,
-        "vector_col": vector_col,
-        "model": model,
-    }
-    if dtype is not None:
-        options["dtype"] = dtype
-    if metric is not None:
-        options["metric"] = metric
     ins = {"source_frame": dg.AssetIn(key=_asset_key("", upstream))} if upstream is not None else {}
 
     def run(context: dg.AssetExecutionContext, frame: Any) -> Iterator[Any]:
@@ -171,9 +152,8 @@ def collection_asset(
         partition = context.partition_key if context.has_partition_key else None
         name = collection.replace("{partition}", partition) if partition else collection
         src = frame if frame is not None else str(source).replace("{partition}", partition or "")
-        given = {k: v for k, v in options.items() if v is not None}
         try:
-            result = resource.ingest(src, name, **given)
+            result = resource.ingest(src, name, **ingest)
         except ConflictError as exc:
             raise dg.Failure(
                 description=str(exc),
@@ -188,7 +168,7 @@ def collection_asset(
         store = resource.get_store()
         outcomes = check_collection(
             store.open(name),
-            registry=model_registry(store),
+            registry=store.models,
             recall_threshold=recall_threshold,
             recall_sample=recall_sample,
         )

@@ -20,11 +20,12 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 
 from brinicle_etl.dagster.assets import BrinicleResource, collection_asset
+from brinicle_etl.store import default_store_path
+from brinicle_etl.types import ConflictPolicy, Metric, VectorDType, WriteMode
 
 __all__ = ["BrinicleCollectionComponent", "store_resource"]
 
@@ -64,16 +65,16 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
     source: str
     store: str | None = None
     asset_key: list[str] | None = None
-    mode: Literal["build", "insert", "upsert"] = "upsert"
-    on_conflict: Literal["error", "update", "skip"] = "error"
+    mode: WriteMode = "upsert"
+    on_conflict: ConflictPolicy = "error"
     sync: bool = False
     primary_key: str | None = None
     semantic_fields: list[str] | None = None
     template: str | None = None
     vector_col: str | None = None
     embedding_model: str | None = None
-    dtype: Literal["f32", "f16", "bf16", "i8"] = "bf16"
-    metric: Literal["cosine", "ip", "l2sq"] = "cosine"
+    dtype: VectorDType = "bf16"
+    metric: Metric = "cosine"
     group_name: str | None = None
     recall_threshold: float = 0.9
     daily_at: str | None = None
@@ -82,7 +83,7 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
         source = Path(self.source)
         if not source.is_absolute():
             source = Path(context.path) / source
-        store = Path(self.store or os.environ.get("BRINICLE_STORE") or "brinicle_store")
+        store = Path(self.store) if self.store else default_store_path()
         if not store.is_absolute():
             store = Path(context.project_root) / store
         resource_key, resource = store_resource(store)

@@ -8,10 +8,11 @@ policies are checked here, once, with errors that list the valid values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypedDict, Unpack
 
+from brinicle_etl.errors import ConfigError
 from brinicle_etl.pipeline.plan import DuplicatePolicy
 from brinicle_etl.pipeline.read import DEFAULT_BATCH_ROWS, Format
 from brinicle_etl.pipeline.schema import TemplateSchema
@@ -29,7 +30,7 @@ from brinicle_etl.types import (
     check_name,
 )
 
-__all__ = ["IngestOptions", "IngestResult", "NewCollection", "Progress", "SchemaSpec"]
+__all__ = ["IngestArgs", "IngestOptions", "IngestResult", "NewCollection", "Progress", "SchemaSpec"]
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, done, total)`` with stage ``"read"``, ``"embed"`` or ``"write"``; total may be unknown."""
@@ -90,6 +91,35 @@ class NewCollection:
         )
 
 
+class IngestArgs(TypedDict, total=False):
+    """An ingest's options as keyword arguments: what ``ingest(...)``, the Dagster asset and
+    resource take. A name left out takes its default (see :func:`brinicle_etl.ingest`);
+    :meth:`IngestOptions.of` turns them into options."""
+
+    mode: WriteMode
+    on_conflict: ConflictPolicy
+    on_duplicate: DuplicatePolicy
+    conflict_on: ConflictOn
+    sync: bool
+    schema: TemplateSchema | str | dict[str, Any] | None
+    template_name: str | None
+    primary_key: str | None
+    semantic_fields: Sequence[str] | None
+    template: str | None
+    vector_col: str | None
+    model: str | None
+    dim: int | None
+    metric: Metric
+    dtype: VectorDType
+    params: HnswParams | None
+    delta_ratio: float
+    format: Format | None
+    separator: str | None
+    batch_rows: int
+    wait: Wait
+    meta: Mapping[str, Any] | None
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class IngestOptions:
     """Everything an ingest is asked to do, checked once (see :func:`brinicle_etl.ingest`)."""
@@ -112,6 +142,27 @@ class IngestOptions:
         check_choice("on_conflict", self.on_conflict, ConflictPolicy)
         check_choice("on_duplicate", self.on_duplicate, DuplicatePolicy)
         check_choice("conflict_on", self.conflict_on, ConflictOn)
+
+    @classmethod
+    def of(cls, **args: Unpack[IngestArgs]) -> IngestOptions:
+        """Options from keyword arguments; an unknown name is refused with the valid ones."""
+        given: dict[str, Any] = dict(args)
+        unknown = sorted(set(given) - _ARG_NAMES)
+        if unknown:
+            raise ConfigError(
+                f"unknown ingest option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(_ARG_NAMES))}"
+            )
+        schema = {k: given.pop(k) for k in _SCHEMA_NAMES if k in given}
+        if schema.get("semantic_fields") is not None:
+            schema["semantic_fields"] = tuple(schema["semantic_fields"])
+        new = {k: given.pop(k) for k in _NEW_NAMES if k in given}
+        return cls(schema=SchemaSpec(**schema), new=NewCollection(**new), **given)
+
+
+_ARG_NAMES = frozenset(IngestArgs.__optional_keys__)
+_SCHEMA_NAMES = tuple(f.name for f in fields(SchemaSpec))
+_NEW_NAMES = tuple(f.name for f in fields(NewCollection))
+assert set(_SCHEMA_NAMES) | set(_NEW_NAMES) | {f.name for f in fields(IngestOptions)} >= _ARG_NAMES
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 import polars as pl
@@ -25,22 +25,12 @@ import pyarrow as pa
 
 from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors, vector_digest
 from brinicle_etl.errors import ConfigError, InputError
-from brinicle_etl.pipeline.options import IngestOptions, IngestResult, NewCollection, Progress, SchemaSpec
+from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult, Progress
 from brinicle_etl.pipeline.plan import Hasher, Plan, Planner
-from brinicle_etl.pipeline.read import Batch, Format, Source, SourceLike, open_source
+from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
 from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.store.writer import Transaction
-from brinicle_etl.types import (
-    ConflictOn,
-    ConflictPolicy,
-    DuplicatePolicy,
-    HnswParams,
-    Metric,
-    VectorDType,
-    Wait,
-    WriteMode,
-)
 
 __all__ = ["IngestResult", "Progress", "ingest", "model_registry", "run_ingest"]
 
@@ -127,84 +117,54 @@ def ingest(
     collection: str = "default",
     *,
     store: Store | str | Path | None = None,
-    mode: WriteMode = "upsert",
-    on_conflict: ConflictPolicy = "error",
-    on_duplicate: DuplicatePolicy = "error",
-    conflict_on: ConflictOn = "change",
-    sync: bool = False,
-    schema: TemplateSchema | str | dict[str, Any] | None = None,
-    template_name: str | None = None,
-    primary_key: str | None = None,
-    semantic_fields: list[str] | tuple[str, ...] | None = None,
-    template: str | None = None,
-    vector_col: str | None = None,
-    model: str | None = None,
     embedder: Embedder | None = None,
-    dim: int | None = None,
-    metric: Metric = "cosine",
-    dtype: VectorDType = "bf16",
-    params: HnswParams | None = None,
-    delta_ratio: float = 0.10,
-    format: Format | None = None,
-    separator: str | None = None,
-    batch_rows: int = 50_000,
     progress: Progress | None = None,
-    wait: Wait = False,
-    meta: Mapping[str, Any] | None = None,
+    **options: Unpack[IngestArgs],
 ) -> IngestResult:
     """Bring collection ``db/namespace`` up to date with ``source``.
 
-    Arguments, by what they decide:
+    Args:
+        source: a file, a glob, a directory, a list of paths, or a polars / Arrow / pandas frame.
+        collection: ``db/namespace`` (``db`` alone means ``db/default``).
+        store: a :class:`Store` or its directory (default ``$BRINICLE_STORE``, else ``./brinicle_store``).
+        embedder: any object with ``model_id``, ``dim`` and ``embed_batch``, instead of ``model``.
+        progress: ``progress(stage, done, total)``, called as rows are read, embedded and written.
 
-    - ``source``: a file, a glob, a directory, a list of paths, or a polars / Arrow / pandas
-      frame. ``format`` (``csv`` or ``parquet``) when the file names do not tell;
-      ``separator``: a CSV source's delimiter (by default tab for ``.tsv``, else whichever
-      of ``, TAB ; |`` the header line holds most of). ``batch_rows``: rows read at a time.
-    - ``collection``: ``db/namespace`` (``db`` alone means ``db/default``); ``store``: a
-      :class:`Store` or its directory (default ``$BRINICLE_STORE``, else ``./brinicle_store``).
-    - ``mode``: ``upsert`` (default) inserts new keys and resolves existing keys whose
-      content changed by ``on_conflict`` (``error`` refuses the whole ingest and names them,
-      ``update`` replaces them, ``skip`` keeps the stored rows); ``insert`` does the same but
-      never replaces; ``build`` replaces the collection (and its schema) with the source. Rows
-      identical to the stored ones are never conflicts and never re-embedded.
-      ``conflict_on='key'`` makes every stored key a conflict, identical rows included (they
-      are counted as updated or skipped, and listed, but still not rewritten or re-embedded).
-    - ``sync=True`` also deletes keys the source no longer has; ``on_duplicate='keep_last'``
-      keeps the last of keys repeated in the source instead of refusing.
-    - The schema: ``schema`` (a :class:`TemplateSchema`, JSON or dict) or ``template_name``
-      (saved in the store; saved after the ingest if new), and single fields overriding them:
-      ``primary_key``, ``semantic_fields`` (embedded, one per line), ``template`` (e.g.
-      ``"{title}: {description}"``), ``vector_col`` (precomputed vectors), ``model``
-      (a model id of the store's registry) or ``embedder`` (any object with ``embed_batch``).
-    - A new collection's shape: ``dim`` (checked against the vectors), ``metric``, ``dtype``,
-      ``params`` (HNSW) and ``delta_ratio``; an existing collection keeps its own.
-    - ``progress(stage, done, total)`` is called as rows are read, embedded and written;
-      ``wait`` waits for another writer (True, or seconds) instead of failing at once;
-      ``meta`` entries are stored in the collection's metadata in the same atomic commit.
+    Keyword options (:class:`IngestArgs`; each has the default shown):
+        mode: ``"upsert"`` inserts new keys and resolves stored keys whose content changed by
+            ``on_conflict``; ``"insert"`` does the same but never replaces; ``"build"`` replaces
+            the collection (and its schema) with the source. Rows identical to the stored ones
+            are never conflicts and never re-embedded.
+        on_conflict: ``"error"`` refuses the whole ingest and names the keys; ``"update"``
+            replaces the stored rows; ``"skip"`` keeps them.
+        on_duplicate: ``"error"`` refuses keys repeated in the source; ``"keep_last"`` keeps the last.
+        conflict_on: ``"change"``; ``"key"`` makes every stored key a conflict, identical rows
+            included (counted as updated or skipped and listed, never rewritten or re-embedded).
+        sync: ``False``; ``True`` also deletes keys the source no longer has.
+        schema: ``None``; a whole :class:`TemplateSchema` (object, JSON or dict).
+        template_name: ``None``; a schema saved in the store (saved after the ingest if new).
+        primary_key: inferred; the key column (none: rows are keyed by their content).
+        semantic_fields: inferred; the columns embedded, one per line of text.
+        template: ``None``; the text embedded, e.g. ``"{title}: {description}"``.
+        vector_col: ``None``; a column of precomputed vectors.
+        model: ``all-MiniLM-L6-v2``; a model id of the store's registry.
+        dim: from the vectors; checked against them when given.
+        metric: ``"cosine"`` (or ``"ip"``, ``"l2sq"``) for a new collection.
+        dtype: ``"bf16"`` (or ``"f32"``, ``"f16"``, ``"i8"``) for a new collection.
+        params: ``HnswParams()`` (M=16, ef_construction=200, ef_search=64) for a new collection.
+        delta_ratio: ``0.10``; the share of rows in delta segments past which a rebuild is advised.
+        format: from the file names; ``"csv"`` or ``"parquet"``.
+        separator: a CSV's delimiter; by default tab for ``.tsv``, else whichever of
+            ``, TAB ; |`` the header line holds most of.
+        batch_rows: ``50_000``; rows read at a time.
+        wait: ``False``; ``True`` (or seconds) waits for another writer instead of failing at once.
+        meta: ``None``; entries stored in the collection's metadata in the same atomic commit.
+
+    An existing collection keeps its shape (dim, metric, dtype, params) and its schema.
     """
-    options = IngestOptions(
-        mode=mode,
-        on_conflict=on_conflict,
-        on_duplicate=on_duplicate,
-        conflict_on=conflict_on,
-        sync=sync,
-        schema=SchemaSpec(
-            schema=schema,
-            template_name=template_name,
-            primary_key=primary_key,
-            semantic_fields=tuple(semantic_fields) if semantic_fields is not None else None,
-            template=template,
-            vector_col=vector_col,
-            model=model,
-        ),
-        new=NewCollection(dim=dim, metric=metric, dtype=dtype, params=params, delta_ratio=delta_ratio),
-        format=format,
-        separator=separator,
-        batch_rows=batch_rows,
-        wait=wait,
-        meta=meta,
+    return run_ingest(
+        source, collection, store=store, options=IngestOptions.of(**options), embedder=embedder, progress=progress
     )
-    return run_ingest(source, collection, store=store, options=options, embedder=embedder, progress=progress)
 
 
 def run_ingest(

@@ -14,45 +14,25 @@ __all__ = ["ServerSettings", "app_from_env", "create_app", "serve"]
 
 
 def serve(
-    store: str | None = None,
+    settings: ServerSettings | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = 1984,
-    api_keys: tuple[str, ...] = (),
-    quotas: dict[str, float] | None = None,
-    max_upload_mb: float | None = None,
     workers: int = 1,
     log_level: str = "info",
     access_log: bool = False,
-    writer_timeout: float | None = None,
-    max_waiting_writers: int | None = None,
-    upload_idle_seconds: float | None = None,
     shutdown_seconds: int = 10,
 ) -> None:
-    """Run the server on uvicorn until interrupted. ``quotas``: API key -> MB of storage.
+    """Run the server on uvicorn until interrupted (``settings``: default from the environment).
 
     ``access_log`` is off by default: a line per request costs about a tenth of the QPS of
-    small binary searches. ``writer_timeout``, ``max_waiting_writers`` and
-    ``upload_idle_seconds``: see :class:`ServerSettings`. On SIGTERM, requests still running
-    after ``shutdown_seconds`` are cut off (what they wrote is rolled back or, if acknowledged,
-    kept), so a stuck client cannot keep the server from stopping."""
+    small binary searches. On SIGTERM, requests still running after ``shutdown_seconds`` are
+    cut off (what they wrote is rolled back or, if acknowledged, kept), so a stuck client
+    cannot keep the server from stopping."""
     import os
 
-    if store is not None:
-        os.environ["BRINICLE_STORE"] = store
-    if api_keys:
-        os.environ["BRINICLE_API_KEYS"] = ",".join(api_keys)
-    if quotas:
-        os.environ["BRINICLE_QUOTAS"] = ",".join(f"{k}={v}" for k, v in quotas.items())
-    if max_upload_mb is not None:
-        os.environ["BRINICLE_MAX_UPLOAD_MB"] = str(max_upload_mb)
-    for variable, value in (
-        ("BRINICLE_WRITER_TIMEOUT", writer_timeout),
-        ("BRINICLE_MAX_WAITING_WRITERS", max_waiting_writers),
-        ("BRINICLE_UPLOAD_IDLE_SECONDS", upload_idle_seconds),
-    ):
-        if value is not None:
-            os.environ[variable] = str(value)
+    # Every worker process builds its app from the environment (uvicorn's factory).
+    os.environ.update((settings or ServerSettings.from_env()).to_env())
     uvicorn.run(
         "brinicle_etl.server.app:app_from_env",
         factory=True,

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from brinicle_etl.compat.tasks import TaskStore, TaskWorker
-from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import BrinicleError
 from brinicle_etl.server import brinicle_api, ingest_api, search_api, tasks_api
 from brinicle_etl.server.auth import ApiKeyGuard
@@ -45,7 +44,7 @@ def create_app(
     state = ServerState(
         settings=settings,
         store=st,
-        registry=ModelRegistry(st.config_dir / "models.json"),
+        registry=st.models,
         tasks=tasks,
         worker=TaskWorker(tasks, batch_size=settings.task_batch_size),
         writers=WriterGate(max_waiting=settings.max_waiting_writers, timeout=settings.writer_timeout),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -31,7 +31,19 @@ from brinicle_etl.server.deps import (
     state_of,
 )
 from brinicle_etl.server.upload import chunks
-from brinicle_etl.types import BUILD_THREADS, DELTA_RATIO_MIN, DIM, EF, EF_CONSTRUCTION, RNG_SEED, HnswParams, K, M
+from brinicle_etl.types import (
+    BUILD_THREADS,
+    DELTA_RATIO_MIN,
+    DIM,
+    EF,
+    EF_CONSTRUCTION,
+    RNG_SEED,
+    HnswParams,
+    K,
+    M,
+    Metric,
+    VectorDType,
+)
 
 router = APIRouter(tags=["brinicle: indexes, ingest sessions, binary search"])
 
@@ -77,8 +89,8 @@ class CreateIndexRequest(Named):
     dim: int = Field(..., ge=DIM.low, le=DIM.high)
     delta_ratio: float = Field(default=0.10, ge=DELTA_RATIO_MIN, le=0.5)
     params: Params | None = None
-    metric: Literal["cosine", "ip", "l2sq"] = "l2sq"
-    dtype: Literal["f32", "f16", "bf16", "i8"] = "bf16"
+    metric: Metric = "l2sq"
+    dtype: VectorDType = "bf16"
 
 
 class InitRequest(Named):

@@ -42,7 +42,7 @@ from brinicle_etl.errors import (
     UnknownModelError,
 )
 from brinicle_etl.server.writers import WriterGate
-from brinicle_etl.store import Collection, Store
+from brinicle_etl.store import Collection, Store, default_store_path
 
 __all__ = [
     "API_DESCRIPTION",
@@ -106,7 +106,7 @@ class ServerSettings:
                 key, megabytes = entry.rsplit("=", 1)
                 quotas[key.strip()] = int(float(megabytes) * 2**20)
         values: dict[str, Any] = {
-            "store": Path(env("BRINICLE_STORE") or "brinicle_store"),
+            "store": default_store_path(),
             "api_keys": keys,
             "quotas": quotas,
             "max_upload_bytes": int(float(env("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20),
@@ -117,6 +117,20 @@ class ServerSettings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables :meth:`from_env` reads these settings back from: how :func:`serve`
+        hands them to every worker process uvicorn starts."""
+        return {
+            "BRINICLE_STORE": str(self.store),
+            "BRINICLE_API_KEYS": ",".join(self.api_keys),
+            "BRINICLE_QUOTAS": ",".join(f"{key}={size / 2**20!r}" for key, size in self.quotas.items()),
+            "BRINICLE_MAX_UPLOAD_MB": repr(self.max_upload_bytes / 2**20),
+            "BRINICLE_TASK_BATCH": str(self.task_batch_size),
+            "BRINICLE_WRITER_TIMEOUT": repr(self.writer_timeout),
+            "BRINICLE_MAX_WAITING_WRITERS": str(self.max_waiting_writers),
+            "BRINICLE_UPLOAD_IDLE_SECONDS": repr(self.upload_idle_seconds),
+        }
 
 
 INDEX_NAME_PATTERN = r"^[A-Za-z0-9_]{1,64}(/[A-Za-z0-9_]{1,64})?$"

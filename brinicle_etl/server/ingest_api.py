@@ -6,21 +6,20 @@ The upload streams to disk and is refused with 413 as soon as it passes the serv
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from brinicle_etl.compat.build_ingest import build_ingest_data, collection_name
+from brinicle_etl.compat.form import UPLOAD_INT_FIELDS, UPLOAD_TEXT_FIELDS
 from brinicle_etl.compat.usage import owner_id
 from brinicle_etl.server.deps import json_response, responses, state_of
 from brinicle_etl.server.upload import StreamingForm, chunks
-from brinicle_etl.types import NAME_PATTERN
+from brinicle_etl.types import NAME_PATTERN, ConflictPolicy
 
 router = APIRouter(tags=["CSV upload"])
 
-_INTS = ("dim", "seed", "depth")
-_FIELDS = ("db_name", "namespace", "vector_col", "dtype_config", "template_name", "template_schema", "on_conflict")
 
 _VALIDATION = {
     "description": "A required form field is missing or not an integer",
@@ -66,7 +65,7 @@ _FORM = {
             "description": "a schema template saved in the store (saved after the ingest if new)",
         },
         "template_schema": {"type": "string"},
-        "on_conflict": {"type": "string", "enum": ["error", "update", "skip"]},
+        "on_conflict": {"type": "string", "enum": list(get_args(ConflictPolicy))},
     },
 }
 
@@ -86,8 +85,8 @@ def _fields(form: StreamingForm, *, creating: bool) -> tuple[dict[str, Any], lis
         for name in required
         if (name == "file" and form.file_path is None) or (name != "file" and name not in form.fields)
     ]
-    options: dict[str, Any] = {k: form.fields[k] for k in _FIELDS if form.fields.get(k) not in (None, "")}
-    for name in _INTS:
+    options: dict[str, Any] = {k: form.fields[k] for k in UPLOAD_TEXT_FIELDS if form.fields.get(k) not in (None, "")}
+    for name in UPLOAD_INT_FIELDS:
         if name in form.fields:
             try:
                 options[name] = int(form.fields[name])

@@ -2,11 +2,12 @@
 
 from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import CollectionConfig
-from brinicle_etl.store.store import DEFAULT_NAMESPACE, Store, default_store_path, parse_name
+from brinicle_etl.store.store import DEFAULT_NAMESPACE, DEFAULT_STORE_DIR, Store, default_store_path, parse_name
 from brinicle_etl.store.writer import DeleteResult, WriteResult
 
 __all__ = [
     "DEFAULT_NAMESPACE",
+    "DEFAULT_STORE_DIR",
     "Collection",
     "CollectionConfig",
     "CollectionStatus",

@@ -17,14 +17,17 @@ from brinicle_etl.types import NAME_RULE, check_name, is_name, shown
 if TYPE_CHECKING:
     from brinicle_etl.embed.models import ModelRegistry
 
-__all__ = ["DEFAULT_NAMESPACE", "Store", "default_store_path", "parse_name"]
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_STORE_DIR", "Store", "default_store_path", "parse_name"]
 
 DEFAULT_NAMESPACE = "default"
 
 
+DEFAULT_STORE_DIR = "brinicle_store"
+
+
 def default_store_path() -> Path:
     """``$BRINICLE_STORE`` if set, else ``./brinicle_store``."""
-    return Path(os.environ.get("BRINICLE_STORE") or "brinicle_store")
+    return Path(os.environ.get("BRINICLE_STORE") or DEFAULT_STORE_DIR)
 
 
 def parse_name(name: str) -> tuple[str, str]:
