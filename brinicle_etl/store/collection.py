@@ -43,9 +43,8 @@ from brinicle_etl.store.manifest import (
     write_manifest,
 )
 from brinicle_etl.store.rows import KEY, ROW_ID
-from brinicle_etl.store.sessions import SESSION_LOG, SessionsMixin
+from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, Sessions
 from brinicle_etl.store.snapshot import RowCache, Snapshot
-from brinicle_etl.store.staging import StagingLog
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
 from brinicle_etl.types import BuildProgress, Hit, HnswParams, K, Metric, VectorDType, Wait, WriteMode, check_choice
@@ -99,7 +98,7 @@ class CollectionStatus:
     staged_count: int
 
 
-class Collection(SessionsMixin):
+class Collection:
     """Open an existing collection directory. Use :meth:`create` (or a ``Store``) to make one."""
 
     def __init__(self, directory: str | os.PathLike[str], *, name: str | None = None):
@@ -113,7 +112,14 @@ class Collection(SessionsMixin):
         self._rows = RowCache()
         self._snap: Snapshot | None = None
         self._snap_lock = threading.Lock()
-        self._log: StagingLog | None = None
+        self._sessions = Sessions(
+            directory=self.directory,
+            name=self.name,
+            writing=self._writing,
+            snapshot=self._snapshot,
+            publish=self._publish,
+            compact=lambda snap: self._compact(snap, None, None),
+        )
         self._held: ExitStack | None = None
         self._held_mutex = threading.Lock()
         self._snapshot()
@@ -214,7 +220,7 @@ class Collection(SessionsMixin):
     def status(self) -> CollectionStatus:
         snap = self._snapshot()
         m = snap.manifest
-        pending = self._staged(snap)
+        pending = self._sessions.staged(snap)
         files = [MANIFEST, *m.files()] + ([SESSION_LOG] if pending else [])
         size = 0
         for f in files:
@@ -401,18 +407,44 @@ class Collection(SessionsMixin):
         missing = [k for k, r in zip(keys, row_ids.tolist(), strict=True) if r < 0]
         if missing:
             raise NotFoundError(f"vectors: no live row with id(s) {missing[:20]!r} in {self.name!r}")
-        out = np.empty((len(keys), snap.manifest.config.dim), dtype=np.float32)
-        found = np.zeros(len(keys), dtype=bool)
-        for seg in (snap.main, snap.delta):
-            if seg is None:
-                continue
-            mask = ~found & seg.contains(row_ids.astype(np.uint64))
-            if mask.any():
-                out[mask] = seg.get(row_ids[mask].astype(np.uint64))
-                found |= mask
+        out, found = snap.vectors(row_ids)
         if not found.all():
             raise NotFoundError(f"vectors: some requested rows of {self.name!r} were stored without vectors")
         return out
+
+    # ---- ingest sessions (brinicle's init -> ingest -> finalize) ----------------------
+
+    def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
+        """Start an ingest session; nothing is visible until :meth:`finalize`."""
+        self._sessions.init(mode, wait=wait)
+
+    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
+        """Stage one vector; it is on disk when this returns."""
+        self._sessions.ingest(key, vector, wait=wait)
+
+    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
+        """Stage many vectors in one durable append; returns how many."""
+        return self._sessions.ingest_batch(keys, vectors, wait=wait)
+
+    def ingest_binary(self, *, id_width: int = 32) -> BinaryIngest:
+        """Stage rows of ``id_width`` id bytes (right-padded with NUL) and ``dim`` float32 values,
+        fed in pieces of any size: brinicle's binary batch format, streamed.
+
+        Returns a :class:`BinaryIngest`: ``feed`` it bytes, then ``finish()`` (all rows
+        staged at once, durably) or ``abort()`` (nothing staged). Only ``finish`` takes
+        the writer lock.
+        """
+        return BinaryIngest(self._sessions, id_width=id_width)
+
+    def finalize(
+        self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
+    ) -> WriteResult:
+        """Apply the session atomically. On an id conflict nothing is applied and the session ends."""
+        return self._sessions.finalize(optimize, params, wait=wait)
+
+    def abort(self, *, wait: Wait = True) -> int:
+        """Discard the pending session; returns how many staged vectors were dropped."""
+        return self._sessions.abort(wait=wait)
 
     # ---- writing -------------------------------------------------------------------
 

@@ -11,41 +11,49 @@ from __future__ import annotations
 import tempfile
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, get_args
 
 import numpy as np
 
 from brinicle_etl._fs import disk_full_is_an_error, pwrite_all
 from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, StateError
+from brinicle_etl.store.manifest import Manifest
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.validate import as_matrix, as_vector
 from brinicle_etl.store.writer import Transaction, WriteResult
 from brinicle_etl.types import HnswParams, Wait, WriteMode
 
-__all__ = ["SESSION_LOG", "BinaryIngest", "SessionsMixin"]
+__all__ = ["SESSION_LOG", "BinaryIngest", "Sessions"]
 
 SESSION_LOG = "session.log"
 
 
-class SessionsMixin:
-    """The session half of :class:`Collection`."""
+class Sessions:
+    """A collection's ingest sessions, over the few things a session needs from it: the
+    writer lock with a fresh snapshot (``writing``), a snapshot to look at, publication and
+    compaction. :class:`~brinicle_etl.store.collection.Collection` exposes them."""
 
-    directory: Path
-    name: str
-    _log: StagingLog | None
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        name: str,
+        writing: Callable[[Wait], AbstractContextManager[Snapshot]],
+        snapshot: Callable[[], Snapshot],
+        publish: Callable[[Manifest], None],
+        compact: Callable[[Snapshot], object],
+    ):
+        self.directory, self.name = directory, name
+        self.writing, self.snapshot, self._publish, self._compact = writing, snapshot, publish, compact
+        self._log: StagingLog | None = None
 
-    if TYPE_CHECKING:
-
-        @property
-        def dim(self) -> int: ...
-        def _writing(self, wait: Wait) -> AbstractContextManager[Snapshot]: ...
-        def _snapshot(self, *, fresh: bool = False) -> Snapshot: ...
-        def _publish(self, manifest: Any) -> None: ...
-        def _compact(self, snap: Snapshot, params: Any, progress: Any) -> int: ...
+    @property
+    def dim(self) -> int:
+        return self.snapshot().manifest.config.dim
 
     def _pending(self, snap: Snapshot) -> StagingLog | None:
         log = StagingLog.open(self.directory / SESSION_LOG)
@@ -62,25 +70,25 @@ class SessionsMixin:
         self._log = log
         return log
 
-    def _require_session(self, snap: Snapshot, op: str) -> StagingLog:
+    def require(self, snap: Snapshot, op: str) -> StagingLog:
+        """The pending session's log (under the writer lock), or the error that there is none."""
         log = self._pending(snap)
         if log is None:
-            raise self._no_session(op)
+            raise self.no_session(op)
         return log
 
-    def _no_session(self, op: str) -> StateError:
+    def no_session(self, op: str) -> StateError:
         return StateError(f"{op}: no pending ingest session on {self.name!r}; call init() first")
 
-    def _staged(self, snap: Snapshot) -> StagingLog | None:
+    def staged(self, snap: Snapshot) -> StagingLog | None:
         """The pending session's log, only looking: no lock needed, nothing changed."""
         log = StagingLog.open(self.directory / SESSION_LOG)
         return log if log is not None and log.header.id != snap.manifest.last_session else None
 
-    def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
-        """Start an ingest session; nothing is visible until :meth:`finalize`."""
-        if mode not in ("build", "insert", "upsert"):
+    def init(self, mode: WriteMode, *, wait: Wait) -> None:
+        if mode not in get_args(WriteMode):
             raise ConfigError(f"init(mode): mode must be 'build', 'insert' or 'upsert'; got {mode!r}")
-        with self._writing(wait) as snap:
+        with self.writing(wait) as snap:
             pending = self._pending(snap)
             if pending is not None:
                 raise StateError(
@@ -92,40 +100,25 @@ class SessionsMixin:
                 self.directory / SESSION_LOG, session_id=uuid.uuid4().hex, mode=mode, dim=snap.manifest.config.dim
             )
 
-    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
-        """Stage one vector; it is on disk when this returns."""
+    def ingest(self, key: str, vector: Any, *, wait: Wait) -> None:
         v = as_vector(vector, self.dim, "ingest")
         block = encode_keys([key], "ingest")
-        with self._writing(wait) as snap:
-            self._require_session(snap, "ingest").append(block, v.reshape(1, -1))
+        with self.writing(wait) as snap:
+            self.require(snap, "ingest").append(block, v.reshape(1, -1))
 
-    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
-        """Stage many vectors in one durable append; returns how many."""
+    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> int:
         keys = list(keys)
         matrix = as_matrix(vectors, self.dim, "ingest_batch", keys)
         if len(matrix) != len(keys):
             raise InputError(f"ingest_batch: {len(keys)} ids but {len(matrix)} vectors")
         block = encode_keys(keys, "ingest_batch")
-        with self._writing(wait) as snap:
-            self._require_session(snap, "ingest_batch").append(block, matrix)
+        with self.writing(wait) as snap:
+            self.require(snap, "ingest_batch").append(block, matrix)
         return len(keys)
 
-    def ingest_binary(self, *, id_width: int = 32) -> BinaryIngest:
-        """Stage rows of ``id_width`` id bytes (right-padded with NUL) and ``dim`` float32 values,
-        fed in pieces of any size: brinicle's binary batch format, streamed.
-
-        Returns a :class:`BinaryIngest`: ``feed`` it bytes, then ``finish()`` (all rows
-        staged at once, durably) or ``abort()`` (nothing staged). Only ``finish`` takes
-        the writer lock.
-        """
-        return BinaryIngest(self, id_width=id_width)
-
-    def finalize(
-        self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
-    ) -> WriteResult:
-        """Apply the session atomically. On an id conflict nothing is applied and the session ends."""
-        with self._writing(wait) as snap:
-            log = self._require_session(snap, "finalize")
+    def finalize(self, optimize: bool, params: HnswParams | dict[str, Any] | None, *, wait: Wait) -> WriteResult:
+        with self.writing(wait) as snap:
+            log = self.require(snap, "finalize")
             current = snap.manifest.config.params
             merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
             keys, vectors = log.read()
@@ -142,14 +135,13 @@ class SessionsMixin:
                 raise
             log.discard()
             self._log = None
-            if optimize and self._snapshot().manifest.needs_rebuild:
-                self._compact(self._snapshot(), None, None)
+            if optimize and self.snapshot().manifest.needs_rebuild:
+                self._compact(self.snapshot())
         return result
 
-    def abort(self, *, wait: Wait = True) -> int:
-        """Discard the pending session; returns how many staged vectors were dropped."""
-        with self._writing(wait) as snap:
-            log = self._require_session(snap, "abort")
+    def abort(self, *, wait: Wait) -> int:
+        with self.writing(wait) as snap:
+            log = self.require(snap, "abort")
             dropped = log.count
             log.discard()
             self._log = None
@@ -166,18 +158,18 @@ class BinaryIngest:
     the checked rows into the session log as one record.
     """
 
-    def __init__(self, col: SessionsMixin, *, id_width: int):
-        self._col = col
-        self.dim = col.dim
+    def __init__(self, sessions: Sessions, *, id_width: int):
+        self._sessions = sessions
+        self.dim = sessions.dim
         self.id_width = id_width
         self.row_bytes = id_width + 4 * self.dim
         self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
         # Without the lock: only look, so a missing session fails before any body is read.
-        if col._staged(col._snapshot()) is None:
-            raise col._no_session("ingest_batch")
-        with disk_full_is_an_error(col.directory):
+        if sessions.staged(sessions.snapshot()) is None:
+            raise sessions.no_session("ingest_batch")
+        with disk_full_is_an_error(sessions.directory):
             # no name (O_TMPFILE where the file system has it): it vanishes with the process
-            self._spool: IO[bytes] | None = tempfile.TemporaryFile(dir=col.directory)  # noqa: SIM115 (closed by finish/abort)
+            self._spool: IO[bytes] | None = tempfile.TemporaryFile(dir=sessions.directory)  # noqa: SIM115 (closed by finish/abort)
         self._carry = b""
         self._crc = 0
         self.count = 0
@@ -197,7 +189,7 @@ class BinaryIngest:
         if usable:
             rows = memoryview(buffer)[:usable]
             self._check(np.frombuffer(rows, dtype=self._dtype))
-            with disk_full_is_an_error(self._col.directory):
+            with disk_full_is_an_error(self._sessions.directory):
                 pwrite_all(spool, rows, self.count * self.row_bytes)
             self._crc = zlib.crc32(rows, self._crc)
             self.count += usable // self.row_bytes
@@ -231,8 +223,8 @@ class BinaryIngest:
                 f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
             )
         try:
-            with self._col._writing(wait) as snap:
-                log = self._col._require_session(snap, "ingest_batch")
+            with self._sessions.writing(wait) as snap:
+                log = self._sessions.require(snap, "ingest_batch")
                 log.append_spooled(spool, id_width=self.id_width, rows=self.count, crc=self._crc)
         except LockedError:
             raise

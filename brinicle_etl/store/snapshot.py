@@ -110,6 +110,19 @@ class Snapshot:
         table = self._all_rows if columns is None else self._all_rows.select(columns)
         return table.take(pa.array(self.ids.positions(row_ids)))
 
+    def vectors(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors (float32) of ``row_ids``, and which of them have one."""
+        out = np.empty((len(row_ids), self.manifest.config.dim), dtype=np.float32)
+        found = np.zeros(len(row_ids), dtype=bool)
+        ids = np.asarray(row_ids).astype(np.uint64)
+        for seg in (self.main, self.delta):
+            if seg is not None and len(ids):
+                mask = ~found & seg.contains(ids)
+                if mask.any():
+                    out[mask] = seg.get(ids[mask])
+                    found |= mask
+        return out, found
+
     def rows(self, columns: list[str] | None = None) -> pa.Table:
         """Live rows: ``_row_id``, ``_key`` and the requested payload columns (all if None), by row id."""
         wanted = None if columns is None else list(dict.fromkeys([ROW_ID, KEY, *columns]))

@@ -113,15 +113,7 @@ class Transaction:
 
     def vectors(self, row_ids: np.ndarray) -> np.ndarray:
         """Stored vectors of existing rows (float32), e.g. to carry them over unchanged."""
-        out = np.empty((len(row_ids), self._config.dim), dtype=np.float32)
-        found = np.zeros(len(row_ids), dtype=bool)
-        keys = row_ids.astype(np.uint64)
-        for seg in (self.snapshot.main, self.snapshot.delta):
-            if seg is not None and len(keys):
-                mask = ~found & seg.contains(keys)
-                if mask.any():
-                    out[mask] = seg.get(keys[mask])
-                    found |= mask
+        out, found = self.snapshot.vectors(row_ids)
         if not found.all():
             raise StateError(f"{self.op}: {int((~found).sum())} existing row(s) have no stored vector")
         return out
