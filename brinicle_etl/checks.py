@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Collection
+from brinicle_etl.store.rows import KEY
 
 __all__ = ["CHECK_NAMES", "CheckOutcome", "check_collection"]
 
@@ -42,8 +43,8 @@ def check_collection(
     status = col.status()
     outcomes = []
 
-    key_column = schema.primary_key if schema is not None and schema.primary_key else "_key"
-    values = col.rows([key_column] if key_column != "_key" else []).column(key_column)
+    key_column = schema.primary_key if schema is not None and schema.primary_key else KEY
+    values = col.rows([key_column] if key_column != KEY else []).column(key_column)
     distinct = pc.count_distinct(values).as_py()
     outcomes.append(
         CheckOutcome(

@@ -8,8 +8,6 @@ ingested). Distances follow usearch's convention, smaller is nearer: ``cosine`` 
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +19,11 @@ from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import ConfigError, InputError
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Collection, Store
+from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
 
 __all__ = ["SearchHit", "allowed_row_ids", "embed_query", "filter_expression", "search", "search_batch"]
 
-HIDDEN_COLUMNS = ("_row_id", "_key", "_hash", "_text_hash")
+HIDDEN_COLUMNS = RESERVED_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,31 +97,22 @@ def _condition(col: pl.Expr, op: str, value: Any) -> pl.Expr:
     return ~col.is_in(value)
 
 
-_allowed_cache: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
-_allowed_lock = threading.Lock()
-
-
 def allowed_row_ids(collection: Collection, spec: Mapping[str, Any]) -> np.ndarray:
     """Row ids of the rows matching a structured filter (cached per generation)."""
-    key = (str(collection.directory), collection.generation, json.dumps(spec, sort_keys=True, default=str))
-    with _allowed_lock:
-        if key in _allowed_cache:
-            _allowed_cache.move_to_end(key)
-            return _allowed_cache[key]
-    table = collection.cached_rows()
-    expr = filter_expression(spec, table.column_names)
-    try:
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        matched = frame.lazy().filter(expr).select("_row_id").collect()
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"filter {key[2]} cannot be applied: {exc}") from exc
-    ids = np.asarray(matched.to_series().to_numpy(), dtype=np.uint64)
-    with _allowed_lock:
-        _allowed_cache[key] = ids
-        while len(_allowed_cache) > 64:
-            _allowed_cache.popitem(last=False)
-    return ids
+    text = json.dumps(spec, sort_keys=True, default=str)
+
+    def compute() -> np.ndarray:
+        table = collection.cached_rows()
+        expr = filter_expression(spec, table.column_names)
+        try:
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            matched = frame.lazy().filter(expr).select(ROW_ID).collect()
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(f"filter {text} cannot be applied: {exc}") from exc
+        return np.asarray(matched.to_series().to_numpy(), dtype=np.uint64)
+
+    return collection.filtered(f"structured:{text}", compute)
 
 
 def _resolve(collection: Collection | str, store: Store | str | None) -> tuple[Collection, Store | None]:
@@ -186,7 +176,7 @@ def search_batch(
     out: list[list[SearchHit]] = [[] for _ in range(len(vectors))]
     for q, key, distance, row in zip(
         table.column("query").to_pylist(),
-        table.column("_key").to_pylist(),
+        table.column(KEY).to_pylist(),
         table.column("distance").to_pylist(),
         table.select(payload).to_pylist(),
         strict=True,

@@ -22,7 +22,6 @@ macros over vectorised Arrow UDFs; register them on every connection that needs 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import InputError
 from brinicle_etl.search import embed_query
 from brinicle_etl.store import Collection, Store
+from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
 from brinicle_etl.types import K
 
 __all__ = ["connect", "register", "run"]
@@ -46,15 +46,15 @@ ARROW = func.PythonUDFType.ARROW
 # so round(_distance, 3) and plain output print as a reader expects.
 _HIT = pa.struct([("key", pa.string()), ("distance", pa.float64())])
 # brinicle_search joins hits to rows by where they are stored; users see keys only.
-_HIT_ROW = pa.struct([*_HIT, ("_row_id", pa.uint64())])
+_HIT_ROW = pa.struct([*_HIT, (ROW_ID, pa.uint64())])
 _HITS = pa.list_(_HIT)
-_HIDDEN = "('_row_id', '_hash', '_text_hash')"
+_HIDDEN = "(" + ", ".join(f"'{c}'" for c in RESERVED_COLUMNS if c != KEY) + ")"
 
 
 def _hit_type(*, row_id: bool = False) -> Any:
     fields = {"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("DOUBLE")}
     if row_id:
-        fields["_row_id"] = duckdb.sqltype("UBIGINT")
+        fields[ROW_ID] = duckdb.sqltype("UBIGINT")
     return duckdb.struct_type(fields)
 
 
@@ -66,8 +66,6 @@ class _Functions:
         self.registry = registry
         self._cursor = cursor
         self._cursor_lock = threading.Lock()
-        self._allowed: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
-        self._allowed_lock = threading.Lock()
 
     def _collection(self, name: str) -> Collection:
         return self.store.open(name)
@@ -90,7 +88,7 @@ class _Functions:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.tmp-{threading.get_ident()}")
-            pq.write_table(pa.table({"_row_id": pa.array([], pa.uint64()), "_key": pa.array([], pa.string())}), tmp)
+            pq.write_table(pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())}), tmp)
             tmp.replace(path)
         return path
 
@@ -98,26 +96,20 @@ class _Functions:
 
     def _allowed_rows(self, col: Collection, predicate: str) -> np.ndarray:
         """Row ids of live rows matching a SQL predicate, cached per generation."""
-        key = (col.name, col.generation, predicate)
-        with self._allowed_lock:
-            if key in self._allowed:
-                self._allowed.move_to_end(key)
-                return self._allowed[key]
-        # The UDF cannot query the connection that is running it; a cursor of its own can.
-        sql = f"SELECT _row_id FROM read_parquet(?, union_by_name := true) WHERE ({predicate})"
-        with self._cursor_lock:
-            try:
-                found = self._cursor.execute(sql, [self._paths(col)]).fetchnumpy()["_row_id"]
-            except duckdb.Error as exc:
-                # DuckDB's message points into our internal query; keep what it says, not where.
-                reason = " ".join(str(exc).split("\nLINE ")[0].split())
-                raise InputError(f"filter {predicate!r} on {col.name!r} failed: {reason}") from exc
-        allowed = np.asarray(found, dtype=np.uint64)  # dead rows are dropped by the search itself
-        with self._allowed_lock:
-            self._allowed[key] = allowed
-            while len(self._allowed) > 32:
-                self._allowed.popitem(last=False)
-        return allowed
+
+        def compute() -> np.ndarray:
+            # The UDF cannot query the connection that is running it; a cursor of its own can.
+            sql = f"SELECT {ROW_ID} FROM read_parquet(?, union_by_name := true) WHERE ({predicate})"
+            with self._cursor_lock:
+                try:
+                    found = self._cursor.execute(sql, [self._paths(col)]).fetchnumpy()[ROW_ID]
+                except duckdb.Error as exc:
+                    # DuckDB's message points into our internal query; keep what it says, not where.
+                    reason = " ".join(str(exc).split("\nLINE ")[0].split())
+                    raise InputError(f"filter {predicate!r} on {col.name!r} failed: {reason}") from exc
+            return np.asarray(found, dtype=np.uint64)  # dead rows are dropped by the search itself
+
+        return col.filtered(f"sql:{predicate}", compute)
 
     def search(self, names: pa.Array, queries: pa.Array, ks: pa.Array, filters: pa.Array) -> pa.Array:
         return self._search(names, queries, ks, filters, row_ids=False)
@@ -160,7 +152,7 @@ class _Functions:
             counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
             fields = _HIT_ROW if row_ids else _HIT
-            columns = [table.column(c).combine_chunks() for c in ("_key", "distance", "_row_id")[: len(fields)]]
+            columns = [table.column(c).combine_chunks() for c in (KEY, "distance", ROW_ID)[: len(fields)]]
             columns[1] = pa.array(_printable(columns[1].to_numpy()))
             hits = pa.StructArray.from_arrays(columns, fields=list(fields))
             parts.append(pa.ListArray.from_arrays(pa.array(offsets), hits))

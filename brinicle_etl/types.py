@@ -96,6 +96,39 @@ NAME_RULE = "1-64 letters, digits, '_' or '-' (not starting with '-')"
 template names, task ids. Nothing matching it can be ``.``, ``..``, hold a ``/`` or a NUL."""
 
 
+DEFAULT_NAMESPACE = "default"
+"""The namespace of a collection named by its database alone (``"shop"`` is ``"shop/default"``)."""
+
+INDEX_PART_PATTERN = r"[A-Za-z0-9_]{1,64}"
+_INDEX_PART = re.compile(INDEX_PART_PATTERN)
+_NOT_INDEX_CHAR = re.compile(r"[^A-Za-z0-9_]")
+INDEX_NAME_PATTERN = rf"^{INDEX_PART_PATTERN}(/{INDEX_PART_PATTERN})?$"
+INDEX_NAME_RULE = (
+    "index_name can contain A-Z|a-z|0-9 and underline(_) and should be <= 64 long (or db/namespace of those)"
+)
+"""brinicle's rule for index names, which its HTTP API keeps (and the CSV endpoint's names
+are sanitized to): stricter than :data:`NAME_RULE`, so every index name is a collection name."""
+
+
+def index_collection(index_name: object) -> str | None:
+    """brinicle's index name (or ``db/namespace``) -> the collection it addresses; None if it
+    breaks :data:`INDEX_NAME_RULE`."""
+    if not isinstance(index_name, str):
+        return None
+    parts = index_name.split("/")
+    if len(parts) > 2 or not all(_INDEX_PART.fullmatch(p) for p in parts):
+        return None
+    return index_name if len(parts) == 2 else f"{index_name}/{DEFAULT_NAMESPACE}"
+
+
+def sanitize_index_part(value: str, *, what: str) -> str:
+    """``value`` made to follow :data:`INDEX_NAME_RULE`: other characters become ``_``, at most 64."""
+    cleaned = _NOT_INDEX_CHAR.sub("_", value.strip())[:64]
+    if not cleaned.strip("_"):
+        raise ConfigError(f"{what} {value!r} has no letters or digits")
+    return cleaned
+
+
 def shown(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: hostile input stays out of long messages."""
     text = repr(value)

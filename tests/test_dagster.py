@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from brinicle_etl import Store
+from brinicle_etl import ConfigError, Store
 from brinicle_etl.dagster import (
     BrinicleCollectionComponent,
     BrinicleResource,
@@ -289,3 +289,10 @@ def test_dg_loads_the_project_without_a_warning(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "All definitions loaded successfully." in out
     assert "warning" not in out.lower(), out
+
+
+def test_wrong_ingest_options_fail_when_the_definitions_load() -> None:
+    with pytest.raises(ConfigError, match=r"^on_conflict must be one of 'error', 'update', 'skip'; got 'merge'$"):
+        collection_asset("shop/products", source="products.csv", on_conflict="merge")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^unknown ingest option\(s\) 'primary'"):
+        collection_asset("shop/products", source="products.csv", primary="id")  # type: ignore[call-arg]

@@ -410,3 +410,22 @@ def test_a_large_batch_streams_without_copies_of_the_payload(tmp_path: Path) -> 
             f"server peak RSS grew {grew / 2**20:.0f} MB for a {len(payload) / 2**20:.0f} MB batch"
         )
         assert http.get("/indexes/big/status").json()["staged_count"] == n
+
+
+def test_server_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() hands its settings to uvicorn's worker processes through the environment."""
+    from brinicle_etl.server import ServerSettings
+
+    settings = ServerSettings(
+        store=Path("/srv/vectors"),
+        api_keys=("k1", "k2"),
+        quotas={"k1": 3 * 2**20, "k2": 1536},
+        max_upload_bytes=5 * 2**20,
+        task_batch_size=9,
+        writer_timeout=2.5,
+        max_waiting_writers=7,
+        upload_idle_seconds=1.5,
+    )
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert ServerSettings.from_env() == settings

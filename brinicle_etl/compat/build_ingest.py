@@ -16,7 +16,6 @@ They shape a new collection; an existing one keeps its settings.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Unpack
 
@@ -28,25 +27,31 @@ from brinicle_etl.pipeline.options import IngestOptions, IngestResult
 from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Store
-from brinicle_etl.types import RNG_SEED, ConflictPolicy, HnswParams, Metric, VectorDType, Wait, check_choice, check_name
+from brinicle_etl.types import (
+    DEFAULT_NAMESPACE,
+    RNG_SEED,
+    ConflictPolicy,
+    HnswParams,
+    Metric,
+    VectorDType,
+    Wait,
+    check_choice,
+    check_name,
+    sanitize_index_part,
+)
 
 __all__ = ["MAX_DIM", "MIN_DIM", "build_ingest_data", "collection_name", "parse_dtype_config", "sanitize_identifier"]
 
 MIN_DIM, MAX_DIM = 128, 8192
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+DEFAULT_DB_NAME = "fractal_db"
+sanitize_identifier = sanitize_index_part
 
 
-def sanitize_identifier(value: str, *, what: str) -> str:
-    """Letters, digits and ``_`` only (others become ``_``), at most 64 characters."""
-    cleaned = _UNSAFE.sub("_", value.strip())[:64]
-    if not cleaned.strip("_"):
-        raise ConfigError(f"{what} {value!r} has no letters or digits")
-    return cleaned
-
-
-def collection_name(db_name: str, namespace: str) -> str:
-    """The collection an upload goes to: ``db_name/namespace``, both sanitized."""
-    return f"{sanitize_identifier(db_name, what='db_name')}/{sanitize_identifier(namespace, what='namespace')}"
+def collection_name(db_name: str | None, namespace: str | None) -> str:
+    """The collection an upload goes to: ``db_name/namespace``, both sanitized (an empty or
+    missing one takes the endpoint's default)."""
+    db = sanitize_index_part(db_name or DEFAULT_DB_NAME, what="db_name")
+    return f"{db}/{sanitize_index_part(namespace or DEFAULT_NAMESPACE, what='namespace')}"
 
 
 def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
@@ -102,7 +107,7 @@ def build_ingest_data(
     template_name = form.get("template_name")
     if template_name is not None:
         check_name(template_name, "template_name")
-    collection = collection_name(form.get("db_name", "fractal_db"), form.get("namespace", "default"))
+    collection = collection_name(form.get("db_name"), form.get("namespace"))
     if store.exists(collection):
         stored = store.open(collection).dim
         if dim != stored:

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from brinicle_etl.errors import ConfigError
+
 __all__ = ["Embedder", "embed_unique"]
 
 
@@ -31,8 +33,8 @@ def embed_unique(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, 
     unique = embedder.embed_batch(list(index))
     vectors = np.asarray(unique, dtype=np.float32)
     if vectors.shape != (len(index), embedder.dim):
-        raise ValueError(
+        raise ConfigError(
             f"embedder {embedder.model_id!r} returned shape {vectors.shape} for {len(index)} texts, "
-            f"expected ({len(index)}, {embedder.dim})"
+            f"expected ({len(index)}, {embedder.dim}); its dim must match what embed_batch returns"
         )
     return vectors[positions], len(index)

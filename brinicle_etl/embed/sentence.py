@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from brinicle_etl.errors import BrinicleError, MissingExtraError
+from brinicle_etl.errors import ConfigError, MissingExtraError
 
 __all__ = ["SentenceTransformerEmbedder"]
 
@@ -39,7 +39,9 @@ def _load(name_or_path: str, device: str) -> Any:
             try:
                 _models[key] = SentenceTransformer(name_or_path, device=device)
             except (OSError, ValueError) as exc:
-                raise BrinicleError(f"cannot load embedding model {name_or_path!r}: {exc}") from exc
+                raise ConfigError(
+                    f"cannot load embedding model {name_or_path!r}: {exc}; check the model id or path"
+                ) from exc
         return _models[key]
 
 

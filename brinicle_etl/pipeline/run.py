@@ -30,13 +30,12 @@ from brinicle_etl.pipeline.plan import Hasher, Plan, Planner
 from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
 from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
 from brinicle_etl.store import Collection, Store
+from brinicle_etl.store.rows import HASH, KEY, ROW_ID, TEXT_HASH
 from brinicle_etl.store.writer import Transaction
 
 __all__ = ["IngestResult", "Progress", "ingest", "model_registry", "run_ingest"]
 
 log = logging.getLogger("brinicle_etl.ingest")
-
-HASH_COLUMN, TEXT_HASH_COLUMN = "_hash", "_text_hash"
 
 
 def model_registry(store: Store) -> ModelRegistry:
@@ -233,7 +232,7 @@ class _Run:
             )
         try:
             with col.transaction(options.mode, wait=options.wait, op="ingest") as tx:
-                existing_rows = tx.snapshot.rows([HASH_COLUMN, TEXT_HASH_COLUMN]) if not created else None
+                existing_rows = tx.snapshot.rows([HASH, TEXT_HASH]) if not created else None
                 plan = self._plan(existing_rows)
                 embedded = self._write(plan, tx)
                 t = time.perf_counter()
@@ -300,10 +299,10 @@ class _Run:
         t = time.perf_counter()
         empty = pa.table(
             {
-                "_row_id": pa.array([], pa.uint64()),
-                "_key": pa.array([], pa.string()),
-                HASH_COLUMN: pa.array([], pa.string()),
-                TEXT_HASH_COLUMN: pa.array([], pa.string()),
+                ROW_ID: pa.array([], pa.uint64()),
+                KEY: pa.array([], pa.string()),
+                HASH: pa.array([], pa.string()),
+                TEXT_HASH: pa.array([], pa.string()),
             }
         )
         key_kind = sch.columns.get(sch.primary_key) if sch.primary_key else None
@@ -384,9 +383,9 @@ class _Run:
                     assert sch.vector_col is not None
                     vectors = parse_vectors(raw[sch.vector_col], dim=dim, where=where)
                 rows = typed.to_arrow()
-                rows = rows.append_column(HASH_COLUMN, row_hash)
+                rows = rows.append_column(HASH, row_hash)
                 rows = rows.append_column(
-                    TEXT_HASH_COLUMN, text_hash if text_hash is not None else pa.nulls(len(keys), pa.string())
+                    TEXT_HASH, text_hash if text_hash is not None else pa.nulls(len(keys), pa.string())
                 )
                 tx.add(keys, vectors, rows, existing=plan.old[window][selected])
                 written += len(keys)

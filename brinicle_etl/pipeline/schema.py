@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from brinicle_etl.errors import ConfigError, InputError
+from brinicle_etl.store.rows import RESERVED_COLUMNS
 from brinicle_etl.types import VectorSource
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "render_text",
 ]
 
-RESERVED_COLUMNS = ("_row_id", "_key", "_hash", "_text_hash")
 
 # Portable type names, persisted with a collection.
 _TYPES: dict[str, pl.DataType] = {

@@ -22,7 +22,6 @@ from brinicle_etl.errors import AlreadyExistsError
 from brinicle_etl.server.deps import (
     BINARY_BODY,
     INDEX_NAME,
-    NAME_RULE,
     canonical,
     display,
     json_body,
@@ -37,6 +36,7 @@ from brinicle_etl.types import (
     DIM,
     EF,
     EF_CONSTRUCTION,
+    INDEX_NAME_RULE,
     RNG_SEED,
     HnswParams,
     K,
@@ -60,7 +60,7 @@ def _valid_name(value: str) -> str:
     try:
         canonical(value)
     except HTTPException:
-        raise ValueError(NAME_RULE) from None
+        raise ValueError(INDEX_NAME_RULE) from None
     return value
 
 

@@ -8,7 +8,6 @@ status code, and :func:`responses` documents those codes in the OpenAPI spec.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,12 +42,12 @@ from brinicle_etl.errors import (
 )
 from brinicle_etl.server.writers import WriterGate
 from brinicle_etl.store import Collection, Store, default_store_path
+from brinicle_etl.types import INDEX_NAME_PATTERN, INDEX_NAME_RULE, index_collection
 
 __all__ = [
     "API_DESCRIPTION",
     "BINARY_BODY",
     "INDEX_NAME",
-    "NAME_RULE",
     "ErrorBody",
     "ServerSettings",
     "ServerState",
@@ -63,10 +62,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-# brinicle's rule for index names, applied to each part of "db" or "db/namespace".
-_NAME_PART = re.compile(r"[A-Za-z0-9_]{1,64}")
-NAME_RULE = "index_name can contain A-Z|a-z|0-9 and underline(_) and should be <= 64 long (or db/namespace of those)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,7 +128,6 @@ class ServerSettings:
         }
 
 
-INDEX_NAME_PATTERN = r"^[A-Za-z0-9_]{1,64}(/[A-Za-z0-9_]{1,64})?$"
 INDEX_NAME: JsonDict = {
     "description": "an index (brinicle's rule: letters, digits and _, at most 64) or a collection built by "
     "ingest as db/namespace, each part by the same rule; anything else is 400",
@@ -164,12 +158,10 @@ batches: `--max-upload-mb` (512 by default).
 
 def canonical(index_name: object) -> str:
     """brinicle's index name (or db/namespace) -> the collection it addresses; 400 if invalid."""
-    if not isinstance(index_name, str):
-        raise HTTPException(status_code=400, detail=NAME_RULE)
-    parts = index_name.split("/")
-    if len(parts) > 2 or not all(_NAME_PART.fullmatch(p) for p in parts):
-        raise HTTPException(status_code=400, detail=NAME_RULE)
-    return index_name if len(parts) == 2 else f"{index_name}/default"
+    name = index_collection(index_name)
+    if name is None:
+        raise HTTPException(status_code=400, detail=INDEX_NAME_RULE)
+    return name
 
 
 def display(name: str) -> str:

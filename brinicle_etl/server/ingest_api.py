@@ -115,7 +115,7 @@ async def build_ingest(request: Request) -> Response:
         async for chunk in chunks(request, settings.upload_idle_seconds, settings.max_upload_bytes):
             form.feed(chunk)
         form.finish()
-        name = collection_name(form.fields.get("db_name") or "fractal_db", form.fields.get("namespace") or "default")
+        name = collection_name(form.fields.get("db_name"), form.fields.get("namespace"))
         options, problems = _fields(form, creating=not state.store.exists(name))
         if problems:
             return _invalid(problems)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from brinicle_etl._fs import disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
-    BrinicleError,
+    BusyError,
     ConfigError,
     InputError,
     NotFoundError,
@@ -193,7 +193,7 @@ class Collection:
                     continue
                 self._snap = snap
                 return snap
-        raise BrinicleError(f"collection {self.name!r} changed too often while opening it; try again")
+        raise BusyError(f"collection {self.name!r} changed too often while opening it; try again")
 
     @property
     def config(self) -> CollectionConfig:
@@ -363,6 +363,11 @@ class Collection:
             for i in range(len(queries))
         )
         return found / max(1, int(truth_n.sum()))
+
+    def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Row ids selected by a filter (``key``: its language and text), computed by
+        ``compute`` once per generation: Python's structured filters and SQL's predicates."""
+        return self._snapshot().filtered(key, compute)
 
     def cached_rows(self) -> pa.Table:
         """Every row of this generation's files, kept in memory for repeated lookups.

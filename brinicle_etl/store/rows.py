@@ -18,10 +18,27 @@ import pyarrow.parquet as pq
 from brinicle_etl._fs import fsync_file
 from brinicle_etl.errors import CorruptCollectionError
 
-__all__ = ["ROW_ID", "KEY", "IdMap", "read_rows", "read_tombstones", "write_rows", "write_table", "write_tombstones"]
+__all__ = [
+    "HASH",
+    "KEY",
+    "RESERVED_COLUMNS",
+    "ROW_ID",
+    "TEXT_HASH",
+    "IdMap",
+    "read_rows",
+    "read_tombstones",
+    "write_rows",
+    "write_table",
+    "write_tombstones",
+]
 
 ROW_ID = "_row_id"
 KEY = "_key"
+HASH, TEXT_HASH = "_hash", "_text_hash"
+RESERVED_COLUMNS = (ROW_ID, KEY, HASH, TEXT_HASH)
+"""Stored beside a table's own columns: the row id and key (the store's) and the content and
+text hashes that decide what an ingest re-embeds (the pipeline's). No source column may take
+these names, and no reader shows them as a row's fields."""
 
 
 def write_rows(path: Path, row_ids: np.ndarray, keys: pa.Array, payload: pa.Table | None) -> None:

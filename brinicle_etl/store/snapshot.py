@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ __all__ = ["RowCache", "Snapshot"]
 # when they are under this share of the live rows (the graph would need too many candidates).
 EXACT_ALLOWED = 4096
 EXACT_FRACTION = 0.02
+FILTERS_KEPT = 64
 
 
 def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -87,6 +90,8 @@ class Snapshot:
         self._all_rows: pa.Table | None = None
         self._rows_lock = threading.Lock()
         self._ids_lock = threading.Lock()
+        self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._filtered_lock = threading.Lock()
 
     @property
     def ids(self) -> IdMap:
@@ -96,6 +101,20 @@ class Snapshot:
                     parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows])
                     self._ids = IdMap(parts, self.dead)
         return self._ids
+
+    def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The row ids a filter selects, computed once per generation (the newest
+        ``FILTERS_KEPT`` filters are kept); ``key`` names the filter and its language."""
+        with self._filtered_lock:
+            if key in self._filtered:
+                self._filtered.move_to_end(key)
+                return self._filtered[key]
+        ids = compute()
+        with self._filtered_lock:
+            self._filtered[key] = ids
+            while len(self._filtered) > FILTERS_KEPT:
+                self._filtered.popitem(last=False)
+        return ids
 
     def rows_at(self, row_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """The rows with these row ids (which must exist), in that order."""

@@ -12,14 +12,12 @@ from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, ConfigSettings
-from brinicle_etl.types import NAME_RULE, check_name, is_name, shown
+from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
 if TYPE_CHECKING:
     from brinicle_etl.embed.models import ModelRegistry
 
 __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_STORE_DIR", "Store", "default_store_path", "parse_name"]
-
-DEFAULT_NAMESPACE = "default"
 
 
 DEFAULT_STORE_DIR = "brinicle_store"
