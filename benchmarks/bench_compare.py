@@ -110,14 +110,15 @@ def report(values: dict[tuple[str, str], list[float]], args: argparse.Namespace,
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(8, 4))
-    for offset, side in ((-0.15, "before"), (0.15, "after")):
+    for offset, side, color in ((-0.15, "before", "tab:blue"), (0.15, "after", "tab:red")):
         for i, label in enumerate(labels):
             points = values.get((label, side), [])
-            ax.scatter([i + offset] * len(points), points, label=side if i == 0 else None, alpha=0.7)
+            ax.scatter([i + offset] * len(points), points, color=color, label=side if i == 0 else None, alpha=0.7)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.axhline(1.0, color="grey", linewidth=0.5)
     ax.set_ylabel("ratio (higher is better)")
-    ax.set_title(f"{args.before} (before) vs {args.after} (after)")
+    after = "the working tree" if args.after == "WORKTREE" else args.after
+    ax.set_title(f"{args.before} (before) vs {after} (after), medians in {args.out.name}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"), dpi=100)

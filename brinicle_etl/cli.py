@@ -25,7 +25,7 @@ from brinicle_etl.types import ConflictPolicy, DuplicatePolicy, HnswParams, Metr
 __all__ = ["main"]
 
 
-class Progress:
+class ProgressLine:
     """Progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise."""
 
     def __init__(self, stream: TextIO, *, enabled: bool = True):
@@ -106,7 +106,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(f"--schema {args.schema}: cannot read {schema[1:]!r}: {reason}") from exc
-    progress = Progress(sys.stderr, enabled=not args.quiet)
+    progress = ProgressLine(sys.stderr, enabled=not args.quiet)
     options = IngestOptions.of(
         mode=args.mode,
         on_conflict=args.on_conflict,
