@@ -8,6 +8,7 @@ Dagster) can map each branch to their own form of failure::
     ├── InputError           the data is bad; the message says where           (ValueError)
     │   └── DimensionError   a vector has the wrong number of values
     ├── ConflictError        keys collide (insert of an existing key, a key twice in one write)
+    │   └── PublishConflictError  another writer published the same generation first (object storage)
     ├── NotFoundError        no such collection, template, task or model       (LookupError)
     │   └── UnknownModelError  an embedding model named in a request or schema is not registered
     ├── AlreadyExistsError   creating something that exists
@@ -19,6 +20,7 @@ Dagster) can map each branch to their own form of failure::
     ├── QuotaExceededError   a write would take an API key past its storage quota
     ├── DiskFullError        the disk (or quota) filled up while writing; nothing was published (OSError)
     ├── BusyError            too many writers queued on one collection, or waited too long; retry later
+    ├── ObjectStoreError     the object store failed or refused a request (no credential in the message)
     └── MissingExtraError    an optional dependency is not installed           (ImportError)
 
 Messages name the operation, say what is wrong, and where possible what to do
@@ -75,6 +77,16 @@ class ConflictError(BrinicleError):
         super().__init__(message)
         self.keys = list(keys)
         self.field = field
+
+
+class PublishConflictError(ConflictError):
+    """Another writer published ``generation`` of the collection first, on the same base
+    (object storage, where writers on different machines share no lock). Nothing of the
+    losing write was published; running it again applies it on top of the winner's."""
+
+    def __init__(self, message: str, *, generation: int):
+        super().__init__(message)
+        self.generation = generation
 
 
 class NotFoundError(BrinicleError, LookupError):
@@ -143,6 +155,11 @@ class BusyError(BrinicleError):
     def __init__(self, message: str, *, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ObjectStoreError(BrinicleError):
+    """The object store could not be reached, or refused a request; the message names the
+    object and the store's answer, never a credential."""
 
 
 class MissingExtraError(BrinicleError, ImportError):

@@ -35,6 +35,7 @@ from brinicle_etl.errors import (
     LockedError,
     MissingExtraError,
     NotFoundError,
+    ObjectStoreError,
     QuotaExceededError,
     StateError,
     TaskStateError,
@@ -242,6 +243,7 @@ _STATUS: list[tuple[type[BrinicleError], int]] = [
     (BusyError, 503),
     (DiskFullError, 507),
     (MissingExtraError, 503),
+    (ObjectStoreError, 502),  # the object store behind us failed: a bad gateway, not our bug
     (CorruptCollectionError, 500),
 ]
 

@@ -42,6 +42,7 @@ from brinicle_etl.store.manifest import (
     read_manifest,
     write_manifest,
 )
+from brinicle_etl.store.remote import RemoteCollection
 from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, Sessions
 from brinicle_etl.store.snapshot import RowCache, Snapshot
@@ -101,9 +102,15 @@ class CollectionStatus:
 class Collection:
     """Open an existing collection directory. Use :meth:`create` (or a ``Store``) to make one."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, name: str | None = None):
+    def __init__(
+        self, directory: str | os.PathLike[str], *, name: str | None = None, remote: RemoteCollection | None = None
+    ):
         self.directory = Path(directory)
         self.name = name or self.directory.name
+        # On object storage ``directory`` is the local cache of the newest generation.
+        self._remote = remote
+        if remote is not None:
+            remote.pull()
         if not (self.directory / MANIFEST).exists():
             raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
         self._manifest_path = str(self.directory / MANIFEST)
@@ -133,6 +140,7 @@ class Collection:
         meta: dict[str, Any] | None = None,
         name: str | None = None,
         exist_ok: bool = False,
+        remote: RemoteCollection | None = None,
         **settings: Unpack[ConfigSettings],
     ) -> Collection:
         """Create an empty collection with ``config``, or with its settings as keywords
@@ -141,6 +149,13 @@ class Collection:
         config = CollectionConfig.of(config, settings)
         path = Path(directory)
         label = name or path.name
+        if remote is not None:
+            try:
+                remote.create(Manifest(config=config, meta=meta or {}))
+            except AlreadyExistsError:
+                if not exist_ok:
+                    raise
+            return cls._checked_dim(cls(path, name=label, remote=remote), config)
         with disk_full_is_an_error(path):
             path.mkdir(parents=True, exist_ok=True)
             with writer_lock(path, wait=True, name=label):
@@ -149,9 +164,14 @@ class Collection:
                         raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
                 else:
                     write_manifest(path, Manifest(config=config, meta=meta or {}))
-        collection = cls(path, name=label)
+        return cls._checked_dim(cls(path, name=label), config)
+
+    @staticmethod
+    def _checked_dim(collection: Collection, config: CollectionConfig) -> Collection:
         if collection.config.dim != config.dim:
-            raise ConfigError(f"collection {label!r} exists with dim {collection.config.dim}, not {config.dim}")
+            raise ConfigError(
+                f"collection {collection.name!r} exists with dim {collection.config.dim}, not {config.dim}"
+            )
         return collection
 
     # ---- reading -------------------------------------------------------------------
@@ -163,6 +183,9 @@ class Collection:
         measurable share of a fast search), except right after a write from this process
         or when ``fresh`` is asked for, as every writer does under the lock.
         """
+        remote = self._remote
+        if remote is not None and (fresh or remote.due()) and remote.pull():
+            fresh = True
         snap = self._snap
         published = _published.get(self._manifest_path, 0)
         if (
@@ -490,6 +513,9 @@ class Collection:
         remove_unreferenced(self.directory, read_manifest(self.directory).files())
 
     def _publish(self, manifest: Manifest) -> None:
+        if self._remote is not None:
+            # The commit point on object storage; a writer that lost the race raises here.
+            self._remote.push(read_manifest(self.directory), manifest)
         write_manifest(self.directory, manifest)
         _published[self._manifest_path] = _published.get(self._manifest_path, 0) + 1
         # Published: what follows is housekeeping, and must not fail the write.
@@ -600,6 +626,8 @@ class Collection:
         """Delete the collection's directory and every file in it."""
         trash = self.directory.parent / f".dropped-{self.directory.name}-{secrets.token_hex(4)}"
         with self._lock(wait):
+            if self._remote is not None:
+                self._remote.destroy()
             os.replace(self.directory, trash)
         self.release_writer_lock()
         shutil.rmtree(trash, ignore_errors=True)

@@ -182,16 +182,25 @@ def read_manifest(directory: Path) -> Manifest:
         raise
     except OSError as exc:
         raise CorruptCollectionError(f"cannot read {path}: {exc}") from exc
+    return parse_manifest(raw, str(path))
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """A manifest from its bytes; ``where`` names it in errors (a path or an object's URL)."""
     try:
         data = json.loads(raw)
         if data.get("format") != FORMAT:
             raise CorruptCollectionError(
-                f"{path} has format {data.get('format')!r}; this version of brinicle_etl reads format {FORMAT}"
+                f"{where} has format {data.get('format')!r}; this version of brinicle_etl reads format {FORMAT}"
             )
         return Manifest.from_dict(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptCollectionError(f"{path} is not a valid manifest: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptCollectionError(f"{where} is not a valid manifest: {exc}") from exc
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return json.dumps(manifest.to_dict(), indent=1).encode()
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
-    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest.to_dict(), indent=1).encode())
+    atomic_write_bytes(directory / MANIFEST, manifest_bytes(manifest))

@@ -1,10 +1,12 @@
-"""A store: a directory of collections, each addressed as ``db/namespace``."""
+"""A store: a directory (or an object-storage prefix) of collections, each addressed as ``db/namespace``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -12,12 +14,21 @@ from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, ConfigSettings
+from brinicle_etl.store.remote import DEFAULT_REFRESH_SECONDS, Bucket, RemoteCollection, is_remote, open_bucket
 from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
 if TYPE_CHECKING:
     from brinicle_etl.embed.models import ModelRegistry
 
-__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_STORE_DIR", "Store", "default_store_path", "parse_name"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_STORE_DIR",
+    "Store",
+    "default_cache_dir",
+    "default_store_location",
+    "default_store_path",
+    "parse_name",
+]
 
 
 DEFAULT_STORE_DIR = "brinicle_store"
@@ -25,7 +36,19 @@ DEFAULT_STORE_DIR = "brinicle_store"
 
 def default_store_path() -> Path:
     """``$BRINICLE_STORE`` if set, else ``./brinicle_store``."""
-    return Path(os.environ.get("BRINICLE_STORE") or DEFAULT_STORE_DIR)
+    return Path(default_store_location())
+
+
+def default_store_location() -> str:
+    """``$BRINICLE_STORE`` (a directory or ``s3://bucket/prefix``) if set, else ``brinicle_store``."""
+    return os.environ.get("BRINICLE_STORE") or DEFAULT_STORE_DIR
+
+
+def default_cache_dir(url: str) -> Path:
+    """Where a store on object storage keeps its local copies, by default: one folder per
+    store URL under the user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "brinicle-etl" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -45,16 +68,49 @@ def parse_name(name: str) -> tuple[str, str]:
 
 
 class Store:
-    """Collections under one directory. Opening the same name twice returns the same object."""
+    """Collections under one directory, or on object storage (``s3://bucket/prefix``).
+    Opening the same name twice returns the same object.
 
-    def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(root) if root is not None else default_store_path()
+    On object storage, ``storage_options`` are the client's settings (endpoint, credentials,
+    region: see :func:`~brinicle_etl.store.remote.open_bucket`), ``cache_dir`` where the
+    files being searched are kept locally (default under the user's cache directory), and
+    ``refresh_seconds`` how often an open collection looks for a newer generation."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+    ):
+        location = os.fspath(root) if root is not None else default_store_location()
+        self.url: str | None = None
+        self._bucket: Bucket | None = None
+        self._refresh_seconds = refresh_seconds
+        if is_remote(location):
+            self.url = location.rstrip("/")
+            self._bucket = open_bucket(self.url, storage_options)
+            self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.url)
+        else:
+            self.root = Path(location)
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
         self._models: ModelRegistry | None = None
 
     def __repr__(self) -> str:
-        return f"<Store {str(self.root)!r}>"
+        return f"<Store {self.url or str(self.root)!r}>"
+
+    @property
+    def location(self) -> str:
+        """The store as given: its directory, or its ``s3://`` URL."""
+        return self.url or str(self.root)
+
+    def _remote(self, name: str) -> RemoteCollection | None:
+        if self._bucket is None:
+            return None
+        key = self.canonical(name)
+        return RemoteCollection(self._bucket, key, self.path_for(name), refresh_seconds=self._refresh_seconds)
 
     @staticmethod
     def canonical(name: str) -> str:
@@ -66,10 +122,17 @@ class Store:
         return self.root / db / ns
 
     def exists(self, name: str) -> bool:
+        remote = self._remote(name)
+        if remote is not None:
+            return remote.exists()
         return (self.path_for(name) / MANIFEST).exists()
 
     def names(self) -> list[str]:
         """Every collection in the store, as sorted ``db/namespace`` names."""
+        if self._bucket is not None:
+            bucket = self._bucket
+            pairs = [(db, ns) for db in bucket.children("") if is_name(db) for ns in bucket.children(db)]
+            return sorted(f"{db}/{ns}" for db, ns in pairs if is_name(ns) and self.exists(f"{db}/{ns}"))
         if not self.root.is_dir():
             return []
         found = []
@@ -88,11 +151,12 @@ class Store:
             key = self.canonical(name)
             with self._lock:
                 collection = self._open.get(key)
-        # One stat, so a collection deleted by another process is not served from memory.
-        if collection is not None and os.path.exists(collection._manifest_path):
+        # One stat, so a collection deleted by another process is not served from memory
+        # (on object storage the collection notices at its next refresh).
+        if collection is not None and (self._bucket is not None or os.path.exists(collection._manifest_path)):
             return collection
         key = self.canonical(name)
-        collection = Collection(self.path_for(name), name=key)
+        collection = Collection(self.path_for(name), name=key, remote=self._remote(name))
         with self._lock:
             return self._open.setdefault(key, collection)
 
@@ -109,7 +173,12 @@ class Store:
         (``store.create("vectors/demo", dim=384, metric="cosine", dtype="bf16")``)."""
         key = self.canonical(name)
         collection = Collection.create(
-            self.path_for(name), CollectionConfig.of(config, settings), meta=meta, name=key, exist_ok=exist_ok
+            self.path_for(name),
+            CollectionConfig.of(config, settings),
+            meta=meta,
+            name=key,
+            exist_ok=exist_ok,
+            remote=self._remote(name),
         )
         with self._lock:
             return self._open.setdefault(key, collection)
@@ -164,8 +233,7 @@ class Store:
     def drop(self, name: str, *, wait: bool | float = False) -> None:
         """Delete a collection and its files."""
         key = self.canonical(name)
-        path = self.path_for(name)
-        if not (path / MANIFEST).exists():
-            raise NotFoundError(f"collection {key!r} not found in {self.root}")
-        Collection(path, name=key).destroy(wait=wait)
+        if not self.exists(name):
+            raise NotFoundError(f"collection {key!r} not found in {self.location}")
+        Collection(self.path_for(name), name=key, remote=self._remote(name)).destroy(wait=wait)
         self.forget(name)

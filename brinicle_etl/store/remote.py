@@ -1,0 +1,302 @@
+"""Collections on object storage (``s3://bucket/prefix``): files uploaded once, generations
+published by a conditional write, read through a local cache.
+
+Layout under the store's prefix, per collection ``db/ns``::
+
+    db/ns/<file>                    data files (segments, rows, tombstones), immutable, unique names
+    db/ns/_gen/00000000000000000007.json   the manifest of generation 7, created once, never replaced
+    db/ns/_latest.json              {"generation": 7}: where readers start looking
+
+A writer uploads its new files, then creates ``_gen/<generation>.json`` with create-if-absent
+(``If-None-Match: *``): of two writers that built the same generation on the same base, one
+creates it and the other gets :class:`PublishConflictError`; nothing is mixed. Only then is the
+pointer moved, so it may lag, never lead: a reader reads it and probes the generations after
+it (one HEAD each), and so sees everything published, without listing the bucket.
+
+Readers keep the current generation's files in a local cache directory (the collection's
+``directory``); :class:`~brinicle_etl.store.collection.Collection` searches them memory-mapped
+as on a local store, and pulls a new generation at most every ``refresh_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from brinicle_etl._fs import atomic_write_bytes, disk_full_is_an_error
+from brinicle_etl.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    MissingExtraError,
+    NotFoundError,
+    ObjectStoreError,
+    PublishConflictError,
+)
+from brinicle_etl.store.manifest import MANIFEST, Manifest, manifest_bytes, parse_manifest, read_manifest
+
+__all__ = ["Bucket", "RemoteCollection", "is_remote", "open_bucket"]
+
+SCHEMES = ("s3://", "gs://", "az://")
+LATEST = "_latest.json"
+GENERATIONS = "_gen/"
+DEFAULT_REFRESH_SECONDS = 1.0
+
+
+def is_remote(location: object) -> bool:
+    return isinstance(location, str) and location.startswith(SCHEMES)
+
+
+def _generation_key(generation: int) -> str:
+    return f"{GENERATIONS}{generation:020d}.json"
+
+
+class Bucket:
+    """An object store location (``s3://bucket/prefix``) with the few operations the store
+    uses, every failure translated here: obstore's errors never leave this class, and no
+    message carries a credential (only the first line of the client's message is kept)."""
+
+    def __init__(self, url: str, client: Any):
+        self.url = url.rstrip("/")
+        self._client = client
+        import obstore
+
+        self._obs = obstore
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.url!r}>"
+
+    def _error(self, op: str, key: str, exc: BaseException) -> ObjectStoreError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ObjectStoreError(f"{op} {self.url}/{key} failed: {first[:300]}")
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is none."""
+        try:
+            return bytes(self._obs.get(self._client, key).bytes())
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._error("reading", key, exc) from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._obs.head(self._client, key)
+            return True
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise self._error("checking", key, exc) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self._obs.put(self._client, key, data)
+        except Exception as exc:
+            raise self._error("writing", key, exc) from None
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` only if ``key`` does not exist yet; False if it did."""
+        from obstore.exceptions import AlreadyExistsError as Exists
+        from obstore.exceptions import PreconditionError
+
+        try:
+            self._obs.put(self._client, key, data, mode="create")
+            return True
+        except (Exists, PreconditionError):
+            return False
+        except Exception as exc:
+            raise self._error("creating", key, exc) from None
+
+    def upload(self, key: str, path: Path) -> None:
+        try:
+            self._obs.put(self._client, key, path)
+        except Exception as exc:
+            raise self._error("uploading to", key, exc) from None
+
+    def download(self, key: str, path: Path) -> None:
+        """The object into ``path`` (written beside it and renamed, so never half there)."""
+        part = path.with_name(f"{path.name}.part-{secrets.token_hex(4)}")
+        try:
+            with disk_full_is_an_error(path.parent), open(part, "wb") as out:
+                for chunk in self._obs.get(self._client, key).stream(min_chunk_size=8 * 2**20):
+                    out.write(chunk)
+            os.replace(part, path)
+        except FileNotFoundError as exc:
+            part.unlink(missing_ok=True)
+            raise NotFoundError(f"{self.url}/{key} is missing") from exc
+        except Exception as exc:
+            part.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno is not None:
+                raise
+            raise self._error("downloading", key, exc) from None
+
+    def objects(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object under ``prefix`` (path, size, last_modified): for housekeeping, never searches."""
+        try:
+            return [dict(meta) for batch in self._obs.list(self._client, prefix) for meta in batch]
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("listing", prefix, exc) from None
+
+    def children(self, prefix: str) -> list[str]:
+        """The "folder" names right under ``prefix``."""
+        try:
+            found = self._obs.list_with_delimiter(self._client, prefix or None)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("listing", prefix, exc) from None
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"]]
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            try:
+                self._obs.delete(self._client, keys[start : start + 1000])
+            except Exception as exc:
+                raise self._error("deleting", keys[start], exc) from None
+
+
+def open_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> Bucket:
+    """A :class:`Bucket` for ``s3://bucket/prefix`` (``gs://``, ``az://`` as obstore supports them).
+
+    ``storage_options`` are obstore's (``endpoint``, ``access_key_id``, ``secret_access_key``,
+    ``session_token``, ``region``...); what they leave out comes from the standard variables
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). Plain ``http://`` is allowed for a
+    loopback endpoint (a local MinIO or test server)."""
+    try:
+        from obstore.store import from_url
+    except ImportError as exc:
+        raise MissingExtraError("object storage needs obstore: pip install 'brinicle-etl[s3]'") from exc
+    parsed = urlparse(url)
+    if not parsed.netloc:
+        raise ConfigError(f"store {url!r} names no bucket; use s3://bucket/prefix")
+    options = dict(storage_options or {})
+    client_options: Any = dict(options.pop("client_options", {}) or {})
+    endpoint = options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    host = urlparse(endpoint).hostname or ""
+    if endpoint.startswith("http://") and host in ("127.0.0.1", "localhost", "::1"):
+        client_options.setdefault("allow_http", True)
+    try:
+        client = from_url(url, client_options=client_options or None, **options)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open store {url!r}: {first[:300]}") from None
+    return Bucket(url, client)
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    generation: int
+    changed: bool
+
+
+class RemoteCollection:
+    """One collection's objects (``db/ns/`` in the bucket) and its local cache directory."""
+
+    def __init__(self, bucket: Bucket, name: str, directory: Path, *, refresh_seconds: float = DEFAULT_REFRESH_SECONDS):
+        self.bucket = bucket
+        self.prefix = f"{name}/"
+        self.name = name
+        self.directory = directory
+        self.refresh_seconds = refresh_seconds
+        self._pulled_at = -1e18
+        self._lock = threading.Lock()
+
+    def _key(self, relative: str) -> str:
+        return self.prefix + relative
+
+    # ---- reading ----
+
+    def exists(self) -> bool:
+        return self.bucket.exists(self._key(_generation_key(0)))
+
+    def latest(self) -> int | None:
+        """The newest published generation: the pointer, then a probe past it."""
+        raw = self.bucket.get(self._key(LATEST))
+        if raw is None:
+            if not self.bucket.exists(self._key(_generation_key(0))):
+                return None
+            generation = 0
+        else:
+            try:
+                generation = int(json.loads(raw)["generation"])
+            except (ValueError, KeyError, TypeError):
+                generation = 0  # a damaged pointer only costs a longer probe
+        while self.bucket.exists(self._key(_generation_key(generation + 1))):
+            generation += 1
+        return generation
+
+    def manifest(self, generation: int) -> Manifest:
+        key = self._key(_generation_key(generation))
+        raw = self.bucket.get(key)
+        if raw is None:
+            raise NotFoundError(f"collection {self.name!r}: generation {generation} is missing at {self.bucket.url}")
+        return parse_manifest(raw, f"{self.bucket.url}/{key}")
+
+    def due(self) -> bool:
+        return time.monotonic() - self._pulled_at >= self.refresh_seconds
+
+    def pull(self) -> bool:
+        """Bring the cache to the newest generation; returns whether it changed."""
+        with self._lock:
+            self._pulled_at = time.monotonic()
+            generation = self.latest()
+            if generation is None:
+                raise NotFoundError(f"collection {self.name!r} not found at {self.bucket.url}")
+            local = self._local_generation()
+            if local == generation:
+                return False
+            manifest = self.manifest(generation)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for name in manifest.files():
+                if not (self.directory / name).exists():
+                    self.bucket.download(self._key(name), self.directory / name)
+            atomic_write_bytes(self.directory / MANIFEST, manifest_bytes(manifest))
+            return True
+
+    def _local_generation(self) -> int | None:
+        try:
+            return read_manifest(self.directory).generation
+        except FileNotFoundError:
+            return None
+
+    # ---- writing ----
+
+    def destroy(self) -> None:
+        """Delete every object of the collection, its generations first (readers see it gone)."""
+        keys = [meta["path"] for meta in self.bucket.objects(self.prefix.rstrip("/"))]
+        keys.sort(key=lambda k: (not k.startswith(self.prefix + GENERATIONS), k))
+        self.bucket.delete(keys)
+
+    def create(self, manifest: Manifest) -> None:
+        """Publish generation 0 of a new collection; AlreadyExistsError if one exists."""
+        if not self.bucket.create(self._key(_generation_key(manifest.generation)), manifest_bytes(manifest)):
+            raise AlreadyExistsError(f"collection {self.name!r} already exists at {self.bucket.url}")
+        self.bucket.put(self._key(LATEST), json.dumps({"generation": manifest.generation}).encode())
+
+    def push(self, previous: Manifest, manifest: Manifest) -> None:
+        """Upload the new generation's new files, then publish it if no other writer did first."""
+        uploaded = set(previous.files())
+        for name in manifest.files():
+            if name not in uploaded:
+                self.bucket.upload(self._key(name), self.directory / name)
+        key = self._key(_generation_key(manifest.generation))
+        if not self.bucket.create(key, manifest_bytes(manifest)):
+            raise PublishConflictError(
+                f"collection {self.name!r}: another writer published generation {manifest.generation} first "
+                f"(this write was built on generation {previous.generation}); nothing of this write was "
+                "published: run it again to apply it on top",
+                generation=manifest.generation,
+            )
+        # The pointer may lag (readers probe past it), so a failure here loses nothing.
+        with contextlib.suppress(ObjectStoreError):
+            self.bucket.put(self._key(LATEST), json.dumps({"generation": manifest.generation}).encode())

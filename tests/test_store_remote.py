@@ -1,0 +1,172 @@
+"""Collections on object storage, against a real S3-compatible server (moto's) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from brinicle_etl import AlreadyExistsError, NotFoundError, ObjectStoreError, PublishConflictError, Store, ingest
+from brinicle_etl.search import search
+from tests.conftest import REPO
+from tests.s3_server import ACCESS_KEY, SECRET, S3Server, running_s3
+
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with running_s3() as server:
+        yield server
+
+
+def open_store(s3: S3Server, url: str, cache: Path, **kwargs: object) -> Store:
+    return Store(url, storage_options=s3.options(), cache_dir=cache, **kwargs)  # type: ignore[arg-type]
+
+
+def vectors(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def test_a_collection_written_on_one_machine_is_searched_from_another(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    writer = open_store(s3, url, tmp_path / "writer").create("shop/items", dim=DIM)
+    data = vectors(200, seed=1)
+    writer.write([f"k{i}" for i in range(200)], data)
+    expected = [h.id for h in writer.search(data[7], 5)]
+    # Another process, with a cache of its own and its settings from the standard variables.
+    script = (
+        "import json, sys, numpy as np\n"
+        "from brinicle_etl import Store\n"
+        f"st = Store({url!r}, cache_dir={str(tmp_path / 'reader')!r})\n"
+        "col = st.open('shop/items')\n"
+        "q = np.array(json.loads(sys.argv[1]), dtype=np.float32)\n"
+        "print(json.dumps({'n': len(col), 'hits': [h.id for h in col.search(q, 5)], 'names': st.names()}))\n"
+    )
+    env = {**s3.env(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(data[7].tolist())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"n": 200, "hits": expected, "names": ["shop/items"]}
+    assert SECRET not in done.stderr
+
+
+def test_a_reader_sees_a_new_generation_within_its_refresh_interval(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    writer = open_store(s3, url, tmp_path / "w").create("db/ns", dim=DIM)
+    writer.write(["a"], vectors(1, seed=2))
+    reader = open_store(s3, url, tmp_path / "r", refresh_seconds=0.5).open("db/ns")
+    assert len(reader) == 1
+    writer.write(["b", "c"], vectors(2, seed=3))
+    published = time.monotonic()
+    while len(reader) != 3:
+        assert time.monotonic() - published < 5, "the reader never saw the new generation"
+        time.sleep(0.05)
+    assert time.monotonic() - published < 1.5
+    assert reader.generation == writer.generation
+    # Files of the old generation leave the reader's cache once it moved on.
+    cached = {p.name for p in (tmp_path / "r" / "db" / "ns").iterdir() if p.name.startswith(("main-", "rows-"))}
+    assert cached <= set(writer._snapshot().manifest.files())
+
+
+def test_two_writers_on_the_same_generation_one_wins_nothing_mixes(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    a = open_store(s3, url, tmp_path / "a").create("db/ns", dim=DIM)
+    a.write(["base"], vectors(1, seed=4))
+    b = open_store(s3, url, tmp_path / "b").open("db/ns")
+    raced = []
+
+    def a_publishes_meanwhile(done: int, total: int) -> None:
+        if not raced:  # while b builds on the generation both saw, a publishes the next one
+            raced.append(a.write(["from-a"], vectors(1, seed=5)).generation)
+
+    with pytest.raises(PublishConflictError) as info:
+        b.write(["from-b"], vectors(1, seed=6), progress=a_publishes_meanwhile)
+    assert info.value.generation == raced[0] == 2
+    assert str(info.value) == (
+        "collection 'db/ns': another writer published generation 2 first (this write was built on "
+        "generation 1); nothing of this write was published: run it again to apply it on top"
+    )
+    fresh = open_store(s3, url, tmp_path / "c").open("db/ns")
+    assert sorted(fresh.keys()) == ["base", "from-a"]
+    # Run again, it applies on top of the winner's generation.
+    b.write(["from-b"], vectors(1, seed=6))
+    assert sorted(b.keys()) == ["base", "from-a", "from-b"]
+    assert sorted(open_store(s3, url, tmp_path / "d").open("db/ns").keys()) == ["base", "from-a", "from-b"]
+
+
+def test_creating_twice_from_two_machines(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    open_store(s3, url, tmp_path / "a").create("db/ns", dim=DIM)
+    other = open_store(s3, url, tmp_path / "b")
+    with pytest.raises(AlreadyExistsError, match=r"^collection 'db/ns' already exists at s3://"):
+        other.create("db/ns", dim=DIM)
+    assert other.create("db/ns", dim=DIM, exist_ok=True).dim == DIM
+
+
+def test_ingest_and_search_with_rows_on_object_storage(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    store = open_store(s3, url, tmp_path / "cache")
+    data = vectors(50, seed=7)
+    frame = pl.DataFrame({"sku": [f"s{i}" for i in range(50)], "price": list(range(50)), "vec": data.tolist()})
+    first = ingest(frame, "shop/items", store=store, primary_key="sku", vector_col="vec")
+    assert first.rows_inserted == 50
+    changed = frame.with_columns(pl.when(pl.col("sku") == "s3").then(999).otherwise(pl.col("price")).alias("price"))
+    again = ingest(changed, "shop/items", store=store, on_conflict="update", primary_key="sku", vector_col="vec")
+    assert (again.rows_updated, again.rows_unchanged, again.rows_embedded) == (1, 49, 0)
+    reader = open_store(s3, url, tmp_path / "reader")
+    hits = search("shop/items", data[3], k=1, store=reader)
+    assert (hits[0].key, hits[0].row["price"]) == ("s3", 999)
+
+
+def test_the_pointer_may_lag_or_vanish_readers_still_find_the_newest(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    store = open_store(s3, url, tmp_path / "w")
+    col = store.create("db/ns", dim=DIM)
+    for i in range(3):
+        col.write([f"k{i}"], vectors(1, seed=10 + i))
+    assert store._bucket is not None
+    store._bucket.delete([f"{url.split('/', 3)[3]}/db/ns/_latest.json"])
+    reader = open_store(s3, url, tmp_path / "r").open("db/ns")
+    assert (reader.generation, len(reader)) == (3, 3)
+
+
+def test_drop_removes_every_object(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    store = open_store(s3, url, tmp_path / "w")
+    store.create("db/ns", dim=DIM).write(["a"], vectors(1, seed=8))
+    store.drop("db/ns")
+    assert not store.exists("db/ns")
+    assert store._bucket is not None and store._bucket.objects(url.split("/", 3)[3]) == []
+    with pytest.raises(NotFoundError, match=r"^collection 'db/ns' not found at s3://"):
+        open_store(s3, url, tmp_path / "r").open("db/ns")
+
+
+def test_errors_name_the_object_and_never_a_credential(s3: S3Server, tmp_path: Path) -> None:
+    port = int(s3.endpoint.rsplit(":", 1)[1])
+    options = {
+        **s3.options(),
+        "endpoint": f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}",
+        "retry_config": {"max_retries": 0, "retry_timeout": timedelta(seconds=2)},
+    }
+    store = Store("s3://brinicle-tests/nowhere", storage_options=options, cache_dir=tmp_path)
+    with pytest.raises(ObjectStoreError) as info:
+        store.open("db/ns")
+    message = str(info.value)
+    assert message.startswith("reading s3://brinicle-tests/nowhere/db/ns/_latest.json failed: ")
+    assert SECRET not in message and ACCESS_KEY not in message
+    assert SECRET not in repr(store) and ACCESS_KEY not in repr(store)
