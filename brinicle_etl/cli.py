@@ -352,7 +352,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise ConfigError(f"--quota takes KEY=MB; got {entry!r}")
         quotas[key] = int(float(megabytes) * 2**20)
     settings = ServerSettings.from_env(
-        store=_store(args).root,
+        store=_store(args).location,
         api_keys=tuple(args.api_key or ()),
         quotas=quotas or None,
         max_upload_bytes=int(args.max_upload_mb * 2**20) if args.max_upload_mb is not None else None,

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    store: Path, *args: str, env: dict[str, str] | None = None
+    store: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
     # The server's log goes to a file: a pipe nobody reads would fill up and stall the server.

@@ -417,7 +417,7 @@ def test_server_settings_survive_the_trip_through_the_environment(monkeypatch: p
     from brinicle_etl.server import ServerSettings
 
     settings = ServerSettings(
-        store=Path("/srv/vectors"),
+        store="/srv/vectors",
         api_keys=("k1", "k2"),
         quotas={"k1": 3 * 2**20, "k2": 1536},
         max_upload_bytes=5 * 2**20,

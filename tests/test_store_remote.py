@@ -170,3 +170,105 @@ def test_errors_name_the_object_and_never_a_credential(s3: S3Server, tmp_path: P
     assert message.startswith("reading s3://brinicle-tests/nowhere/db/ns/_latest.json failed: ")
     assert SECRET not in message and ACCESS_KEY not in message
     assert SECRET not in repr(store) and ACCESS_KEY not in repr(store)
+
+
+def write_vector_csv(path: Path, n: int, seed: int) -> np.ndarray:
+    data = vectors(n, seed)
+    frame = pl.DataFrame({"sku": [f"s{i}" for i in range(n)], "vec": [json.dumps(v.tolist()) for v in data]})
+    frame.write_csv(path)
+    return data
+
+
+def test_the_cli_ingests_into_and_searches_an_s3_store(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    data = write_vector_csv(tmp_path / "items.csv", 30, seed=20)
+    env = {**s3.env(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "brinicle_etl.cli", *args, "--store", url],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = cli("ingest", str(tmp_path / "items.csv"), "-c", "shop/items", "--pk", "sku", "--vector-col", "vec", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Created shop/items from {tmp_path / 'items.csv'} (precomputed vectors)")
+    found = cli("search", "shop/items", json.dumps(data[4].tolist()), "--k", "1", "--json")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["key"] == "s4"
+    assert SECRET not in done.stdout + done.stderr + found.stdout + found.stderr
+
+
+def test_server_replicas_on_one_s3_store(s3: S3Server, tmp_path: Path) -> None:
+    import httpx
+
+    from tests.server_process import running_server, server_log
+
+    url = s3.new_url()
+    data = vectors(40, seed=21)
+    frame = pl.DataFrame({"sku": [f"s{i}" for i in range(40)], "vec": data.tolist()})
+    ingest(frame, "shop/items", store=open_store(s3, url, tmp_path / "w"), primary_key="sku", vector_col="vec")
+    headers = {"X-API-Key": "k"}
+
+    def nearest(base: str) -> str:
+        body = {"index_name": "shop/items", "query": data[9].tolist(), "k": 1}
+        r = httpx.post(base + "/search", json=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        key: str = r.json()["results"][0]["key"]
+        return key
+
+    with (
+        running_server(url, "--api-key", "k", env={**s3.env(), "XDG_CACHE_HOME": str(tmp_path / "1")}) as (one, p1),
+        running_server(url, "--api-key", "k", env={**s3.env(), "XDG_CACHE_HOME": str(tmp_path / "2")}) as (two, p2),
+    ):
+        assert nearest(one) == nearest(two) == "s9"
+        # A write through one replica is published with the same protocol; the other sees it.
+        body = {"index_name": "shop/items", "external_ids": ["s9"]}
+        r = httpx.post(one + "/delete", json=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert nearest(one) != "s9"
+        deadline = time.monotonic() + 5
+        while nearest(two) == "s9":
+            assert time.monotonic() < deadline, "the other replica never saw the delete"
+            time.sleep(0.1)
+        for proc in (p1, p2):
+            assert SECRET not in server_log(proc)
+
+
+def test_a_dagster_asset_materializes_into_an_s3_store(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from brinicle_etl.dagster import BrinicleResource, collection_asset
+
+    for name, value in {**s3.env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(name, value)
+    url = s3.new_url()
+    write_vector_csv(tmp_path / "items.csv", 60, seed=22)
+    asset = collection_asset("shop/items", source=tmp_path / "items.csv", primary_key="sku", vector_col="vec")
+    result = dg.materialize([asset], resources={"brinicle": BrinicleResource(store=url)})
+    assert result.success
+    [materialization] = result.asset_materializations_for_node(asset.op.name)
+    assert (materialization.metadata["rows_inserted"].value, materialization.metadata["generation"].value) == (60, 1)
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    assert len(Store(url, cache_dir=tmp_path / "other").open("shop/items")) == 60
+
+
+def test_sql_searches_an_s3_store(s3: S3Server, tmp_path: Path) -> None:
+    from brinicle_etl.sql import connect
+
+    url = s3.new_url()
+    data = vectors(30, seed=23)
+    frame = pl.DataFrame({"sku": [f"s{i}" for i in range(30)], "price": list(range(30)), "vec": data.tolist()})
+    ingest(frame, "shop/items", store=open_store(s3, url, tmp_path / "w"), primary_key="sku", vector_col="vec")
+    con = connect(open_store(s3, url, tmp_path / "analyst"))
+    rows = con.execute(
+        "SELECT _key, price FROM brinicle_search('shop/items', $q::FLOAT[], k := 2)", {"q": data[5].tolist()}
+    ).fetchall()
+    assert rows[0] == ("s5", 5)
+    assert con.sql("SELECT count(*) FROM brinicle_rows('shop/items')").fetchall() == [(30,)]

@@ -36,7 +36,10 @@ _CHECK_DESCRIPTIONS = {
 class BrinicleResource(dg.ConfigurableResource):
     """Where collections live, and the defaults new ones are created with."""
 
-    store: str = Field(default=DEFAULT_STORE_DIR, description="The store directory.")
+    store: str = Field(
+        default=DEFAULT_STORE_DIR,
+        description="The store directory, or s3://bucket/prefix (credentials from the AWS_* variables).",
+    )
     dtype: VectorDType = Field(default="bf16", description="Vector dtype of new collections.")
     metric: Metric = Field(default="cosine", description="Distance of new collections.")
     M: int = Field(default=16, description="HNSW connectivity of new collections.")

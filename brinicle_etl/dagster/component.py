@@ -24,7 +24,8 @@ from pathlib import Path
 import dagster as dg
 
 from brinicle_etl.dagster.assets import BrinicleResource, collection_asset
-from brinicle_etl.store import default_store_path
+from brinicle_etl.store import default_store_location
+from brinicle_etl.store.remote import is_remote
 from brinicle_etl.types import ConflictPolicy, Metric, VectorDType, WriteMode
 
 __all__ = ["BrinicleCollectionComponent", "store_resource"]
@@ -39,10 +40,10 @@ def store_resource(store: str | Path) -> tuple[str, BrinicleResource]:
     Dagster merges definitions only when a resource key maps to the same object, so every
     component and asset that writes to one store shares this one. The key reads as the
     store: ``brinicle_store`` for ``./brinicle_store``, ``brinicle_vectors`` for
-    ``/data/vectors`` (``_2``, ``_3``... if two stores share a folder name).
+    ``/data/vectors`` or ``s3://bucket/vectors`` (``_2``, ``_3``... if two stores share a name).
     """
-    path = os.path.abspath(store)
-    name = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).name).strip("_") or "store"
+    path = str(store).rstrip("/") if is_remote(str(store)) else os.path.abspath(store)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", path.rsplit("/", 1)[-1]).strip("_") or "store"
     base = name if name.startswith("brinicle") else f"brinicle_{name}"
     with _lock:
         if path not in _resources:
@@ -83,10 +84,10 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
         source = Path(self.source)
         if not source.is_absolute():
             source = Path(context.path) / source
-        store = Path(self.store) if self.store else default_store_path()
-        if not store.is_absolute():
-            store = Path(context.project_root) / store
-        resource_key, resource = store_resource(store)
+        location = self.store or default_store_location()
+        if not is_remote(location) and not Path(location).is_absolute():
+            location = str(Path(context.project_root) / location)
+        resource_key, resource = store_resource(location)
         asset = collection_asset(
             self.collection,
             source=source,

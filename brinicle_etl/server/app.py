@@ -7,6 +7,7 @@ into a status code at one boundary; responses and errors follow brinicle's wire 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,8 +38,8 @@ def create_app(
 ) -> FastAPI:
     """The app over ``store`` (default ``$BRINICLE_STORE`` or ``./brinicle_store``)."""
     if settings is None:
-        root = store.root if isinstance(store, Store) else Path(store) if store is not None else None
-        settings = ServerSettings.from_env(store=root, api_keys=tuple(api_keys))
+        location = store.location if isinstance(store, Store) else os.fspath(store) if store is not None else None
+        settings = ServerSettings.from_env(store=location, api_keys=tuple(api_keys))
     st = store if isinstance(store, Store) else Store(settings.store)
     tasks = TaskStore(st)
     state = ServerState(

@@ -11,7 +11,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -42,7 +41,7 @@ from brinicle_etl.errors import (
     UnknownModelError,
 )
 from brinicle_etl.server.writers import WriterGate
-from brinicle_etl.store import Collection, Store, default_store_path
+from brinicle_etl.store import Collection, Store, default_store_location
 from brinicle_etl.types import INDEX_NAME_PATTERN, INDEX_NAME_RULE, index_collection
 
 __all__ = [
@@ -76,7 +75,8 @@ class ServerSettings:
     ``max_body_bytes`` every other body (held in memory); past either the answer is 413.
     """
 
-    store: Path
+    store: str
+    """A directory or ``s3://bucket/prefix`` (credentials from the standard variables)."""
     api_keys: tuple[str, ...] = ()
     quotas: dict[str, int] = field(default_factory=dict)
     max_upload_bytes: int = 512 * 2**20
@@ -102,7 +102,7 @@ class ServerSettings:
                 key, megabytes = entry.rsplit("=", 1)
                 quotas[key.strip()] = int(float(megabytes) * 2**20)
         values: dict[str, Any] = {
-            "store": default_store_path(),
+            "store": default_store_location(),
             "api_keys": keys,
             "quotas": quotas,
             "max_upload_bytes": int(float(env("BRINICLE_MAX_UPLOAD_MB", "512")) * 2**20),
@@ -118,7 +118,7 @@ class ServerSettings:
         """The variables :meth:`from_env` reads these settings back from: how :func:`serve`
         hands them to every worker process uvicorn starts."""
         return {
-            "BRINICLE_STORE": str(self.store),
+            "BRINICLE_STORE": self.store,
             "BRINICLE_API_KEYS": ",".join(self.api_keys),
             "BRINICLE_QUOTAS": ",".join(f"{key}={size / 2**20!r}" for key, size in self.quotas.items()),
             "BRINICLE_MAX_UPLOAD_MB": repr(self.max_upload_bytes / 2**20),

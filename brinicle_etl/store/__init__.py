@@ -2,7 +2,14 @@
 
 from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import CollectionConfig
-from brinicle_etl.store.store import DEFAULT_NAMESPACE, DEFAULT_STORE_DIR, Store, default_store_path, parse_name
+from brinicle_etl.store.store import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_STORE_DIR,
+    Store,
+    default_store_location,
+    default_store_path,
+    parse_name,
+)
 from brinicle_etl.store.writer import DeleteResult, WriteResult
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "DeleteResult",
     "Store",
     "WriteResult",
+    "default_store_location",
     "default_store_path",
     "parse_name",
 ]

@@ -67,6 +67,35 @@ def parse_name(name: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+SHARED = "_brinicle/"
+"""The store's own files on object storage (``.brinicle/`` locally); not a collection name."""
+
+
+class SharedFile:
+    def __init__(self, store: Store, relative: str):
+        self._bucket = store._bucket
+        self._key = SHARED + relative
+        self._path = store.config_dir / relative
+
+    def __str__(self) -> str:
+        return f"{self._bucket.url}/{self._key}" if self._bucket is not None else str(self._path)
+
+    def read(self) -> bytes | None:
+        if self._bucket is not None:
+            return self._bucket.get(self._key)
+        try:
+            return self._path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        if self._bucket is not None:
+            self._bucket.put(self._key, data)
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._path, data)
+
+
 class Store:
     """Collections under one directory, or on object storage (``s3://bucket/prefix``).
     Opening the same name twice returns the same object.
@@ -110,6 +139,8 @@ class Store:
         if self._bucket is None:
             return None
         key = self.canonical(name)
+        if key.startswith(SHARED):
+            raise ConfigError(f"invalid collection name {key!r}: {SHARED.rstrip('/')!r} holds the store's own files")
         return RemoteCollection(self._bucket, key, self.path_for(name), refresh_seconds=self._refresh_seconds)
 
     @staticmethod
@@ -131,7 +162,8 @@ class Store:
         """Every collection in the store, as sorted ``db/namespace`` names."""
         if self._bucket is not None:
             bucket = self._bucket
-            pairs = [(db, ns) for db in bucket.children("") if is_name(db) for ns in bucket.children(db)]
+            dbs = [db for db in bucket.children("") if is_name(db) and f"{db}/" != SHARED]
+            pairs = [(db, ns) for db in dbs for ns in bucket.children(db)]
             return sorted(f"{db}/{ns}" for db, ns in pairs if is_name(ns) and self.exists(f"{db}/{ns}"))
         if not self.root.is_dir():
             return []
@@ -192,8 +224,13 @@ class Store:
             # embed loads polars for its vector parsing: only a store that embeds pays for it
             from brinicle_etl.embed.models import ModelRegistry
 
-            self._models = ModelRegistry(self.config_dir / "models.json")
+            self._models = ModelRegistry(self.shared_file("models.json"))
         return self._models
+
+    def shared_file(self, relative: str) -> SharedFile:
+        """One of the store's own small files (the model registry, a template), seen alike by
+        every machine: in ``.brinicle/`` of a local store, under ``_brinicle/`` in the bucket."""
+        return SharedFile(self, relative)
 
     # ---- schema templates, saved by name -----------------------------------------
 
@@ -204,26 +241,28 @@ class Store:
 
     def template(self, name: str) -> dict[str, Any] | None:
         """A saved template schema (as JSON data), or None."""
-        path = self._template_path(name)
-        if not path.exists():
+        file = self._template_file(name)
+        raw = file.read()
+        if raw is None:
             return None
         try:
-            data: dict[str, Any] = json.loads(path.read_text())
+            data: dict[str, Any] = json.loads(raw)
         except ValueError as exc:
-            raise ConfigError(f"template {name!r} at {path} is not valid JSON: {exc}") from exc
+            raise ConfigError(f"template {name!r} at {file} is not valid JSON: {exc}") from exc
         return data
 
     def save_template(self, name: str, data: dict[str, Any]) -> None:
-        path = self._template_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+        self._template_file(name).write(json.dumps(data, indent=2).encode())
 
     def templates(self) -> list[str]:
+        if self._bucket is not None:
+            objects = self._bucket.objects(f"{SHARED}templates")
+            return sorted(m["path"].rsplit("/", 1)[-1].removesuffix(".json") for m in objects)
         folder = self.config_dir / "templates"
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
-    def _template_path(self, name: str) -> Path:
-        return self.config_dir / "templates" / f"{check_name(name, 'template name')}.json"
+    def _template_file(self, name: str) -> SharedFile:
+        return self.shared_file(f"templates/{check_name(name, 'template name')}.json")
 
     def forget(self, name: str) -> None:
         """Close a collection in this process; its files stay (brinicle's ``destroy=false``)."""
