@@ -269,6 +269,17 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     _emit(args, data, lambda out: out.write(f"rebuilt {col.name}: generation {generation}\n"))
 
 
+def cmd_vacuum(args: argparse.Namespace) -> None:
+    col = _store(args).open(args.collection)
+    result = col.vacuum(retention_seconds=args.retention_hours * 3600, wait=args.wait)
+    data = {"removed": result.removed, "bytes_freed": result.bytes_freed, "kept_generations": result.kept_generations}
+    kept = ", ".join(map(str, result.kept_generations))
+    message = (
+        f"{col.name}: removed {len(result.removed)} objects ({result.bytes_freed:,} bytes); kept generations {kept}\n"
+    )
+    _emit(args, data, lambda out: out.write(message))
+
+
 def cmd_optimize(args: argparse.Namespace) -> None:
     col = _store(args).open(args.collection)
     merged = col.optimize(wait=args.wait)
@@ -469,6 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", parents=[common, writer], help="rebuild only if needs_rebuild")
     p.add_argument("collection")
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("vacuum", parents=[common, writer], help="remove files no reader can still need")
+    p.add_argument("collection")
+    p.add_argument(
+        "--retention-hours",
+        type=float,
+        default=1.0,
+        metavar="H",
+        help="keep generations superseded less than this long ago (default 1; object storage)",
+    )
+    p.set_defaults(func=cmd_vacuum)
     return parser
 
 

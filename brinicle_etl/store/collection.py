@@ -42,7 +42,7 @@ from brinicle_etl.store.manifest import (
     read_manifest,
     write_manifest,
 )
-from brinicle_etl.store.remote import RemoteCollection
+from brinicle_etl.store.remote import DEFAULT_RETENTION_SECONDS, RemoteCollection, VacuumResult
 from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, Sessions
 from brinicle_etl.store.snapshot import RowCache, Snapshot
@@ -631,6 +631,18 @@ class Collection:
             os.replace(self.directory, trash)
         self.release_writer_lock()
         shutil.rmtree(trash, ignore_errors=True)
+
+    def vacuum(self, *, retention_seconds: float = DEFAULT_RETENTION_SECONDS, wait: Wait = False) -> VacuumResult:
+        """Remove what no reader can still need. On object storage: objects of generations
+        superseded more than ``retention_seconds`` ago (see
+        :meth:`~brinicle_etl.store.remote.RemoteCollection.vacuum`); locally, where every write
+        removes the files it replaced, what a crashed writer left."""
+        with self._lock(wait):
+            manifest = read_manifest(self.directory)
+            removed = remove_unreferenced(self.directory, manifest.files())
+        if self._remote is not None:
+            return self._remote.vacuum(retention_seconds)
+        return VacuumResult(removed=removed, bytes_freed=0, kept_generations=[manifest.generation])
 
     def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:
         """Replace the collection's free-form metadata (a new generation, nothing else changes)."""

@@ -43,12 +43,13 @@ from brinicle_etl.errors import (
 )
 from brinicle_etl.store.manifest import MANIFEST, Manifest, manifest_bytes, parse_manifest, read_manifest
 
-__all__ = ["Bucket", "RemoteCollection", "is_remote", "open_bucket"]
+__all__ = ["DEFAULT_RETENTION_SECONDS", "Bucket", "RemoteCollection", "VacuumResult", "is_remote", "open_bucket"]
 
 SCHEMES = ("s3://", "gs://", "az://")
 LATEST = "_latest.json"
 GENERATIONS = "_gen/"
 DEFAULT_REFRESH_SECONDS = 1.0
+DEFAULT_RETENTION_SECONDS = 3600.0
 
 
 def is_remote(location: object) -> bool:
@@ -193,10 +194,13 @@ def open_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> B
     return Bucket(url, client)
 
 
-@dataclass(frozen=True, slots=True)
-class Pulled:
-    generation: int
-    changed: bool
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VacuumResult:
+    """What a vacuum removed (object names, or file names on a local store) and kept."""
+
+    removed: list[str]
+    bytes_freed: int
+    kept_generations: list[int]
 
 
 class RemoteCollection:
@@ -223,9 +227,12 @@ class RemoteCollection:
         """The newest published generation: the pointer, then a probe past it."""
         raw = self.bucket.get(self._key(LATEST))
         if raw is None:
-            if not self.bucket.exists(self._key(_generation_key(0))):
+            # No pointer (a writer died between creating generation 0 and writing it, or it
+            # was removed by hand): the generations themselves say, at the cost of a listing.
+            published = self._generations()
+            if not published:
                 return None
-            generation = 0
+            generation = max(published)
         else:
             try:
                 generation = int(json.loads(raw)["generation"])
@@ -234,6 +241,15 @@ class RemoteCollection:
         while self.bucket.exists(self._key(_generation_key(generation + 1))):
             generation += 1
         return generation
+
+    def _generations(self) -> dict[int, dict[str, Any]]:
+        """Every published generation's manifest object, by generation (a listing: housekeeping only)."""
+        found = {}
+        for meta in self.bucket.objects(self._key(GENERATIONS).rstrip("/")):
+            stem = str(meta["path"]).rsplit("/", 1)[-1].removesuffix(".json")
+            if stem.isdigit():
+                found[int(stem)] = meta
+        return found
 
     def manifest(self, generation: int) -> Manifest:
         key = self._key(_generation_key(generation))
@@ -271,6 +287,49 @@ class RemoteCollection:
 
     # ---- writing ----
 
+    def vacuum(self, retention_seconds: float = DEFAULT_RETENTION_SECONDS) -> VacuumResult:
+        """Delete the objects no reader can still need: files of no recent generation and the
+        manifests of generations superseded more than ``retention_seconds`` ago.
+
+        Kept: the newest generation, every generation whose successor is younger than the
+        retention window (a reader may still be downloading it), generation 0 (it marks the
+        collection), and every file younger than the window (a writer may be uploading it for a
+        generation it has not published yet)."""
+        now = time.time()
+        published = self._generations()
+        newest = self.latest()
+        order = sorted(published)
+        kept = []
+        for position, generation in enumerate(order):
+            successor = order[position + 1] if position + 1 < len(order) else None
+            recent = successor is not None and now - _timestamp(published[successor]) < retention_seconds
+            if generation in (newest, 0) or successor is None or recent:
+                kept.append(generation)
+        referenced: set[str] = set()
+        for generation in kept:
+            referenced.update(self.manifest(generation).files())
+        removable = []
+        for meta in self.bucket.objects(self.prefix.rstrip("/")):
+            key = str(meta["path"])
+            relative = key.removeprefix(self.prefix)
+            if relative == LATEST:
+                continue
+            if relative.startswith(GENERATIONS):
+                stem = relative.removeprefix(GENERATIONS).removesuffix(".json")
+                if stem.isdigit() and int(stem) in kept:
+                    continue
+            elif relative in referenced or now - _timestamp(meta) < retention_seconds:
+                continue
+            removable.append(meta)
+        # Manifests after the files they name would leave a reader a manifest without files.
+        removable.sort(key=lambda m: not str(m["path"]).startswith(self.prefix + GENERATIONS))
+        self.bucket.delete([str(m["path"]) for m in removable])
+        return VacuumResult(
+            removed=[str(m["path"]).removeprefix(self.prefix) for m in removable],
+            bytes_freed=sum(int(m["size"]) for m in removable),
+            kept_generations=kept,
+        )
+
     def destroy(self) -> None:
         """Delete every object of the collection, its generations first (readers see it gone)."""
         keys = [meta["path"] for meta in self.bucket.objects(self.prefix.rstrip("/"))]
@@ -300,3 +359,8 @@ class RemoteCollection:
         # The pointer may lag (readers probe past it), so a failure here loses nothing.
         with contextlib.suppress(ObjectStoreError):
             self.bucket.put(self._key(LATEST), json.dumps({"generation": manifest.generation}).encode())
+
+
+def _timestamp(meta: dict[str, Any]) -> float:
+    modified = meta.get("last_modified")
+    return modified.timestamp() if modified is not None else 0.0
