@@ -301,3 +301,61 @@ def test_vacuum_keeps_what_a_recent_reader_may_need_and_removes_the_rest(s3: S3S
     assert left == newest | {"_latest.json", "_gen/00000000000000000000.json", "_gen/00000000000000000004.json"}
     reader = open_store(s3, url, tmp_path / "r").open("db/ns")
     assert sorted(reader.keys()) == ["k0", "k1", "k2"]
+
+
+CRASH_WRITER = """
+import sys
+import numpy as np
+from brinicle_etl import Store
+
+url, cache = sys.argv[1], sys.argv[2]
+col = Store(url, cache_dir=cache).open("db/ns")
+while True:
+    g = col.generation
+    if g % 5 == 4:
+        col.rebuild()  # a generation with the same rows in new files
+    else:
+        keys = [f"g{g}-{i}" for i in range(300)]
+        col.write(keys, np.random.default_rng(g).standard_normal((300, 16)).astype(np.float32), mode="insert")
+    print(col.generation, flush=True)
+"""
+
+
+def expected_keys(generation: int) -> set[str]:
+    """The rows the crash writer's generations 1..generation hold together."""
+    return {f"g{g}-{i}" for g in range(generation) if g % 5 != 4 for i in range(300)}
+
+
+def test_sigkill_of_a_writer_at_random_points_leaves_the_old_or_the_new_generation(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    url = s3.new_url()
+    open_store(s3, url, tmp_path / "setup").create("db/ns", dim=DIM)
+    rng = np.random.default_rng(40)
+    env = {**s3.env(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    last = 0
+    for kill in range(20):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", CRASH_WRITER, url, str(tmp_path / "writer")],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        writer.stdout.readline()  # it has published at least once: the kill lands mid-work
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        writer.kill()
+        writer.wait()
+        # A reader with a fresh cache opens the old or the new generation, complete.
+        col = open_store(s3, url, tmp_path / f"reader{kill}").open("db/ns")
+        assert col.generation >= last
+        last = col.generation
+        assert set(col.keys()) == expected_keys(col.generation), f"kill {kill}: generation {col.generation}"
+        assert len(col.search(np.ones(DIM, np.float32), 5)) == 5
+    assert last >= 20
+    # What the killed writers left in the bucket goes with a vacuum, and the collection still opens.
+    store = open_store(s3, url, tmp_path / "final")
+    store.open("db/ns").vacuum(retention_seconds=0)
+    assert set(open_store(s3, url, tmp_path / "after").open("db/ns").keys()) == expected_keys(last)
