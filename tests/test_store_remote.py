@@ -14,7 +14,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from brinicle_etl import AlreadyExistsError, NotFoundError, ObjectStoreError, PublishConflictError, Store, ingest
+from brinicle_etl import (
+    AlreadyExistsError,
+    NotFoundError,
+    ObjectStoreError,
+    PublishConflictError,
+    StateError,
+    Store,
+    ingest,
+)
 from brinicle_etl.search import search
 from tests.conftest import REPO
 from tests.s3_server import ACCESS_KEY, SECRET, S3Server, running_s3
@@ -359,3 +367,72 @@ def test_sigkill_of_a_writer_at_random_points_leaves_the_old_or_the_new_generati
     store = open_store(s3, url, tmp_path / "final")
     store.open("db/ns").vacuum(retention_seconds=0)
     assert set(open_store(s3, url, tmp_path / "after").open("db/ns").keys()) == expected_keys(last)
+
+
+SESSION_WRITER = """
+import os, sys
+import numpy as np
+from brinicle_etl import Store
+
+url, cache = sys.argv[1], sys.argv[2]
+col = Store(url, cache_dir=cache).open("db/ns")
+col.init("upsert")
+vectors = np.random.default_rng(50).standard_normal((101, 16)).astype(np.float32)
+col.ingest_batch([f"b{i}" for i in range(100)], vectors[:100])
+col.ingest("single", vectors[100])
+print("acknowledged", flush=True)
+os.kill(os.getpid(), 9)  # the machine goes away before finalize
+"""
+
+
+def session_parts(store: Store) -> list[str]:
+    assert store._bucket is not None
+    return [str(m["path"]) for m in store._bucket.objects("db/ns/_session")]
+
+
+def test_an_acknowledged_session_survives_its_writer_machine(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    open_store(s3, url, tmp_path / "setup").create("db/ns", dim=DIM).write(["old"], vectors(1, seed=51))
+    env = {**s3.env(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_WRITER, url, str(tmp_path / "gone")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout == "acknowledged\n" and done.returncode == -9, done.stderr
+    # Another machine, with nothing of the first one's disk, finishes the session.
+    other = open_store(s3, url, tmp_path / "other")
+    col = other.open("db/ns")
+    with pytest.raises(
+        StateError, match=r"^init: an ingest session is already pending on 'db/ns' \(mode 'upsert', 101"
+    ):
+        col.init("upsert")
+    result = col.finalize()
+    assert result.inserted == 101
+    assert sorted(col.keys()) == sorted(["old", "single", *(f"b{i}" for i in range(100))])
+    expected = np.random.default_rng(50).standard_normal((101, 16)).astype(np.float32)
+    np.testing.assert_allclose(col.vectors(["b7"])[0], expected[7], atol=1e-2)
+    assert session_parts(other) == []  # a finalized session's staged objects are removed
+
+
+def test_abort_and_binary_batches_on_object_storage(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    store = open_store(s3, url, tmp_path / "a")
+    col = store.create("db/ns", dim=DIM)
+    col.init("build")
+    data = vectors(3, seed=52)
+    with col.ingest_binary(id_width=8) as batch:
+        for i in range(3):
+            batch.feed(f"x{i}".encode().ljust(8, b"\0") + data[i].tobytes())
+        assert batch.finish() == 3
+    assert len(session_parts(store)) == 2  # the session's header, then the batch
+    assert col.abort() == 3
+    assert session_parts(store) == []
+    col.init("build")
+    col.ingest_batch(["y"], data[:1])
+    reader = open_store(s3, url, tmp_path / "b").open("db/ns")
+    assert reader.finalize().inserted == 1
+    assert reader.keys() == ["y"]

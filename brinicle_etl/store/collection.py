@@ -126,6 +126,7 @@ class Collection:
             snapshot=self._snapshot,
             publish=self._publish,
             compact=lambda snap: self._compact(snap, None, None),
+            mirror=remote,
         )
         self._held: ExitStack | None = None
         self._held_mutex = threading.Lock()

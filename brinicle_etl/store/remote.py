@@ -40,6 +40,7 @@ from brinicle_etl.errors import (
     NotFoundError,
     ObjectStoreError,
     PublishConflictError,
+    StateError,
 )
 from brinicle_etl.store.manifest import MANIFEST, Manifest, manifest_bytes, parse_manifest, read_manifest
 
@@ -48,6 +49,7 @@ __all__ = ["DEFAULT_RETENTION_SECONDS", "Bucket", "RemoteCollection", "VacuumRes
 SCHEMES = ("s3://", "gs://", "az://")
 LATEST = "_latest.json"
 GENERATIONS = "_gen/"
+SESSIONS = "_session/"
 DEFAULT_REFRESH_SECONDS = 1.0
 DEFAULT_RETENTION_SECONDS = 3600.0
 
@@ -312,8 +314,8 @@ class RemoteCollection:
         for meta in self.bucket.objects(self.prefix.rstrip("/")):
             key = str(meta["path"])
             relative = key.removeprefix(self.prefix)
-            if relative == LATEST:
-                continue
+            if relative == LATEST or relative.startswith(SESSIONS):
+                continue  # a pending session's parts stay until its finalize or abort
             if relative.startswith(GENERATIONS):
                 stem = relative.removeprefix(GENERATIONS).removesuffix(".json")
                 if stem.isdigit() and int(stem) in kept:
@@ -329,6 +331,55 @@ class RemoteCollection:
             bytes_freed=sum(int(m["size"]) for m in removable),
             kept_generations=kept,
         )
+
+    # ---- an ingest session's staged log (see SessionMirror) ----
+
+    def save_staged(self, path: Path, session_id: str, start: int, end: int) -> None:
+        """Store bytes ``start:end`` of the local session log as one object, created once:
+        a second machine appending at the same offset loses and is told to retry."""
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+        key = self._key(f"{SESSIONS}{session_id}/{start:016d}")
+        if not self.bucket.create(key, data):
+            raise StateError(
+                f"collection {self.name!r}: another writer appended to the pending ingest session at the same "
+                "time; nothing of this call was staged: call it again"
+            )
+
+    def restore_staged(self, path: Path, finalized: str | None) -> None:
+        """Make the local session log what the object store holds (or remove it if none is pending)."""
+        parts: dict[str, list[tuple[int, str]]] = {}
+        for meta in self.bucket.objects(self._key(SESSIONS).rstrip("/")):
+            session, _, start = str(meta["path"]).removeprefix(self._key(SESSIONS)).partition("/")
+            if start.isdigit():
+                parts.setdefault(session, []).append((int(start), str(meta["path"])))
+        stale = [key for session, found in parts.items() if session == finalized for _o, key in found]
+        if stale:  # a finalize published it and died before removing these
+            self.bucket.delete(stale)
+        pending = {s: sorted(found) for s, found in parts.items() if s != finalized and min(found)[0] == 0}
+        if not pending:
+            path.unlink(missing_ok=True)
+            return
+        session = max(pending, key=lambda s: len(pending[s]))
+        # The tmp- prefix is a managed one: a crash here leaves nothing the next write keeps.
+        tmp = path.with_name(f"{path.name}.tmp-restore")
+        with open(tmp, "wb") as out:
+            for offset, key in pending[session]:
+                if offset != out.tell():
+                    break  # only a gap-free prefix was ever acknowledged
+                data = self.bucket.get(key)
+                if data is None:
+                    break
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+
+    def drop_staged(self, session_id: str) -> None:
+        keys = [str(m["path"]) for m in self.bucket.objects(self._key(f"{SESSIONS}{session_id}"))]
+        with contextlib.suppress(ObjectStoreError):  # leftovers go with the next vacuum
+            self.bucket.delete(keys)
 
     def destroy(self) -> None:
         """Delete every object of the collection, its generations first (readers see it gone)."""

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any, get_args
+from typing import IO, Any, Protocol, get_args
 
 import numpy as np
 
@@ -32,6 +32,15 @@ __all__ = ["SESSION_LOG", "BinaryIngest", "Sessions"]
 SESSION_LOG = "session.log"
 
 
+class SessionMirror(Protocol):
+    """Where a session's log is also kept, on object storage, so that what was acknowledged
+    survives the machine: each append's bytes, stored before the call returns."""
+
+    def save_staged(self, path: Path, session_id: str, start: int, end: int) -> None: ...
+    def restore_staged(self, path: Path, finalized: str | None) -> None: ...
+    def drop_staged(self, session_id: str) -> None: ...
+
+
 class Sessions:
     """A collection's ingest sessions, over the few things a session needs from it: the
     writer lock with a fresh snapshot (``writing``), a snapshot to look at, publication and
@@ -46,16 +55,26 @@ class Sessions:
         snapshot: Callable[[], Snapshot],
         publish: Callable[[Manifest], None],
         compact: Callable[[Snapshot], object],
+        mirror: SessionMirror | None = None,
     ):
         self.directory, self.name = directory, name
         self.writing, self.snapshot, self._publish, self._compact = writing, snapshot, publish, compact
         self._log: StagingLog | None = None
+        self._mirror = mirror
+        # Whether the local log is known to equal the mirrored one (only this object appends
+        # to it while it holds the lock); unknown at first and after any failure.
+        self._in_step = False
 
     @property
     def dim(self) -> int:
         return self.snapshot().manifest.config.dim
 
     def _pending(self, snap: Snapshot) -> StagingLog | None:
+        if self._mirror is not None and not self._in_step:
+            # The object store holds what was acknowledged: the local log follows it.
+            self._mirror.restore_staged(self.directory / SESSION_LOG, snap.manifest.last_session)
+            self._log = None
+            self._in_step = True
         log = StagingLog.open(self.directory / SESSION_LOG)
         if log is None:
             self._log = None
@@ -96,15 +115,24 @@ class Sessions:
                     f"(mode {pending.header.mode!r}, {pending.count} vectors staged); "
                     "call finalize() to apply it or abort() to discard it"
                 )
-            self._log = StagingLog.create(
+            log = StagingLog.create(
                 self.directory / SESSION_LOG, session_id=uuid.uuid4().hex, mode=mode, dim=snap.manifest.config.dim
             )
+            if self._mirror is not None:
+                try:
+                    self._mirror.save_staged(log.path, log.header.id, 0, log.end)
+                except BaseException:
+                    log.discard()
+                    self._in_step = False
+                    raise
+            self._log = log
 
     def ingest(self, key: str, vector: Any, *, wait: Wait) -> None:
         v = as_vector(vector, self.dim, "ingest")
         block = encode_keys([key], "ingest")
         with self.writing(wait) as snap:
-            self.require(snap, "ingest").append(block, v.reshape(1, -1))
+            log = self.require(snap, "ingest")
+            self._mirrored(log, lambda: log.append(block, v.reshape(1, -1)))
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> int:
         keys = list(keys)
@@ -113,8 +141,23 @@ class Sessions:
             raise InputError(f"ingest_batch: {len(keys)} ids but {len(matrix)} vectors")
         block = encode_keys(keys, "ingest_batch")
         with self.writing(wait) as snap:
-            self.require(snap, "ingest_batch").append(block, matrix)
+            log = self.require(snap, "ingest_batch")
+            self._mirrored(log, lambda: log.append(block, matrix))
         return len(keys)
+
+    def _mirrored(self, log: StagingLog, append: Callable[[], None]) -> None:
+        """Append locally, then to the mirror; acknowledged only once both hold it."""
+        if self._mirror is None:
+            append()
+            return
+        start = log.end
+        append()
+        try:
+            self._mirror.save_staged(log.path, log.header.id, start, log.end)
+        except BaseException:
+            log.cut(start)
+            self._in_step = False
+            raise
 
     def finalize(self, optimize: bool, params: HnswParams | dict[str, Any] | None, *, wait: Wait) -> WriteResult:
         with self.writing(wait) as snap:
@@ -130,11 +173,16 @@ class Sessions:
                 # The staged data can never apply: the session ends. Anything else (a full
                 # disk, a crash) keeps it, acknowledged as it is, for the next finalize.
                 tx.rollback()
+                if self._mirror is not None:
+                    self._mirror.drop_staged(log.header.id)
                 log.discard()
                 self._log = None
                 raise
             log.discard()
             self._log = None
+            if self._mirror is not None:
+                # Published (the manifest names the session): its staged objects are garbage now.
+                self._mirror.drop_staged(log.header.id)
             if optimize and self.snapshot().manifest.needs_rebuild:
                 self._compact(self.snapshot())
         return result
@@ -143,6 +191,8 @@ class Sessions:
         with self.writing(wait) as snap:
             log = self.require(snap, "abort")
             dropped = log.count
+            if self._mirror is not None:
+                self._mirror.drop_staged(log.header.id)
             log.discard()
             self._log = None
         return dropped
@@ -225,7 +275,10 @@ class BinaryIngest:
         try:
             with self._sessions.writing(wait) as snap:
                 log = self._sessions.require(snap, "ingest_batch")
-                log.append_spooled(spool, id_width=self.id_width, rows=self.count, crc=self._crc)
+                rows, crc = self.count, self._crc
+                self._sessions._mirrored(
+                    log, lambda: log.append_spooled(spool, id_width=self.id_width, rows=rows, crc=crc)
+                )
         except LockedError:
             raise
         except BaseException:

@@ -155,6 +155,18 @@ class StagingLog:
                 os.truncate(self.path, self._end)
 
     @property
+    def end(self) -> int:
+        """The offset just past the last complete record. The caller holds the writer lock."""
+        self._sync_end()
+        return self._end
+
+    def cut(self, end: int) -> None:
+        """Drop everything after ``end``: a record the object store did not take, so never
+        acknowledged. The caller holds the writer lock."""
+        os.truncate(self.path, end)
+        self._end = -1
+
+    @property
     def count(self) -> int:
         """Staged rows. Safe without the lock: it only reads (a record being appended
         right now is not complete yet, and is not counted)."""
