@@ -87,8 +87,16 @@ def test_a_reader_sees_a_new_generation_within_its_refresh_interval(s3: S3Server
     assert time.monotonic() - published < 1.5
     assert reader.generation == writer.generation
     # Files of the old generation leave the reader's cache once it moved on.
-    cached = {p.name for p in (tmp_path / "r" / "db" / "ns").iterdir() if p.name.startswith(("main-", "rows-"))}
-    assert cached <= set(writer._snapshot().manifest.files())
+    before = set(reader._snapshot().manifest.files())
+    writer.rebuild()  # every file replaced
+    while reader.generation != writer.generation:
+        assert time.monotonic() - published < 10, "the reader never saw the rebuild"
+        time.sleep(0.05)
+    cached = {
+        p.name for p in (tmp_path / "r" / "db" / "ns").iterdir() if p.name.startswith(("main-", "rows-", "delta-"))
+    }
+    assert cached == set(writer._snapshot().manifest.files()) - {m for m in before if m.startswith("tomb-")}
+    assert not cached & before
 
 
 def test_two_writers_on_the_same_generation_one_wins_nothing_mixes(s3: S3Server, tmp_path: Path) -> None:

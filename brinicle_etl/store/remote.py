@@ -270,8 +270,8 @@ class RemoteCollection:
             generation = self.latest()
             if generation is None:
                 raise NotFoundError(f"collection {self.name!r} not found at {self.bucket.url}")
-            local = self._local_generation()
-            if local == generation:
+            local = self._local_manifest()
+            if local is not None and local.generation == generation:
                 return False
             manifest = self.manifest(generation)
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -279,11 +279,17 @@ class RemoteCollection:
                 if not (self.directory / name).exists():
                     self.bucket.download(self._key(name), self.directory / name)
             atomic_write_bytes(self.directory / MANIFEST, manifest_bytes(manifest))
+            # The old generation's files leave the cache. Only those: a writer on this machine
+            # may be writing files for a generation nobody has seen yet. A reader that still
+            # has them open (memory-mapped) keeps reading them until it moves on.
+            if local is not None:
+                for name in set(local.files()) - set(manifest.files()):
+                    (self.directory / name).unlink(missing_ok=True)
             return True
 
-    def _local_generation(self) -> int | None:
+    def _local_manifest(self) -> Manifest | None:
         try:
-            return read_manifest(self.directory).generation
+            return read_manifest(self.directory)
         except FileNotFoundError:
             return None
 
