@@ -16,6 +16,7 @@ import pytest
 
 from brinicle_etl import (
     AlreadyExistsError,
+    ConfigError,
     NotFoundError,
     ObjectStoreError,
     PublishConflictError,
@@ -444,3 +445,75 @@ def test_abort_and_binary_batches_on_object_storage(s3: S3Server, tmp_path: Path
     reader = open_store(s3, url, tmp_path / "b").open("db/ns")
     assert reader.finalize().inserted == 1
     assert reader.keys() == ["y"]
+
+
+APPENDER = """
+import sys
+import numpy as np
+from brinicle_etl import Store
+
+url, cache, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
+col = Store(url, cache_dir=cache).open("db/ns")
+if first == 0:
+    col.init("insert")
+batch = first
+while True:
+    keys = [f"b{batch}-{i}" for i in range(50)]
+    col.ingest_batch(keys, np.random.default_rng(batch).standard_normal((50, 16)).astype(np.float32))
+    print(batch, flush=True)
+    batch += 1
+"""
+
+
+def test_sigkill_while_appending_to_a_session_loses_no_acknowledged_batch(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    open_store(s3, url, tmp_path / "setup").create("db/ns", dim=DIM)
+    env = {**s3.env(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    rng = np.random.default_rng(60)
+    acknowledged: set[int] = set()
+    in_flight: set[int] = set()
+    first = 0
+    for kill in range(10):
+        # Each writer is a new machine (its own cache) that picks the session up where it was.
+        writer = subprocess.Popen(
+            [sys.executable, "-c", APPENDER, url, str(tmp_path / f"writer{kill}"), str(first)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        printed = [int(writer.stdout.readline())]
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        writer.kill()
+        out, _err = writer.communicate()
+        printed += [int(line) for line in out.split()]
+        acknowledged.update(printed)
+        # The batch being appended when it died may or may not be staged (never acknowledged).
+        in_flight.add(max(printed) + 1)
+        first = max(printed) + 2
+    col = open_store(s3, url, tmp_path / "finisher").open("db/ns")
+    col.finalize()
+    keys = col.keys()
+    batches = {int(k.split("-")[0][1:]) for k in keys}
+    assert acknowledged <= batches
+    assert batches <= acknowledged | in_flight
+    assert len(keys) == 50 * len(batches)  # no batch half there
+
+
+def test_the_refresh_interval_comes_from_the_environment(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3.new_url()
+    writer = open_store(s3, url, tmp_path / "w").create("db/ns", dim=DIM)
+    monkeypatch.setenv("BRINICLE_REFRESH_SECONDS", "3600")
+    reader = open_store(s3, url, tmp_path / "r").open("db/ns")
+    writer.write(["a"], vectors(1, seed=70))
+    time.sleep(0.3)
+    assert len(reader) == 0  # it looks again only in an hour
+    monkeypatch.setenv("BRINICLE_REFRESH_SECONDS", "soon")
+    with pytest.raises(
+        ConfigError, match=r"^BRINICLE_REFRESH_SECONDS must be a number of seconds from 0 to 3600; got 'soon'$"
+    ):
+        open_store(s3, url, tmp_path / "x")

@@ -44,6 +44,20 @@ def default_store_location() -> str:
     return os.environ.get("BRINICLE_STORE") or DEFAULT_STORE_DIR
 
 
+def default_refresh_seconds() -> float:
+    """``$BRINICLE_REFRESH_SECONDS`` if set, else 1: how often a reader on object storage checks."""
+    raw = os.environ.get("BRINICLE_REFRESH_SECONDS")
+    if raw is None:
+        return DEFAULT_REFRESH_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise ConfigError(f"BRINICLE_REFRESH_SECONDS must be a number of seconds from 0 to 3600; got {raw!r}")
+    return seconds
+
+
 def default_cache_dir(url: str) -> Path:
     """Where a store on object storage keeps its local copies, by default: one folder per
     store URL under the user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
@@ -103,7 +117,8 @@ class Store:
     On object storage, ``storage_options`` are the client's settings (endpoint, credentials,
     region: see :func:`~brinicle_etl.store.remote.open_bucket`), ``cache_dir`` where the
     files being searched are kept locally (default under the user's cache directory), and
-    ``refresh_seconds`` how often an open collection looks for a newer generation."""
+    ``refresh_seconds`` how often an open collection looks for a newer generation (default
+    ``$BRINICLE_REFRESH_SECONDS``, else 1)."""
 
     def __init__(
         self,
@@ -111,12 +126,12 @@ class Store:
         *,
         storage_options: Mapping[str, Any] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        refresh_seconds: float | None = None,
     ):
         location = os.fspath(root) if root is not None else default_store_location()
         self.url: str | None = None
         self._bucket: Bucket | None = None
-        self._refresh_seconds = refresh_seconds
+        self._refresh_seconds = refresh_seconds if refresh_seconds is not None else default_refresh_seconds()
         if is_remote(location):
             self.url = location.rstrip("/")
             self._bucket = open_bucket(self.url, storage_options)
