@@ -185,7 +185,7 @@ class Collection:
         or when ``fresh`` is asked for, as every writer does under the lock.
         """
         remote = self._remote
-        if remote is not None and (fresh or remote.due()) and remote.pull():
+        if remote is not None and (fresh or remote.due()) and remote.pull(force=fresh):
             fresh = True
         snap = self._snap
         published = _published.get(self._manifest_path, 0)

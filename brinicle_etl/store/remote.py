@@ -263,9 +263,13 @@ class RemoteCollection:
     def due(self) -> bool:
         return time.monotonic() - self._pulled_at >= self.refresh_seconds
 
-    def pull(self) -> bool:
-        """Bring the cache to the newest generation; returns whether it changed."""
+    def pull(self, *, force: bool = True) -> bool:
+        """Bring the cache to the newest generation; returns whether it changed. Without
+        ``force``, only if the refresh interval has passed: of many threads that found it
+        due at once, one asks the object store."""
         with self._lock:
+            if not force and not self.due():
+                return False
             self._pulled_at = time.monotonic()
             generation = self.latest()
             if generation is None:
