@@ -293,7 +293,11 @@ def test_sql_searches_an_s3_store(s3: S3Server, tmp_path: Path) -> None:
     assert con.sql("SELECT count(*) FROM brinicle_rows('shop/items')").fetchall() == [(30,)]
 
 
-def test_vacuum_keeps_what_a_recent_reader_may_need_and_removes_the_rest(s3: S3Server, tmp_path: Path) -> None:
+def test_vacuum_keeps_what_a_recent_reader_may_need_and_removes_the_rest(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import brinicle_etl.store.remote as remote
+
     url = s3.new_url()
     store = open_store(s3, url, tmp_path / "w")
     col = store.create("db/ns", dim=DIM)
@@ -307,15 +311,19 @@ def test_vacuum_keeps_what_a_recent_reader_may_need_and_removes_the_rest(s3: S3S
 
     within = col.vacuum(retention_seconds=3600)
     assert (within.removed, within.kept_generations) == ([], [0, 1, 2, 3, 4])
+    with pytest.raises(ConfigError, match=r"^vacuum: retention must be at least 300 seconds"):
+        col.vacuum(retention_seconds=0)
 
-    past = col.vacuum(retention_seconds=0)
+    later = time.time() + 7200  # two hours on, everything but generation 4 is past the window
+    monkeypatch.setattr(remote.time, "time", lambda: later)
+    past = col.vacuum(retention_seconds=3600)
     assert past.kept_generations == [0, 4]
-    assert "_gen/00000000000000000002.json" in past.removed
     assert "main-00000005-deadbeef.usearch" in past.removed
+    assert not any(name.startswith("_gen/") for name in past.removed)  # a generation's name stays taken
     assert past.bytes_freed > 0
     left = {str(m["path"]).removeprefix(prefix) for m in store._bucket.objects(prefix.rstrip("/"))}
-    newest = set(col._snapshot().manifest.files())
-    assert left == newest | {"_latest.json", "_gen/00000000000000000000.json", "_gen/00000000000000000004.json"}
+    manifests = {f"_gen/{g:020d}.json" for g in range(5)}
+    assert left == set(col._snapshot().manifest.files()) | {"_latest.json"} | manifests
     reader = open_store(s3, url, tmp_path / "r").open("db/ns")
     assert sorted(reader.keys()) == ["k0", "k1", "k2"]
 
@@ -373,8 +381,15 @@ def test_sigkill_of_a_writer_at_random_points_leaves_the_old_or_the_new_generati
         assert len(col.search(np.ones(DIM, np.float32), 5)) == 5
     assert last >= 20
     # What the killed writers left in the bucket goes with a vacuum, and the collection still opens.
+    import brinicle_etl.store.remote as remote
+
     store = open_store(s3, url, tmp_path / "final")
-    store.open("db/ns").vacuum(retention_seconds=0)
+    later = time.time() + 7200
+    original, remote.time.time = remote.time.time, lambda: later  # type: ignore[method-assign]
+    try:
+        assert store.open("db/ns").vacuum(retention_seconds=3600).removed
+    finally:
+        remote.time.time = original  # type: ignore[method-assign]
     assert set(open_store(s3, url, tmp_path / "after").open("db/ns").keys()) == expected_keys(last)
 
 
@@ -395,8 +410,9 @@ os.kill(os.getpid(), 9)  # the machine goes away before finalize
 
 
 def session_parts(store: Store) -> list[str]:
+    """Staged parts of sessions (not the markers of finished ones)."""
     assert store._bucket is not None
-    return [str(m["path"]) for m in store._bucket.objects("db/ns/_session")]
+    return [str(m["path"]) for m in store._bucket.objects("db/ns/_session") if not str(m["path"]).endswith("/done")]
 
 
 def test_an_acknowledged_session_survives_its_writer_machine(s3: S3Server, tmp_path: Path) -> None:
@@ -517,3 +533,65 @@ def test_the_refresh_interval_comes_from_the_environment(
         ConfigError, match=r"^BRINICLE_REFRESH_SECONDS must be a number of seconds from 0 to 3600; got 'soon'$"
     ):
         open_store(s3, url, tmp_path / "x")
+
+
+def test_finalize_applies_what_every_machine_appended_to_the_session(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    a = open_store(s3, url, tmp_path / "a").create("db/ns", dim=DIM)
+    b = open_store(s3, url, tmp_path / "b").open("db/ns")
+    data = vectors(3, seed=80)
+    a.init("upsert")
+    a.ingest("s1", data[0])
+    b.ingest("s2", data[1])  # machine b picks the session up from the bucket and appends
+    with pytest.raises(StateError, match=r"^collection 'db/ns': another writer appended to the pending"):
+        a.ingest("s3", data[2])  # a's log is behind b's: the offset is taken, nothing staged
+    result = a.finalize()
+    assert sorted(a.keys()) == ["s1", "s2"] and result.inserted == 2
+    with pytest.raises(StateError, match=r"^ingest: no pending ingest session on 'db/ns'"):
+        b.ingest("late", data[0])
+
+
+def test_a_finished_session_never_comes_back(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    store = open_store(s3, url, tmp_path / "a")
+    col = store.create("db/ns", dim=DIM)
+    col.init("upsert")
+    col.ingest_batch(["x"], vectors(1, seed=81))
+    assert store._bucket is not None
+    first_part = session_parts(store)[0]
+    header = store._bucket.get(first_part)
+    col.finalize()
+    assert header is not None
+    store._bucket.put(first_part, header)  # as if removing the finished session's parts had failed
+    col.init("upsert")
+    col.ingest_batch(["y"], vectors(1, seed=82))
+    col.finalize()
+    other = open_store(s3, url, tmp_path / "b").open("db/ns")
+    with pytest.raises(StateError, match=r"^finalize: no pending ingest session"):
+        other.finalize()
+    assert sorted(other.keys()) == ["x", "y"]
+
+
+def test_a_damaged_pointer_is_read_past(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    store = open_store(s3, url, tmp_path / "w")
+    col = store.create("db/ns", dim=DIM)
+    for i in range(3):
+        col.write([f"k{i}"], vectors(1, seed=90 + i))
+    assert store._bucket is not None
+    store._bucket.put("db/ns/_latest.json", b"{not json")
+    reader = open_store(s3, url, tmp_path / "r").open("db/ns")
+    assert (reader.generation, len(reader)) == (3, 3)
+
+
+def test_a_cache_missing_a_file_of_its_generation_fetches_it_again(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    writer = open_store(s3, url, tmp_path / "w").create("db/ns", dim=DIM)
+    data = vectors(20, seed=95)
+    writer.write([f"k{i}" for i in range(20)], data)
+    reader = open_store(s3, url, tmp_path / "r", refresh_seconds=0.1).open("db/ns")
+    [main] = [n for n in reader._snapshot().manifest.files() if n.startswith("main-")]
+    (tmp_path / "r" / "db" / "ns" / main).unlink()  # as another process's cleanup might
+    time.sleep(0.15)
+    assert reader.search(data[3], 1)[0].id == "k3"
+    assert (tmp_path / "r" / "db" / "ns" / main).exists()

@@ -21,6 +21,7 @@ as on a local store, and pulls a new generation at most every ``refresh_seconds`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -52,6 +53,9 @@ GENERATIONS = "_gen/"
 SESSIONS = "_session/"
 DEFAULT_REFRESH_SECONDS = 1.0
 DEFAULT_RETENTION_SECONDS = 3600.0
+MIN_RETENTION_SECONDS = 300.0
+DONE = "done"
+"""A session's marker, created once its finalize published it (or its abort dropped it)."""
 
 
 def is_remote(location: object) -> bool:
@@ -126,7 +130,8 @@ class Bucket:
 
     def download(self, key: str, path: Path) -> None:
         """The object into ``path`` (written beside it and renamed, so never half there)."""
-        part = path.with_name(f"{path.name}.part-{secrets.token_hex(4)}")
+        # Not a managed name: a writer's cleanup in another process must not take it away.
+        part = path.with_name(f".download-{secrets.token_hex(4)}-{path.name}")
         try:
             with disk_full_is_an_error(path.parent), open(part, "wb") as out:
                 for chunk in self._obs.get(self._client, key).stream(min_chunk_size=8 * 2**20):
@@ -239,7 +244,10 @@ class RemoteCollection:
             try:
                 generation = int(json.loads(raw)["generation"])
             except (ValueError, KeyError, TypeError):
-                generation = 0  # a damaged pointer only costs a longer probe
+                published = self._generations()  # a damaged pointer: the generations themselves say
+                if not published:
+                    return None
+                generation = max(published)
         while self.bucket.exists(self._key(_generation_key(generation + 1))):
             generation += 1
         return generation
@@ -274,22 +282,33 @@ class RemoteCollection:
             generation = self.latest()
             if generation is None:
                 raise NotFoundError(f"collection {self.name!r} not found at {self.bucket.url}")
-            local = self._local_manifest()
-            if local is not None and local.generation == generation:
-                return False
-            manifest = self.manifest(generation)
             self.directory.mkdir(parents=True, exist_ok=True)
-            for name in manifest.files():
-                if not (self.directory / name).exists():
-                    self.bucket.download(self._key(name), self.directory / name)
-            atomic_write_bytes(self.directory / MANIFEST, manifest_bytes(manifest))
-            # The old generation's files leave the cache. Only those: a writer on this machine
-            # may be writing files for a generation nobody has seen yet. A reader that still
-            # has them open (memory-mapped) keeps reading them until it moves on.
-            if local is not None:
-                for name in set(local.files()) - set(manifest.files()):
-                    (self.directory / name).unlink(missing_ok=True)
-            return True
+            # Processes sharing the cache (server workers) pull one at a time.
+            with open(self.directory / ".pull.lock", "a+b") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                return self._pull_locked(generation)
+
+    def _pull_locked(self, generation: int) -> bool:
+        local = self._local_manifest()
+        if local is not None and local.generation >= generation:
+            # Newer already (another process pulled meanwhile), or the same: make sure its files
+            # are all here, as a cleanup elsewhere may have raced a download.
+            missing = [n for n in local.files() if not (self.directory / n).exists()]
+            for name in missing:
+                self.bucket.download(self._key(name), self.directory / name)
+            return bool(missing)
+        manifest = self.manifest(generation)
+        for name in manifest.files():
+            if not (self.directory / name).exists():
+                self.bucket.download(self._key(name), self.directory / name)
+        atomic_write_bytes(self.directory / MANIFEST, manifest_bytes(manifest))
+        # The old generation's files leave the cache. Only those: a writer on this machine
+        # may be writing files for a generation nobody has seen yet. A reader that still
+        # has them open (memory-mapped) keeps reading them until it moves on.
+        if local is not None:
+            for name in set(local.files()) - set(manifest.files()):
+                (self.directory / name).unlink(missing_ok=True)
+        return True
 
     def _local_manifest(self) -> Manifest | None:
         try:
@@ -300,13 +319,18 @@ class RemoteCollection:
     # ---- writing ----
 
     def vacuum(self, retention_seconds: float = DEFAULT_RETENTION_SECONDS) -> VacuumResult:
-        """Delete the objects no reader can still need: files of no recent generation and the
-        manifests of generations superseded more than ``retention_seconds`` ago.
+        """Delete the files no reader can still need: those of no generation superseded less
+        than ``retention_seconds`` ago (a reader may still be downloading it), and not younger
+        than the window themselves (a writer may be uploading them for a generation it has not
+        published yet); and the staged parts of finished sessions.
 
-        Kept: the newest generation, every generation whose successor is younger than the
-        retention window (a reader may still be downloading it), generation 0 (it marks the
-        collection), and every file younger than the window (a writer may be uploading it for a
-        generation it has not published yet)."""
+        Manifests are never deleted: they are small, and a generation's name must stay taken,
+        or a slow writer could create it again on top of newer generations."""
+        if not retention_seconds >= MIN_RETENTION_SECONDS:
+            raise ConfigError(
+                f"vacuum: retention must be at least {MIN_RETENTION_SECONDS:.0f} seconds (a shorter window could "
+                f"delete a slow writer's uploads before it publishes them); got {retention_seconds}"
+            )
         now = time.time()
         published = self._generations()
         newest = self.latest()
@@ -320,21 +344,21 @@ class RemoteCollection:
         referenced: set[str] = set()
         for generation in kept:
             referenced.update(self.manifest(generation).files())
+        objects = self.bucket.objects(self.prefix.rstrip("/"))
+        finished = self._finished_sessions(objects)
         removable = []
-        for meta in self.bucket.objects(self.prefix.rstrip("/")):
-            key = str(meta["path"])
-            relative = key.removeprefix(self.prefix)
-            if relative == LATEST or relative.startswith(SESSIONS):
-                continue  # a pending session's parts stay until its finalize or abort
-            if relative.startswith(GENERATIONS):
-                stem = relative.removeprefix(GENERATIONS).removesuffix(".json")
-                if stem.isdigit() and int(stem) in kept:
-                    continue
-            elif relative in referenced or now - _timestamp(meta) < retention_seconds:
+        for meta in objects:
+            relative = str(meta["path"]).removeprefix(self.prefix)
+            if relative == LATEST or relative.startswith(GENERATIONS):
+                continue
+            if relative.startswith(SESSIONS):
+                session, _, part = relative.removeprefix(SESSIONS).partition("/")
+                if session in finished and part != DONE:
+                    removable.append(meta)  # pending sessions' parts stay until finalize or abort
+                continue
+            if relative in referenced or now - _timestamp(meta) < retention_seconds:
                 continue
             removable.append(meta)
-        # Manifests after the files they name would leave a reader a manifest without files.
-        removable.sort(key=lambda m: not str(m["path"]).startswith(self.prefix + GENERATIONS))
         self.bucket.delete([str(m["path"]) for m in removable])
         return VacuumResult(
             removed=[str(m["path"]).removeprefix(self.prefix) for m in removable],
@@ -353,21 +377,43 @@ class RemoteCollection:
         key = self._key(f"{SESSIONS}{session_id}/{start:016d}")
         if not self.bucket.create(key, data):
             raise StateError(
-                f"collection {self.name!r}: another writer appended to the pending ingest session at the same "
-                "time; nothing of this call was staged: call it again"
+                f"collection {self.name!r}: another writer appended to the pending ingest session, or a finalize "
+                "closed it, at the same time; nothing of this call was staged: call it again, or finalize()"
             )
+
+    def seal_staged(self, session_id: str, end: int) -> bool:
+        """Close the session at ``end`` before applying it: an empty part there, created once,
+        so no other machine can append after this point. False if one did first (restore and
+        read again)."""
+        key = self._key(f"{SESSIONS}{session_id}/{end:016d}")
+        # An empty part already there is a seal too (a finalize that failed after sealing).
+        return self.bucket.create(key, b"") or self.bucket.get(key) == b""
+
+    def finish_staged(self, session_id: str) -> None:
+        """Mark the session finished (published or aborted), then remove its parts; a machine
+        restoring sessions skips a marked one even if the removal did not happen."""
+        self.bucket.put(self._key(f"{SESSIONS}{session_id}/{DONE}"), b"")
+        self.drop_staged(session_id)
+
+    def _finished_sessions(self, objects: list[dict[str, Any]]) -> set[str]:
+        marker = "/" + DONE
+        base = self._key(SESSIONS)
+        paths = (str(m["path"]) for m in objects)
+        return {p.removeprefix(base).removesuffix(marker) for p in paths if p.startswith(base) and p.endswith(marker)}
 
     def restore_staged(self, path: Path, finalized: str | None) -> None:
         """Make the local session log what the object store holds (or remove it if none is pending)."""
         parts: dict[str, list[tuple[int, str]]] = {}
-        for meta in self.bucket.objects(self._key(SESSIONS).rstrip("/")):
+        listed = self.bucket.objects(self._key(SESSIONS).rstrip("/"))
+        finished = self._finished_sessions(listed) | ({finalized} if finalized else set())
+        for meta in listed:
             session, _, start = str(meta["path"]).removeprefix(self._key(SESSIONS)).partition("/")
             if start.isdigit():
                 parts.setdefault(session, []).append((int(start), str(meta["path"])))
-        stale = [key for session, found in parts.items() if session == finalized for _o, key in found]
+        stale = [key for session, found in parts.items() if session in finished for _o, key in found]
         if stale:  # a finalize published it and died before removing these
             self.bucket.delete(stale)
-        pending = {s: sorted(found) for s, found in parts.items() if s != finalized and min(found)[0] == 0}
+        pending = {s: sorted(found) for s, found in parts.items() if s not in finished and min(found)[0] == 0}
         if not pending:
             path.unlink(missing_ok=True)
             return
@@ -387,15 +433,21 @@ class RemoteCollection:
         os.replace(tmp, path)
 
     def drop_staged(self, session_id: str) -> None:
-        keys = [str(m["path"]) for m in self.bucket.objects(self._key(f"{SESSIONS}{session_id}"))]
+        found = self.bucket.objects(self._key(f"{SESSIONS}{session_id}"))
+        keys = [str(m["path"]) for m in found if not str(m["path"]).endswith("/" + DONE)]
         with contextlib.suppress(ObjectStoreError):  # leftovers go with the next vacuum
             self.bucket.delete(keys)
 
     def destroy(self) -> None:
         """Delete every object of the collection, its generations first (readers see it gone)."""
-        keys = [meta["path"] for meta in self.bucket.objects(self.prefix.rstrip("/"))]
-        keys.sort(key=lambda k: (not k.startswith(self.prefix + GENERATIONS), k))
-        self.bucket.delete(keys)
+        # Files first, then the generations newest first, generation 0 last: a drop cut short
+        # leaves a collection that still exists (and can be dropped again), never old
+        # generations without their beginning that a new collection of the name would inherit.
+        keys = [str(meta["path"]) for meta in self.bucket.objects(self.prefix.rstrip("/"))]
+        manifests = sorted((k for k in keys if k.startswith(self.prefix + GENERATIONS)), reverse=True)
+        self.bucket.delete([k for k in keys if not k.startswith(self.prefix + GENERATIONS)])
+        self.bucket.delete(manifests[:-1])
+        self.bucket.delete(manifests[-1:])
 
     def create(self, manifest: Manifest) -> None:
         """Publish generation 0 of a new collection; AlreadyExistsError if one exists."""

@@ -19,7 +19,7 @@ from typing import IO, Any, Protocol, get_args
 import numpy as np
 
 from brinicle_etl._fs import disk_full_is_an_error, pwrite_all
-from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, StateError
+from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, PublishConflictError, StateError
 from brinicle_etl.store.manifest import Manifest
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
@@ -38,7 +38,8 @@ class SessionMirror(Protocol):
 
     def save_staged(self, path: Path, session_id: str, start: int, end: int) -> None: ...
     def restore_staged(self, path: Path, finalized: str | None) -> None: ...
-    def drop_staged(self, session_id: str) -> None: ...
+    def seal_staged(self, session_id: str, end: int) -> bool: ...
+    def finish_staged(self, session_id: str) -> None: ...
 
 
 class Sessions:
@@ -162,6 +163,13 @@ class Sessions:
     def finalize(self, optimize: bool, params: HnswParams | dict[str, Any] | None, *, wait: Wait) -> WriteResult:
         with self.writing(wait) as snap:
             log = self.require(snap, "finalize")
+            if self._mirror is not None:
+                # Read what every machine appended, then close the session there.
+                self._in_step = False
+                log = self.require(snap, "finalize")
+                while not self._mirror.seal_staged(log.header.id, log.end):
+                    self._in_step = False
+                    log = self.require(snap, "finalize")
             current = snap.manifest.config.params
             merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
             keys, vectors = log.read()
@@ -169,12 +177,16 @@ class Sessions:
             try:
                 tx.add(keys, vectors)
                 result = tx.commit(session_id=log.header.id)
+            except PublishConflictError:
+                # Another machine published first: the session is intact, finalize again.
+                tx.rollback()
+                raise
             except (ConflictError, InputError):
                 # The staged data can never apply: the session ends. Anything else (a full
                 # disk, a crash) keeps it, acknowledged as it is, for the next finalize.
                 tx.rollback()
                 if self._mirror is not None:
-                    self._mirror.drop_staged(log.header.id)
+                    self._mirror.finish_staged(log.header.id)
                 log.discard()
                 self._log = None
                 raise
@@ -182,7 +194,7 @@ class Sessions:
             self._log = None
             if self._mirror is not None:
                 # Published (the manifest names the session): its staged objects are garbage now.
-                self._mirror.drop_staged(log.header.id)
+                self._mirror.finish_staged(log.header.id)
             if optimize and self.snapshot().manifest.needs_rebuild:
                 self._compact(self.snapshot())
         return result
@@ -192,7 +204,7 @@ class Sessions:
             log = self.require(snap, "abort")
             dropped = log.count
             if self._mirror is not None:
-                self._mirror.drop_staged(log.header.id)
+                self._mirror.finish_staged(log.header.id)
             log.discard()
             self._log = None
         return dropped
