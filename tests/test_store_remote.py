@@ -595,3 +595,24 @@ def test_a_cache_missing_a_file_of_its_generation_fetches_it_again(s3: S3Server,
     time.sleep(0.15)
     assert reader.search(data[3], 1)[0].id == "k3"
     assert (tmp_path / "r" / "db" / "ns" / main).exists()
+
+
+def test_a_cache_never_takes_a_recreated_collection_for_the_one_it_holds(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    first = open_store(s3, url, tmp_path / "w1").create("db/ns", dim=DIM)
+    first.write(["old1"], vectors(1, seed=96))
+    first.write(["old2"], vectors(1, seed=97))
+    reader = open_store(s3, url, tmp_path / "r", refresh_seconds=0.1).open("db/ns")
+    assert (reader.generation, sorted(reader.keys())) == (2, ["old1", "old2"])
+    # Another machine drops it and builds a new collection of the name up to the same generation.
+    other = open_store(s3, url, tmp_path / "w2")
+    other.drop("db/ns")
+    again = other.create("db/ns", dim=DIM)
+    again.write(["new1"], vectors(1, seed=98))
+    again.write(["new2"], vectors(1, seed=99))
+    time.sleep(0.15)
+    assert (reader.generation, sorted(reader.keys())) == (2, ["new1", "new2"])
+    # And a write from the reader's machine builds on the new collection, not its old cache.
+    reader.write(["from-reader"], vectors(1, seed=100))
+    fresh = open_store(s3, url, tmp_path / "f").open("db/ns")
+    assert sorted(fresh.keys()) == ["from-reader", "new1", "new2"]

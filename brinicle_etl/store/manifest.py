@@ -122,6 +122,9 @@ class Manifest:
     tombstones: str | None = None
     dead_rows: int = 0
     last_session: str | None = None
+    incarnation: str = ""
+    """Random at creation (object storage): tells a re-created collection from the one a cache
+    still holds, which may have reached the same generation number."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -171,6 +174,7 @@ class Manifest:
             dead_rows=data["dead_rows"],
             last_session=data["last_session"],
             meta=data["meta"],
+            incarnation=data.get("incarnation", ""),
         )
 
 

@@ -21,12 +21,14 @@ as on a local store, and pulls a new generation at most every ``refresh_seconds`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +234,13 @@ class RemoteCollection:
 
     def latest(self) -> int | None:
         """The newest published generation: the pointer, then a probe past it."""
+        found = self._latest()
+        return found[0] if found is not None else None
+
+    def _latest(self) -> tuple[int, str | None] | None:
+        """The newest generation, and the incarnation the pointer names (None if it names none)."""
         raw = self.bucket.get(self._key(LATEST))
+        incarnation: str | None = None
         if raw is None:
             # No pointer (a writer died between creating generation 0 and writing it, or it
             # was removed by hand): the generations themselves say, at the cost of a listing.
@@ -242,7 +250,9 @@ class RemoteCollection:
             generation = max(published)
         else:
             try:
-                generation = int(json.loads(raw)["generation"])
+                pointer = json.loads(raw)
+                generation = int(pointer["generation"])
+                incarnation = str(pointer["incarnation"]) if "incarnation" in pointer else None
             except (ValueError, KeyError, TypeError):
                 published = self._generations()  # a damaged pointer: the generations themselves say
                 if not published:
@@ -250,7 +260,7 @@ class RemoteCollection:
                 generation = max(published)
         while self.bucket.exists(self._key(_generation_key(generation + 1))):
             generation += 1
-        return generation
+        return generation, incarnation
 
     def _generations(self) -> dict[int, dict[str, Any]]:
         """Every published generation's manifest object, by generation (a listing: housekeeping only)."""
@@ -279,18 +289,21 @@ class RemoteCollection:
             if not force and not self.due():
                 return False
             self._pulled_at = time.monotonic()
-            generation = self.latest()
-            if generation is None:
+            found = self._latest()
+            if found is None:
                 raise NotFoundError(f"collection {self.name!r} not found at {self.bucket.url}")
+            generation, incarnation = found
             self.directory.mkdir(parents=True, exist_ok=True)
             # Processes sharing the cache (server workers) pull one at a time.
             with open(self.directory / ".pull.lock", "a+b") as lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-                return self._pull_locked(generation)
+                return self._pull_locked(generation, incarnation)
 
-    def _pull_locked(self, generation: int) -> bool:
+    def _pull_locked(self, generation: int, incarnation: str | None) -> bool:
         local = self._local_manifest()
-        if local is not None and local.generation >= generation:
+        if local is not None and incarnation is None and local.generation >= generation:
+            incarnation = self.manifest(generation).incarnation  # no pointer to say: ask the manifest
+        if local is not None and local.incarnation == incarnation and local.generation >= generation:
             # Newer already (another process pulled meanwhile), or the same: make sure its files
             # are all here, as a cleanup elsewhere may have raced a download.
             missing = [n for n in local.files() if not (self.directory / n).exists()]
@@ -451,9 +464,10 @@ class RemoteCollection:
 
     def create(self, manifest: Manifest) -> None:
         """Publish generation 0 of a new collection; AlreadyExistsError if one exists."""
+        manifest = dataclasses.replace(manifest, incarnation=uuid.uuid4().hex)
         if not self.bucket.create(self._key(_generation_key(manifest.generation)), manifest_bytes(manifest)):
             raise AlreadyExistsError(f"collection {self.name!r} already exists at {self.bucket.url}")
-        self.bucket.put(self._key(LATEST), json.dumps({"generation": manifest.generation}).encode())
+        self.bucket.put(self._key(LATEST), _pointer(manifest))
 
     def push(self, previous: Manifest, manifest: Manifest) -> None:
         """Upload the new generation's new files, then publish it if no other writer did first."""
@@ -471,9 +485,13 @@ class RemoteCollection:
             )
         # The pointer may lag (readers probe past it), so a failure here loses nothing.
         with contextlib.suppress(ObjectStoreError):
-            self.bucket.put(self._key(LATEST), json.dumps({"generation": manifest.generation}).encode())
+            self.bucket.put(self._key(LATEST), _pointer(manifest))
 
 
 def _timestamp(meta: dict[str, Any]) -> float:
     modified = meta.get("last_modified")
     return modified.timestamp() if modified is not None else 0.0
+
+
+def _pointer(manifest: Manifest) -> bytes:
+    return json.dumps({"generation": manifest.generation, "incarnation": manifest.incarnation}).encode()

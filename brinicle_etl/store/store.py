@@ -58,11 +58,12 @@ def default_refresh_seconds() -> float:
     return seconds
 
 
-def default_cache_dir(url: str) -> Path:
+def default_cache_dir(url: str, endpoint: str = "") -> Path:
     """Where a store on object storage keeps its local copies, by default: one folder per
-    store URL under the user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    store URL and endpoint (two services may have buckets of the same name) under the
+    user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "brinicle-etl" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    return base / "brinicle-etl" / hashlib.sha256(f"{url}\n{endpoint}".encode()).hexdigest()[:16]
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -135,7 +136,8 @@ class Store:
         if is_remote(location):
             self.url = location.rstrip("/")
             self._bucket = open_bucket(self.url, storage_options)
-            self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.url)
+            endpoint = str((storage_options or {}).get("endpoint") or os.environ.get("AWS_ENDPOINT_URL") or "")
+            self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.url, endpoint)
         else:
             self.root = Path(location)
         self._open: dict[str, Collection] = {}
