@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,51 +84,54 @@ class Bucket:
         return f"<Bucket {self.url!r}>"
 
     def _error(self, op: str, key: str, exc: BaseException) -> ObjectStoreError:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return ObjectStoreError(f"{op} {self.url}/{key} failed: {first[:300]}")
+        return ObjectStoreError(f"{op} {self.url}/{key} failed: {_first_line(exc)}")
+
+    @contextlib.contextmanager
+    def _translated(self, op: str, key: str) -> Iterator[None]:
+        """The one place the client's errors become ours; a missing object stays
+        FileNotFoundError for the caller to decide what it means."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise self._error(op, key, exc) from None
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None if there is none."""
         try:
-            return bytes(self._obs.get(self._client, key).bytes())
+            with self._translated("reading", key):
+                return bytes(self._obs.get(self._client, key).bytes())
         except FileNotFoundError:
             return None
-        except Exception as exc:
-            raise self._error("reading", key, exc) from None
 
     def exists(self, key: str) -> bool:
         try:
-            self._obs.head(self._client, key)
+            with self._translated("checking", key):
+                self._obs.head(self._client, key)
             return True
         except FileNotFoundError:
             return False
-        except Exception as exc:
-            raise self._error("checking", key, exc) from None
 
     def put(self, key: str, data: bytes) -> None:
-        try:
+        with self._translated("writing", key):
             self._obs.put(self._client, key, data)
-        except Exception as exc:
-            raise self._error("writing", key, exc) from None
 
     def create(self, key: str, data: bytes) -> bool:
         """Write ``data`` only if ``key`` does not exist yet; False if it did."""
         from obstore.exceptions import AlreadyExistsError as Exists
         from obstore.exceptions import PreconditionError
 
-        try:
-            self._obs.put(self._client, key, data, mode="create")
-            return True
-        except (Exists, PreconditionError):
-            return False
-        except Exception as exc:
-            raise self._error("creating", key, exc) from None
+        with self._translated("creating", key):
+            try:
+                self._obs.put(self._client, key, data, mode="create")
+                return True
+            except (Exists, PreconditionError):
+                return False
 
     def upload(self, key: str, path: Path) -> None:
-        try:
+        with self._translated("uploading to", key):
             self._obs.put(self._client, key, path)
-        except Exception as exc:
-            raise self._error("uploading to", key, exc) from None
 
     def download(self, key: str, path: Path) -> None:
         """The object into ``path`` (written beside it and renamed, so never half there)."""
@@ -151,28 +154,24 @@ class Bucket:
     def objects(self, prefix: str) -> list[dict[str, Any]]:
         """Every object under ``prefix`` (path, size, last_modified): for housekeeping, never searches."""
         try:
-            return [dict(meta) for batch in self._obs.list(self._client, prefix) for meta in batch]
+            with self._translated("listing", prefix):
+                return [dict(meta) for batch in self._obs.list(self._client, prefix) for meta in batch]
         except FileNotFoundError:
             return []
-        except Exception as exc:
-            raise self._error("listing", prefix, exc) from None
 
     def children(self, prefix: str) -> list[str]:
         """The "folder" names right under ``prefix``."""
         try:
-            found = self._obs.list_with_delimiter(self._client, prefix or None)
+            with self._translated("listing", prefix):
+                found = self._obs.list_with_delimiter(self._client, prefix or None)
         except FileNotFoundError:
             return []
-        except Exception as exc:
-            raise self._error("listing", prefix, exc) from None
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"]]
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
-            try:
+            with self._translated("deleting", keys[start]):
                 self._obs.delete(self._client, keys[start : start + 1000])
-            except Exception as exc:
-                raise self._error("deleting", keys[start], exc) from None
 
 
 def open_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> Bucket:
@@ -198,8 +197,7 @@ def open_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> B
     try:
         client = from_url(url, client_options=client_options or None, **options)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open store {url!r}: {first[:300]}") from None
+        raise ConfigError(f"cannot open store {url!r}: {_first_line(exc)}") from None
     return Bucket(url, client)
 
 
@@ -495,3 +493,9 @@ def _timestamp(meta: dict[str, Any]) -> float:
 
 def _pointer(manifest: Manifest) -> bytes:
     return json.dumps({"generation": manifest.generation, "incarnation": manifest.incarnation}).encode()
+
+
+def _first_line(exc: BaseException) -> str:
+    """What the client said, without the request dump and debug trace that follow it."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

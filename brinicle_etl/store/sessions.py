@@ -162,14 +162,13 @@ class Sessions:
 
     def finalize(self, optimize: bool, params: HnswParams | dict[str, Any] | None, *, wait: Wait) -> WriteResult:
         with self.writing(wait) as snap:
-            log = self.require(snap, "finalize")
             if self._mirror is not None:
-                # Read what every machine appended, then close the session there.
+                self._in_step = False  # read what every machine appended...
+            log = self.require(snap, "finalize")
+            # ...then close the session there, reading again if an append came first.
+            while self._mirror is not None and not self._mirror.seal_staged(log.header.id, log.end):
                 self._in_step = False
                 log = self.require(snap, "finalize")
-                while not self._mirror.seal_staged(log.header.id, log.end):
-                    self._in_step = False
-                    log = self.require(snap, "finalize")
             current = snap.manifest.config.params
             merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
             keys, vectors = log.read()
