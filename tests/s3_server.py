@@ -6,7 +6,6 @@ import contextlib
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.server_process import free_port
+from tests.server_process import free_port, stop, wait_until_answering
 
 REGION = "us-east-1"
 BUCKET = "brinicle-tests"
@@ -63,23 +62,10 @@ def running_s3() -> Iterator[S3Server]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                httpx.get(endpoint + "/moto-api/", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until_answering(proc, endpoint + "/moto-api/", seconds=60, log=Path(log.name).read_text)
         # obstore cannot create buckets; S3's REST call is one PUT.
         httpx.put(f"{endpoint}/{BUCKET}", timeout=10).raise_for_status()
         yield S3Server(endpoint, log.name)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+        Path(log.name).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_answering(
+    proc: subprocess.Popen, url: str, *, seconds: float, log: Callable[[], str], headers: dict[str, str] | None = None
+) -> None:
+    """Until a GET of ``url`` gets any answer; the process's log if it exits first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process exited before {url} answered: {log()[-2000:]}")
+        try:
+            httpx.get(url, timeout=1, headers=headers)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -41,26 +68,12 @@ def running_server(
     proc.log_path = Path(log.name)  # type: ignore[attr-defined]
     log.close()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {server_log(proc)}")
-            try:
-                httpx.get(url + "/", timeout=1, headers={"X-API-Key": (env or {}).get("TEST_KEY", "")})
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        headers = {"X-API-Key": (env or {}).get("TEST_KEY", "")}
+        wait_until_answering(proc, url + "/", seconds=30, log=lambda: server_log(proc), headers=headers)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         Path(log.name).unlink(missing_ok=True)
 
 
