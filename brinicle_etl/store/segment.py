@@ -34,6 +34,8 @@ __all__ = ["Segment", "SegmentBuilder", "build_segment"]
 
 _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
+_RELINK_EF = 16
+_RELINK_COUNT = 4
 
 
 def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
@@ -54,9 +56,33 @@ def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, 
     order = np.random.default_rng(params.rng_seed).permutation(total)
     for start in range(0, total, _ADD_CHUNK):
         part = order[start : start + _ADD_CHUNK]
-        index.add(keys[part], np.ascontiguousarray(vectors[part]), threads=params.build_n_threads)
+        chunk_keys, chunk = keys[part], np.ascontiguousarray(vectors[part])
+        index.add(chunk_keys, chunk, threads=params.build_n_threads)
+        if params.build_n_threads != 1:
+            _relink_stranded(index, chunk_keys, chunk)
         if progress:
             progress(min(start + _ADD_CHUNK, total), total)
+
+
+def _relink_stranded(index: Any, keys: np.ndarray, vectors: np.ndarray) -> None:
+    """Add again, alone, the nodes a concurrent ``add`` left stored but unreachable.
+
+    usearch 2.x can strand a node when two threads link at once (unum-cloud/USearch#735):
+    measured here, 3-10 of 300 8-d vectors in most builds, never with one thread. A
+    stranded node cannot find itself, so a cheap search (ef 16, a quarter of the build's
+    time) finds them. It looks at a few nearest, not one, because a
+    stranded duplicate's nearest is its reachable twin at distance 0.
+    """
+    previous = index.expansion_search
+    index.expansion_search = _RELINK_EF
+    try:
+        found = index.search(vectors, _RELINK_COUNT, threads=0)
+    finally:
+        index.expansion_search = previous
+    stranded = ~(np.asarray(found.keys) == keys[:, None]).any(axis=1)
+    if stranded.any():
+        index.remove(keys[stranded])
+        index.add(keys[stranded], vectors[stranded], threads=1)
 
 
 def _save(index: Any, path: Path) -> None:

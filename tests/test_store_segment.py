@@ -1,0 +1,38 @@
+"""usearch files: what a build must guarantee whatever the threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.store.segment import Segment, build_segment
+from brinicle_etl.types import HnswParams
+from tests.conftest import clustered
+
+
+@pytest.mark.parametrize("threads", [1, 2, 0])
+@pytest.mark.parametrize("seed", range(8))
+def test_every_vector_of_a_build_finds_itself(tmp_path: Path, threads: int, seed: int) -> None:
+    # 300 low-dimensional vectors built by two threads strand a node in most builds
+    # unless the build relinks them (usearch#735).
+    x = clustered(300, 8, seed=seed, normalize=False)
+    keys = np.arange(300, dtype=np.uint64)
+    config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
+    params = HnswParams(ef_construction=128, rng_seed=seed, build_n_threads=threads)
+    assert build_segment(tmp_path / "s.usearch", keys, x, config, params) == 300
+    found, _, _ = Segment(tmp_path / "s.usearch", ef_search=64).search(x, 1, ef=None, exact=False, threads=1)
+    assert np.flatnonzero(found[:, 0] != keys).tolist() == []
+
+
+def test_duplicate_vectors_keep_their_keys(tmp_path: Path) -> None:
+    x = clustered(200, 8, seed=1, normalize=False)
+    x = np.concatenate([x, x])  # every vector twice, under two keys
+    keys = np.arange(400, dtype=np.uint64)
+    config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
+    assert build_segment(tmp_path / "d.usearch", keys, x, config, HnswParams(build_n_threads=2)) == 400
+    found, dists, _ = Segment(tmp_path / "d.usearch", ef_search=64).search(x[:200], 2, ef=None, exact=False, threads=1)
+    assert [set(row) for row in found.tolist()] == [{i, i + 200} for i in range(200)]
+    assert np.all(dists == 0)
