@@ -4,6 +4,7 @@ writes that cannot be short, and a full disk turned into :class:`DiskFullError`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 from brinicle_etl.errors import DiskFullError
 
 __all__ = [
+    "LocalFile",
     "atomic_write_bytes",
     "disk_full_is_an_error",
     "free_bytes",
@@ -107,3 +109,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(path.parent)
+
+
+class LocalFile:
+    """A small file that several processes may read-modify-write (a store's model registry,
+    its templates): replaced atomically, and changed under a lock beside it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, data)
+
+    def update(self, change: Callable[[bytes | None], bytes]) -> None:
+        """Replace the content with ``change(current)``; two processes updating at once
+        each see the other's change."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            self.write(change(self.read()))

@@ -71,7 +71,8 @@ class DimensionError(InputError):
 
 
 class ConflictError(BrinicleError):
-    """Keys collide. ``keys`` holds every conflicting key, ``field`` the key column."""
+    """Keys collide (``keys`` holds every conflicting key, ``field`` the key column), or a
+    write does: with another writer's, or with a drop of its collection on object storage."""
 
     def __init__(self, message: str, *, keys: Sequence[object] = (), field: str | None = None):
         super().__init__(message)

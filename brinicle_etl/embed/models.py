@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from brinicle_etl._fs import atomic_write_bytes
+from brinicle_etl._fs import LocalFile
 from brinicle_etl.embed.base import Embedder
 from brinicle_etl.embed.hashing import HashEmbedder
 from brinicle_etl.embed.sentence import SentenceTransformerEmbedder
@@ -66,25 +67,7 @@ class SavedFile(Protocol):
     """Where a registry is kept: a file of a local store, or an object of one on object storage."""
 
     def read(self) -> bytes | None: ...
-    def write(self, data: bytes) -> None: ...
-
-
-class LocalFile:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def read(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, data)
+    def update(self, change: Callable[[bytes | None], bytes]) -> None: ...
 
 
 class ModelRegistry:
@@ -96,7 +79,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     def _registered(self) -> dict[str, ModelSpec]:
-        raw = self.file.read() if self.file is not None else None
+        return self._parse(self.file.read() if self.file is not None else None)
+
+    def _parse(self, raw: bytes | None) -> dict[str, ModelSpec]:
         if raw is None:
             return {}
         try:
@@ -122,10 +107,14 @@ class ModelRegistry:
         """Add or replace a model in the store's registry."""
         if self.file is None:
             raise ConfigError("this registry has no file to save to")
-        models = self._registered()
-        models[spec.id] = spec
-        body = {"models": [asdict(m) for m in sorted(models.values(), key=lambda s: s.id)]}
-        self.file.write(json.dumps(body, indent=2).encode())
+
+        def added(raw: bytes | None) -> bytes:
+            models = {**self._parse(raw), spec.id: spec}
+            body = {"models": [asdict(m) for m in sorted(models.values(), key=lambda s: s.id)]}
+            return json.dumps(body, indent=2).encode()
+
+        # A read-modify-write that sees a concurrent one (from another process or machine).
+        self.file.update(added)
         with self._lock:
             self._embedders.pop(spec.id, None)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import secrets
 import shutil
@@ -31,6 +32,7 @@ from brinicle_etl.errors import (
     ConfigError,
     InputError,
     NotFoundError,
+    ObjectStoreError,
 )
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
@@ -51,6 +53,8 @@ from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, co
 from brinicle_etl.types import BuildProgress, Hit, HnswParams, K, Metric, VectorDType, Wait, WriteMode, check_choice
 
 __all__ = ["Collection", "CollectionStatus"]
+
+log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 0.02
 P = ParamSpec("P")
@@ -185,7 +189,7 @@ class Collection:
         or when ``fresh`` is asked for, as every writer does under the lock.
         """
         remote = self._remote
-        if remote is not None and (fresh or remote.due()) and remote.pull(force=fresh):
+        if remote is not None and (fresh or remote.due()) and self._pulled(remote, fresh=fresh):
             fresh = True
         snap = self._snap
         published = _published.get(self._manifest_path, 0)
@@ -218,6 +222,19 @@ class Collection:
                 self._snap = snap
                 return snap
         raise BusyError(f"collection {self.name!r} changed too often while opening it; try again")
+
+    def _pulled(self, remote: RemoteCollection, *, fresh: bool) -> bool:
+        """Whether a pull brought a new generation. A reader's periodic check that fails (the
+        object store briefly unreachable) keeps serving the generation it has, and says so in
+        the log; a writer's (``fresh``) or a first open's failure is the caller's error."""
+        try:
+            return remote.pull(force=fresh)
+        except ObjectStoreError as exc:
+            if fresh or self._snap is None:
+                raise
+            generation = self._snap.manifest.generation
+            log.warning("collection %r: still serving generation %d: %s", self.name, generation, exc)
+            return False
 
     @property
     def config(self) -> CollectionConfig:

@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from urllib.parse import urlparse
 from brinicle_etl._fs import atomic_write_bytes, disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
+    BusyError,
     ConfigError,
+    ConflictError,
     MissingExtraError,
     NotFoundError,
     ObjectStoreError,
@@ -47,7 +49,15 @@ from brinicle_etl.errors import (
 )
 from brinicle_etl.store.manifest import MANIFEST, Manifest, manifest_bytes, parse_manifest, read_manifest
 
-__all__ = ["DEFAULT_RETENTION_SECONDS", "Bucket", "RemoteCollection", "VacuumResult", "is_remote", "open_bucket"]
+__all__ = [
+    "DEFAULT_RETENTION_SECONDS",
+    "Bucket",
+    "BucketFile",
+    "RemoteCollection",
+    "VacuumResult",
+    "is_remote",
+    "open_bucket",
+]
 
 SCHEMES = ("s3://", "gs://", "az://")
 LATEST = "_latest.json"
@@ -56,6 +66,7 @@ SESSIONS = "_session/"
 DEFAULT_REFRESH_SECONDS = 1.0
 DEFAULT_RETENTION_SECONDS = 3600.0
 MIN_RETENTION_SECONDS = 300.0
+_UPDATE_ATTEMPTS = 50
 DONE = "done"
 """A session's marker, created once its finalize published it (or its abort dropped it)."""
 
@@ -129,6 +140,32 @@ class Bucket:
             except (Exists, PreconditionError):
                 return False
 
+    def update(self, key: str, change: Callable[[bytes | None], bytes]) -> None:
+        """Replace the object with ``change(current)`` by a conditional put (``If-Match`` on
+        what was read, create-if-absent if nothing was), again if another writer changed it
+        in between."""
+        from obstore.exceptions import AlreadyExistsError as Exists
+        from obstore.exceptions import PreconditionError
+
+        for _attempt in range(_UPDATE_ATTEMPTS):
+            try:
+                with self._translated("reading", key):
+                    found = self._obs.get(self._client, key)
+                    current: bytes | None = bytes(found.bytes())
+                    etag = found.meta.get("e_tag")
+                # A store that gives no ETag cannot condition on it: last writer wins there.
+                mode: Any = {"e_tag": etag} if etag else "overwrite"
+            except FileNotFoundError:
+                current, mode = None, "create"
+            data = change(current)
+            with self._translated("writing", key):
+                try:
+                    self._obs.put(self._client, key, data, mode=mode)
+                    return
+                except (Exists, PreconditionError):
+                    continue
+        raise BusyError(f"{self.url}/{key} changed {_UPDATE_ATTEMPTS} times while updating it; try again")
+
     def upload(self, key: str, path: Path) -> None:
         with self._translated("uploading to", key):
             self._obs.put(self._client, key, path)
@@ -172,6 +209,27 @@ class Bucket:
         for start in range(0, len(keys), 1000):
             with self._translated("deleting", keys[start]):
                 self._obs.delete(self._client, keys[start : start + 1000])
+
+
+class BucketFile:
+    """One of a store's small shared objects (model registry, templates): what
+    :class:`~brinicle_etl._fs.LocalFile` is on a local store."""
+
+    def __init__(self, bucket: Bucket, key: str):
+        self._bucket = bucket
+        self._key = key
+
+    def __str__(self) -> str:
+        return f"{self._bucket.url}/{self._key}"
+
+    def read(self) -> bytes | None:
+        return self._bucket.get(self._key)
+
+    def write(self, data: bytes) -> None:
+        self._bucket.put(self._key, data)
+
+    def update(self, change: Callable[[bytes | None], bytes]) -> None:
+        self._bucket.update(self._key, change)
 
 
 def open_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> Bucket:
@@ -281,9 +339,13 @@ class RemoteCollection:
 
     def pull(self, *, force: bool = True) -> bool:
         """Bring the cache to the newest generation; returns whether it changed. Without
-        ``force``, only if the refresh interval has passed: of many threads that found it
-        due at once, one asks the object store."""
-        with self._lock:
+        ``force``, only if the refresh interval has passed, and only by one thread: the
+        others go on searching what the cache holds while it asks (and downloads)."""
+        if force:
+            self._lock.acquire()
+        elif not self.due() or not self._lock.acquire(blocking=False):
+            return False
+        try:
             if not force and not self.due():
                 return False
             self._pulled_at = time.monotonic()
@@ -296,6 +358,8 @@ class RemoteCollection:
             with open(self.directory / ".pull.lock", "a+b") as lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
                 return self._pull_locked(generation, incarnation)
+        finally:
+            self._lock.release()
 
     def _pull_locked(self, generation: int, incarnation: str | None) -> bool:
         local = self._local_manifest()
@@ -454,11 +518,21 @@ class RemoteCollection:
         # Files first, then the generations newest first, generation 0 last: a drop cut short
         # leaves a collection that still exists (and can be dropped again), never old
         # generations without their beginning that a new collection of the name would inherit.
+        first = self.bucket.get(self._key(_generation_key(0)))
+        incarnation = parse_manifest(first, self.bucket.url).incarnation if first is not None else None
         keys = [str(meta["path"]) for meta in self.bucket.objects(self.prefix.rstrip("/"))]
         manifests = sorted((k for k in keys if k.startswith(self.prefix + GENERATIONS)), reverse=True)
         self.bucket.delete([k for k in keys if not k.startswith(self.prefix + GENERATIONS)])
         self.bucket.delete(manifests[:-1])
         self.bucket.delete(manifests[-1:])
+        # A writer that published while this ran left a generation the listing missed; it
+        # would wait in the name for a collection created again to reach its number. Only
+        # this collection's: one created again meanwhile keeps its own.
+        for generation in sorted(self._generations(), reverse=True):
+            key = self._key(_generation_key(generation))
+            raw = self.bucket.get(key)
+            if raw is not None and parse_manifest(raw, self.bucket.url).incarnation == incarnation:
+                self.bucket.delete([key])
 
     def create(self, manifest: Manifest) -> None:
         """Publish generation 0 of a new collection; AlreadyExistsError if one exists."""
@@ -473,6 +547,7 @@ class RemoteCollection:
         for name in manifest.files():
             if name not in uploaded:
                 self.bucket.upload(self._key(name), self.directory / name)
+        self._check_base(previous)
         key = self._key(_generation_key(manifest.generation))
         if not self.bucket.create(key, manifest_bytes(manifest)):
             raise PublishConflictError(
@@ -484,6 +559,18 @@ class RemoteCollection:
         # The pointer may lag (readers probe past it), so a failure here loses nothing.
         with contextlib.suppress(ObjectStoreError):
             self.bucket.put(self._key(LATEST), _pointer(manifest))
+
+    def _check_base(self, previous: Manifest) -> None:
+        """Refuse to publish on a generation that is no longer there, or is another
+        collection's: the collection was dropped (and maybe created again) while this write
+        ran, and its next generation's name may be free in the new one."""
+        raw = self.bucket.get(self._key(_generation_key(previous.generation)))
+        if raw is None or parse_manifest(raw, self.bucket.url).incarnation != previous.incarnation:
+            again = "" if raw is None else " and created again"
+            raise ConflictError(
+                f"collection {self.name!r} was dropped{again} while this write ran; nothing of this write was "
+                "published: run it again to apply it to the collection there is now"
+            )
 
 
 def _timestamp(meta: dict[str, Any]) -> float:

@@ -10,11 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
-from brinicle_etl._fs import atomic_write_bytes
+from brinicle_etl._fs import LocalFile
 from brinicle_etl.errors import ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, ConfigSettings
-from brinicle_etl.store.remote import DEFAULT_REFRESH_SECONDS, Bucket, RemoteCollection, is_remote, open_bucket
+from brinicle_etl.store.remote import (
+    DEFAULT_REFRESH_SECONDS,
+    Bucket,
+    BucketFile,
+    RemoteCollection,
+    is_remote,
+    open_bucket,
+)
 from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
 if TYPE_CHECKING:
@@ -84,31 +91,6 @@ def parse_name(name: str) -> tuple[str, str]:
 
 SHARED = "_brinicle/"
 """The store's own files on object storage (``.brinicle/`` locally); not a collection name."""
-
-
-class SharedFile:
-    def __init__(self, store: Store, relative: str):
-        self._bucket = store._bucket
-        self._key = SHARED + relative
-        self._path = store.config_dir / relative
-
-    def __str__(self) -> str:
-        return f"{self._bucket.url}/{self._key}" if self._bucket is not None else str(self._path)
-
-    def read(self) -> bytes | None:
-        if self._bucket is not None:
-            return self._bucket.get(self._key)
-        try:
-            return self._path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write(self, data: bytes) -> None:
-        if self._bucket is not None:
-            self._bucket.put(self._key, data)
-            return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self._path, data)
 
 
 class Store:
@@ -244,10 +226,12 @@ class Store:
             self._models = ModelRegistry(self.shared_file("models.json"))
         return self._models
 
-    def shared_file(self, relative: str) -> SharedFile:
+    def shared_file(self, relative: str) -> LocalFile | BucketFile:
         """One of the store's own small files (the model registry, a template), seen alike by
         every machine: in ``.brinicle/`` of a local store, under ``_brinicle/`` in the bucket."""
-        return SharedFile(self, relative)
+        if self._bucket is not None:
+            return BucketFile(self._bucket, SHARED + relative)
+        return LocalFile(self.config_dir / relative)
 
     # ---- schema templates, saved by name -----------------------------------------
 
@@ -278,7 +262,7 @@ class Store:
         folder = self.config_dir / "templates"
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
-    def _template_file(self, name: str) -> SharedFile:
+    def _template_file(self, name: str) -> LocalFile | BucketFile:
         return self.shared_file(f"templates/{check_name(name, 'template name')}.json")
 
     def forget(self, name: str) -> None:
