@@ -131,6 +131,20 @@ class LocalFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, data)
 
+    def create(self, data: bytes) -> bool:
+        """Write ``data`` only if the file does not exist yet; False if it did."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{secrets.token_hex(4)}")
+        atomic_write_bytes(tmp, data)
+        try:
+            os.link(tmp, self.path)  # fails if it exists: an exclusive create of a whole file
+            fsync_dir(self.path.parent)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def update(self, change: Callable[[bytes | None], bytes]) -> None:
         """Replace the content with ``change(current)``; two processes updating at once
         each see the other's change."""

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.pipeline.schema import TemplateSchema
-from brinicle_etl.store import Collection
+from brinicle_etl.store import AnyCollection
 from brinicle_etl.store.rows import KEY
 
 __all__ = ["CHECK_NAMES", "CheckOutcome", "check_collection"]
@@ -30,7 +30,7 @@ class CheckOutcome:
 
 
 def check_collection(
-    col: Collection,
+    col: AnyCollection,
     *,
     registry: ModelRegistry | None = None,
     recall_threshold: float = 0.9,

@@ -125,6 +125,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         params=HnswParams(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef_search),
         wait=args.wait,
+        shards=args.shards,
+        shard=args.shard,
     )
     try:
         result = run_ingest(args.path, args.collection, store=_store(args), options=options, progress=progress)
@@ -135,7 +137,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         verb = "Created" if result.mode == "Create" else "Updated" if result.published else "Unchanged"
         model = f", model {result.schema.model}" if result.vector_source == "generated" else ""
         vectors = "no vectors" if result.vector_source == "none" else f"{result.vector_source} vectors{model}"
-        out.write(f"{verb} {result.collection} from {args.path} ({vectors})\n")
+        part = f" shard {result.shard}" if result.shard is not None else ""
+        out.write(f"{verb} {result.collection}{part} from {args.path} ({vectors})\n")
         if result.inferred:
             out.write(f"inferred: {result.inferred}\n")
         out.write(
@@ -150,6 +153,11 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         t = result.timings
         stages = ", ".join(f"{k} {t[k]:.1f}" for k in ("read", "plan", "embed", "write") if k in t)
         out.write(f"took {t.get('total', 0):.1f} s ({stages}); generation {result.generation}\n")
+        for r in result.shards:
+            out.write(
+                f"  shard {r.shard}: {r.rows_read:,} read, {r.rows_inserted:,} inserted, {r.rows_updated:,} updated, "
+                f"{r.rows_deleted:,} deleted, {r.rows_embedded:,} embedded; generation {r.generation}\n"
+            )
 
     _emit(args, result.to_dict(), human)
 
@@ -219,6 +227,10 @@ def cmd_status(args: argparse.Namespace) -> None:
             ("on disk", _size(s.bytes_on_disk)),
             ("session", session),
         ]
+        if s.shards:
+            lines[4] = ("generation", " ".join(str(p.generation) for p in s.shards) + " (by shard)")
+            rows = ", ".join(f"{p.live_count:,}" for p in s.shards)
+            lines.insert(1, ("shards", f"{len(s.shards)}, split by key; live rows by shard: {rows}"))
         out.write(f"{s.name}\n")
         for label, value in lines:
             out.write(f"  {label:<11}{value}\n")
@@ -419,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--M", type=int, default=16, help="HNSW connectivity")
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument("--shards", type=int, metavar="N", help="split a new collection by key into N shards, written apart")
+    p.add_argument("--shard", type=int, metavar="I", help="write only shard I of a sharded collection (its keys' rows)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_ingest)
 

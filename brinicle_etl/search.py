@@ -18,7 +18,7 @@ import polars as pl
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import ConfigError, InputError
 from brinicle_etl.pipeline.schema import TemplateSchema
-from brinicle_etl.store import Collection, Store
+from brinicle_etl.store import AnyCollection, Collection, ShardedCollection, Store
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
 
 __all__ = ["SearchHit", "allowed_row_ids", "embed_query", "filter_expression", "search", "search_batch"]
@@ -97,7 +97,7 @@ def _condition(col: pl.Expr, op: str, value: Any) -> pl.Expr:
     return ~col.is_in(value)
 
 
-def allowed_row_ids(collection: Collection, spec: Mapping[str, Any]) -> np.ndarray:
+def allowed_row_ids(collection: AnyCollection, spec: Mapping[str, Any]) -> np.ndarray:
     """Row ids of the rows matching a structured filter (cached per generation)."""
     text = json.dumps(spec, sort_keys=True, default=str)
 
@@ -115,14 +115,14 @@ def allowed_row_ids(collection: Collection, spec: Mapping[str, Any]) -> np.ndarr
     return collection.filtered(f"structured:{text}", compute)
 
 
-def _resolve(collection: Collection | str, store: Store | str | None) -> tuple[Collection, Store | None]:
-    if isinstance(collection, Collection):
+def _resolve(collection: AnyCollection | str, store: Store | str | None) -> tuple[AnyCollection, Store | None]:
+    if isinstance(collection, Collection | ShardedCollection):
         return collection, store if isinstance(store, Store) else (Store(store) if store is not None else None)
     st = store if isinstance(store, Store) else Store(store)
     return st.open(collection), st
 
 
-def embed_query(collection: Collection, queries: Sequence[str], registry: ModelRegistry | None = None) -> np.ndarray:
+def embed_query(collection: AnyCollection, queries: Sequence[str], registry: ModelRegistry | None = None) -> np.ndarray:
     """Embed texts with the model the collection was built with; an empty text is refused
     (its vector is noise: the "nearest" rows would be arbitrary)."""
     empty = next((i for i, q in enumerate(queries) if not q.strip()), None)
@@ -141,7 +141,7 @@ def embed_query(collection: Collection, queries: Sequence[str], registry: ModelR
 
 
 def _as_queries(
-    collection: Collection, queries: Sequence[str | Sequence[float] | np.ndarray], registry: ModelRegistry | None
+    collection: AnyCollection, queries: Sequence[str | Sequence[float] | np.ndarray], registry: ModelRegistry | None
 ) -> np.ndarray:
     texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
     if not texts:
@@ -152,7 +152,7 @@ def _as_queries(
 
 
 def search_batch(
-    collection: Collection | str,
+    collection: AnyCollection | str,
     queries: Sequence[str | Sequence[float] | np.ndarray],
     k: int = 10,
     *,
@@ -186,7 +186,7 @@ def search_batch(
 
 
 def search(
-    collection: Collection | str,
+    collection: AnyCollection | str,
     query: str | Sequence[float] | np.ndarray,
     k: int = 10,
     *,

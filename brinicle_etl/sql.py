@@ -35,7 +35,7 @@ from duckdb import func
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import InputError
 from brinicle_etl.search import embed_query
-from brinicle_etl.store import Collection, Store
+from brinicle_etl.store import AnyCollection, Store
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
 from brinicle_etl.types import K
 
@@ -67,12 +67,12 @@ class _Functions:
         self._cursor = cursor
         self._cursor_lock = threading.Lock()
 
-    def _collection(self, name: str) -> Collection:
+    def _collection(self, name: str) -> AnyCollection:
         return self.store.open(name)
 
     # ---- rows ----
 
-    def _paths(self, col: Collection) -> list[str]:
+    def _paths(self, col: AnyCollection) -> list[str]:
         return [str(p) for p in col.row_files()] or [str(self._empty_rows())]
 
     def files(self, names: pa.Array) -> pa.Array:
@@ -94,7 +94,7 @@ class _Functions:
 
     # ---- search ----
 
-    def _allowed_rows(self, col: Collection, predicate: str) -> np.ndarray:
+    def _allowed_rows(self, col: AnyCollection, predicate: str) -> np.ndarray:
         """Row ids of live rows matching a SQL predicate, cached per generation."""
 
         def compute() -> np.ndarray:

@@ -14,6 +14,7 @@ import pytest
 
 from brinicle_etl import Store
 from brinicle_etl.cli import main
+from brinicle_etl.store import shard_of
 from tests.conftest import REPO
 
 ROWS = pl.DataFrame(
@@ -273,3 +274,22 @@ def test_piped_sql_runs_the_last_statement_and_stops_at_the_first_error(
     assert failed.stderr.startswith("error: Catalog Error: Table with name nowhere does not exist!")
     rounded = sql_script(store, "SELECT round(_distance, 3) AS d FROM brinicle_search('shop', 'hiking boots', k := 1)")
     assert rounded.returncode == 0 and len(rounded.stdout.splitlines()[2]) <= 5  # e.g. 0.352, never 0.35199999...
+
+
+def test_sharded_ingest_status_and_one_shard(capsys: pytest.CaptureFixture[str], csv: Path, store: str) -> None:
+    args = ("-c", "shop/items", "--model", "hash-32", "--store", store, "-q")
+    code, out, _ = run(capsys, "ingest", str(csv), *args, "--shards", "2")
+    assert code == 0
+    owner = shard_of(["A1", "B2", "C3"], 2).tolist()
+    lines = out.splitlines()
+    assert lines[0] == f"Created shop/items from {csv} (generated vectors, model hash-32)"
+    assert [line.split(":")[0] for line in lines[-2:]] == ["  shard 0", "  shard 1"]
+    assert lines[-2].split(": ")[1].startswith(f"{owner.count(0)} read, {owner.count(0)} inserted")
+    code, out, _ = run(capsys, "status", "shop/items", "--store", store)
+    assert f"  shards     2, split by key; live rows by shard: {owner.count(0)}, {owner.count(1)}" in out.splitlines()
+    code, out, _ = run(capsys, "ingest", str(csv), *args, "--shard", "1", "--json")
+    assert (code, json.loads(out)["shard"], json.loads(out)["rows_unchanged"]) == (0, 1, owner.count(1))
+    code, _, err = run(capsys, "ingest", str(csv), *args, "--shard", "2")
+    assert (code, err.strip()) == (1, "error: shard must be from 0 to 1 for 'shop/items' (2 shard(s)); got 2")
+    code, out, _ = run(capsys, "search", "shop/items", "hiking boots", "--k", "1", "--store", store, "--json")
+    assert json.loads(out)[0]["key"] == "B2"

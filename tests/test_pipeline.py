@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ import pytest
 from brinicle_etl import ConfigError, ConflictError, InputError, Store, TemplateSchema, ingest
 from brinicle_etl.embed import HashEmbedder
 from brinicle_etl.search import search
-from tests.conftest import CountingEmbedder
+from brinicle_etl.store import ShardedCollection, shard_of
+from tests.conftest import REPO, CountingEmbedder
 
 DAY1 = pl.DataFrame(
     {
@@ -425,3 +428,100 @@ def test_conflict_on_key_counts_identical_rows_as_conflicts(
 def test_conflict_on_is_checked(store: Store) -> None:
     with pytest.raises(ConfigError, match=r"^conflict_on must be one of 'change', 'key'; got 'row'$"):
         ingest(DAY1, "shop/products", store=store, model="hash-8", conflict_on="row")  # type: ignore[arg-type]
+
+
+def _products(n: int, *, edited: frozenset[int] = frozenset(), dropped: frozenset[int] = frozenset()) -> pl.DataFrame:
+    ids = [i for i in range(n) if i not in dropped]
+    return pl.DataFrame(
+        {
+            "product_id": ids,
+            "title": [f"product {i}" + (" (new edition)" if i in edited else "") for i in ids],
+            "price": [float(i) for i in ids],
+        }
+    )
+
+
+def test_a_sharded_ingest_writes_every_shard_and_is_searched_as_one(store: Store, counting: CountingEmbedder) -> None:
+    frame = _products(200)
+    result = ingest(frame, "shop/sharded", store=store, embedder=counting, primary_key="product_id", shards=4)
+    col = store.open("shop/sharded")
+    assert isinstance(col, ShardedCollection)
+    assert (result.rows_inserted, result.rows_embedded, len(result.shards)) == (200, 200, 4)
+    assert [r.shard for r in result.shards] == [0, 1, 2, 3]
+    assert [r.rows_inserted for r in result.shards] == np.bincount(
+        shard_of([str(i) for i in range(200)], 4), minlength=4
+    ).tolist()
+    assert [s["shard"] for s in result.to_dict()["shards"]] == [0, 1, 2, 3]
+    hits = search("shop/sharded", "product 17", 3, store=store, registry=None)
+    assert hits[0].row["title"] == "product 17"
+    # Again: nothing changed, nothing embedded, no shard publishes.
+    counting.texts.clear()
+    again = ingest(frame, "shop/sharded", store=store, embedder=counting)
+    assert (again.rows_unchanged, again.rows_embedded, again.published, counting.texts) == (200, 0, False, [])
+
+
+def test_one_shard_ingest_touches_only_that_shard(store: Store, counting: CountingEmbedder) -> None:
+    ingest(_products(100), "shop/sharded", store=store, embedder=counting, primary_key="product_id", shards=3)
+    col = store.open("shop/sharded")
+    assert isinstance(col, ShardedCollection)
+    before = [sorted(s.keys()) for s in col.shards]
+    owner = dict(zip(range(100), shard_of([str(i) for i in range(100)], 3).tolist(), strict=True))
+    edited = frozenset(i for i in range(100) if i % 10 == 0)
+    dropped = frozenset(i for i in range(100) if i % 10 == 5)
+    counting.texts.clear()
+    result = ingest(
+        _products(100, edited=edited, dropped=dropped),
+        "shop/sharded",
+        store=store,
+        embedder=counting,
+        shard=1,
+        sync=True,
+        on_conflict="update",
+    )
+    mine = {i for i in range(100) if owner[i] == 1}
+    assert result.shard == 1
+    assert result.rows_read == len(mine - dropped)
+    assert (result.rows_updated, result.rows_deleted) == (len(mine & edited), len(mine & dropped))
+    assert sorted(counting.texts) == sorted(f"product {i} (new edition)" for i in mine & edited)
+    after = [sorted(s.keys()) for s in col.shards]
+    assert after[0] == before[0] and after[2] == before[2]
+    assert after[1] == sorted(str(i) for i in mine - dropped)
+
+
+def test_shard_options_are_checked(store: Store, counting: CountingEmbedder) -> None:
+    ingest(_products(10), "shop/sharded", store=store, embedder=counting, primary_key="product_id", shards=2)
+    with pytest.raises(ConfigError) as caught:
+        ingest(_products(10), "shop/sharded", store=store, embedder=counting, shard=2)
+    assert str(caught.value) == "shard must be from 0 to 1 for 'shop/sharded' (2 shard(s)); got 2"
+    with pytest.raises(ConfigError) as caught:
+        ingest(_products(10), "shop/sharded", store=store, embedder=counting, shards=3)
+    assert str(caught.value) == (
+        "collection 'shop/sharded' has 2 shard(s), not shards=3; an existing collection keeps its shards"
+    )
+    with pytest.raises(ConfigError, match="shard must be a whole number from 0 to 1023; got -1"):
+        ingest(_products(10), "shop/sharded", store=store, embedder=counting, shard=-1)
+    # A collection of one: shard 0 is all of it.
+    result = ingest(_products(10), "shop/plain", store=store, embedder=counting, primary_key="product_id", shard=0)
+    assert result.rows_inserted == 10 and result.shard is None
+
+
+def test_shards_ingested_by_separate_processes_that_all_start_from_nothing(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "products.parquet"
+    _products(400).write_parquet(source)
+    script = (
+        "import sys\n"
+        "from brinicle_etl import ingest\n"
+        f"r = ingest({str(source)!r}, 'shop/sharded', store={str(store.root)!r}, model='hash-32',\n"
+        "           primary_key='product_id', shards=4, shard=int(sys.argv[1]))\n"
+        "print(r.rows_inserted)\n"
+    )
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=REPO, **pipes) for i in range(4)]
+    counts = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        counts.append(int(out))
+    assert counts == np.bincount(shard_of([str(i) for i in range(400)], 4), minlength=4).tolist()
+    col = Store(store.root).open("shop/sharded")
+    assert isinstance(col, ShardedCollection) and len(col) == 400

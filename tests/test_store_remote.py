@@ -29,6 +29,7 @@ from brinicle_etl import (
 )
 from brinicle_etl.embed.models import ModelSpec
 from brinicle_etl.search import search
+from brinicle_etl.store import ShardedCollection, shard_of
 from brinicle_etl.store.manifest import read_manifest
 from tests.conftest import REPO
 from tests.s3_server import ACCESS_KEY, SECRET, S3Server, running_s3
@@ -702,3 +703,29 @@ def test_a_reader_keeps_serving_while_the_object_store_is_unreachable(
     assert SECRET not in caplog.text
     with pytest.raises(ObjectStoreError):  # a writer needs the store: it is told
         reader.write(["x"], vectors(1, seed=5), mode="insert")
+
+
+def test_a_sharded_collection_on_object_storage(s3: S3Server, tmp_path: Path) -> None:
+    url = s3.new_url()
+    writer = open_store(s3, url, tmp_path / "w").create("db/ns", dim=DIM, metric="l2sq", dtype="f32", shards=3)
+    data = vectors(300, seed=7)
+    keys = [f"k{i}" for i in range(300)]
+    writer.write(keys, data)
+    reader = open_store(s3, url, tmp_path / "r")
+    assert reader.names() == ["db/ns"]
+    col = reader.open("db/ns")
+    assert isinstance(col, ShardedCollection) and len(col) == 300
+    assert col.search(data[42], 3, ef=200)[0].id == "k42"
+    # One shard written from another machine: the reader sees it, the other shards stay.
+    other = open_store(s3, url, tmp_path / "o").open("db/ns")
+    assert isinstance(other, ShardedCollection)
+    generations = col.generations()
+    other.shard(2).delete([k for k in keys if shard_of([k], 3)[0] == 2][:5])
+    deadline = time.monotonic() + 5
+    while col.generations()[2] == generations[2]:
+        assert time.monotonic() < deadline, "the reader never saw shard 2's new generation"
+        time.sleep(0.1)
+    assert col.generations()[:2] == generations[:2] and len(col) == 295
+    reader.drop("db/ns")
+    assert open_store(s3, url, tmp_path / "fresh").names() == []
+    assert open_store(s3, url, tmp_path / "fresh2")._bucket.objects(url.split("/", 3)[3]) == []  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ policies are checked here, once, with errors that list the valid values.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, TypedDict, Unpack
 
 from brinicle_etl.errors import ConfigError
@@ -17,6 +17,7 @@ from brinicle_etl.pipeline.plan import DuplicatePolicy
 from brinicle_etl.pipeline.read import DEFAULT_BATCH_ROWS, Format
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.store.shards import MAX_SHARDS, check_shards
 from brinicle_etl.types import (
     ConflictOn,
     ConflictPolicy,
@@ -80,6 +81,11 @@ class NewCollection:
     dtype: VectorDType = "bf16"
     params: HnswParams | None = None
     delta_ratio: float = 0.10
+    shards: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.shards is not None:
+            check_shards(self.shards)
 
     def config(self, dim: int) -> CollectionConfig:
         return CollectionConfig(
@@ -118,6 +124,8 @@ class IngestArgs(TypedDict, total=False):
     batch_rows: int
     wait: Wait
     meta: Mapping[str, Any] | None
+    shards: int | None
+    shard: int | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -136,8 +144,11 @@ class IngestOptions:
     batch_rows: int = DEFAULT_BATCH_ROWS
     wait: Wait = False
     meta: Mapping[str, Any] | None = None
+    shard: int | None = None
 
     def __post_init__(self) -> None:
+        if self.shard is not None and (type(self.shard) is not int or not 0 <= self.shard < MAX_SHARDS):
+            raise ConfigError(f"shard must be a whole number from 0 to {MAX_SHARDS - 1}; got {self.shard!r}")
         check_choice("mode", self.mode, WriteMode)
         check_choice("on_conflict", self.on_conflict, ConflictPolicy)
         check_choice("on_duplicate", self.on_duplicate, DuplicatePolicy)
@@ -192,6 +203,42 @@ class IngestResult:
     status: str = "success"
     published: bool = True
     """False when the source changed nothing: no new generation was published."""
+    shard: int | None = None
+    """The shard written, when one shard of a sharded collection was."""
+    shards: tuple[IngestResult, ...] = ()
+    """Each shard's result, when every shard of a sharded collection was written (the counts
+    above are their totals; ``generation`` is the highest shard's)."""
+
+    @classmethod
+    def combined(cls, results: list[IngestResult]) -> IngestResult:
+        """The totals of every shard's result."""
+        first = results[0]
+        total = {
+            name: sum(getattr(r, name) for r in results)
+            for name in (
+                "rows_added",
+                "rows_inserted",
+                "rows_updated",
+                "rows_skipped",
+                "rows_unchanged",
+                "rows_deleted",
+                "rows_embedded",
+                "rows_read",
+                "duplicates_dropped",
+            )
+        }
+        timings = {k: max(r.timings.get(k, 0.0) for r in results) for k in first.timings}
+        return replace(
+            first,
+            **total,
+            mode="Create" if any(r.mode == "Create" for r in results) else "Append",
+            conflicts=[c for r in results for c in r.conflicts],
+            generation=max(r.generation for r in results),
+            published=any(r.published for r in results),
+            timings=timings,
+            shard=None,
+            shards=tuple(results),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,4 +264,6 @@ class IngestResult:
             "schema": self.schema.to_dict(),
             "inferred": self.inferred,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            **({"shard": self.shard} if self.shard is not None else {}),
+            **({"shards": [r.to_dict() for r in self.shards]} if self.shards else {}),
         }

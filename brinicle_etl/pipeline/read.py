@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -42,10 +43,13 @@ class Batch:
     offset: int
     origin: str
     origin_offset: int
+    picked: np.ndarray | None = None
+    """Which rows of the slice read these are, when only some were kept (a shard's rows)."""
 
     def where(self, index: int) -> str:
         """Where row ``index`` of this batch came from, for messages: ``products.csv row 18``."""
-        return f"{self.origin} row {self.origin_offset + index + 1}"
+        row = int(self.picked[index]) if self.picked is not None else index
+        return f"{self.origin} row {self.origin_offset + row + 1}"
 
 
 @dataclass(frozen=True)

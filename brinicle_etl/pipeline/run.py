@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from pathlib import Path
-from typing import Unpack
+from typing import Unpack, cast
 
 import numpy as np
 import polars as pl
@@ -31,6 +34,7 @@ from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
 from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.store.rows import HASH, KEY, ROW_ID, TEXT_HASH
+from brinicle_etl.store.shards import ShardedCollection, shard_of
 from brinicle_etl.store.writer import Transaction
 
 __all__ = ["IngestResult", "Progress", "ingest", "model_registry", "run_ingest"]
@@ -177,7 +181,49 @@ def run_ingest(
 ) -> IngestResult:
     """The one implementation under :func:`ingest` and every entry point: options built once."""
     st = store if isinstance(store, Store) else Store(store)
-    return _Run(source, st.canonical(collection), st, options, embedder, progress).run()
+    name = st.canonical(collection)
+    existing = st.open(name) if st.exists(name) else None
+    count = _shard_count(name, existing, options)
+    if count == 1 and not isinstance(existing, ShardedCollection):
+        return _Run(source, name, st, options, embedder, progress).run()
+    if not isinstance(existing, ShardedCollection):
+        # The first run creates every shard (of N steps starting at once, each may: one makes
+        # the collection, the others find it), then each writes its own.
+        probe = _Run(source, name, st, options, embedder, progress)
+        existing = cast(
+            ShardedCollection, st.create(name, config=options.new.config(probe.dim), shards=count, exist_ok=True)
+        )
+    sharded = existing
+
+    def one(i: int) -> IngestResult:
+        return _Run(source, name, st, options, embedder, progress, shard=(sharded, i)).run()
+
+    if options.shard is not None:
+        return one(options.shard)
+    # Every shard: in parallel, bounded by the cores (embedding and HNSW builds release the GIL).
+    with ThreadPoolExecutor(max_workers=min(count, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(one, i) for i in range(count)]
+        wait_all(futures)
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        raise failed[0]  # type: ignore[misc]
+    return IngestResult.combined([f.result() for f in futures])
+
+
+def _shard_count(name: str, existing: Collection | ShardedCollection | None, options: IngestOptions) -> int:
+    """How many shards the ingest writes to, checking ``shards`` and ``shard`` against it."""
+    if existing is None:
+        count = options.new.shards or 1
+    else:
+        count = len(existing.shards) if isinstance(existing, ShardedCollection) else 1
+        if options.new.shards is not None and options.new.shards != count:
+            raise ConfigError(
+                f"collection {name!r} has {count} shard(s), not shards={options.new.shards}; "
+                "an existing collection keeps its shards"
+            )
+    if options.shard is not None and not 0 <= options.shard < count:
+        raise ConfigError(f"shard must be from 0 to {count - 1} for {name!r} ({count} shard(s)); got {options.shard}")
+    return count
 
 
 class _Run:
@@ -191,12 +237,23 @@ class _Run:
         options: IngestOptions,
         embedder: Embedder | None,
         progress: Progress | None,
+        shard: tuple[ShardedCollection, int] | None = None,
     ):
         self.started = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.name, self.store, self.options, self.progress = name, store, options, progress
         self.src = open_source(source, format=options.format, separator=options.separator)
-        self.existing = store.open(name) if store.exists(name) else None
+        # A shard's run: only the rows whose key belongs to it, into it; a shard nothing was
+        # ingested into yet (no schema) is filled as a new collection would be.
+        self.shard = _ShardRows(len(shard[0].shards), shard[1]) if shard is not None else None
+        self.target = shard[0].shard(shard[1]) if shard is not None else None
+        self.existing: Collection | None
+        if self.target is not None:
+            self.existing = self.target if "schema" in self.target.meta else None
+        else:
+            opened = store.open(name) if store.exists(name) else None
+            assert not isinstance(opened, ShardedCollection)  # run_ingest sends shards their own runs
+            self.existing = opened
         if self.existing is not None and "schema" not in self.existing.meta:
             raise ConfigError(
                 f"collection {name!r} holds vectors written without a schema (VectorEngine or the HTTP API); "
@@ -224,11 +281,16 @@ class _Run:
         options, name, st = self.options, self.name, self.store
         created = self.existing is None
         # `is None`, not truthiness: a collection with no live rows is empty, not absent.
-        col = self.existing if self.existing is not None else st.create(name, config=options.new.config(self.dim))
-        if self.existing is not None and self.existing.dim != self.dim:
+        col: Collection
+        if self.existing is not None:
+            col = self.existing
+        elif self.target is not None:
+            col = self.target
+        else:
+            col = cast(Collection, st.create(name, config=options.new.config(self.dim)))
+        if col.dim != self.dim:
             raise InputError(
-                f"dimension mismatch: collection {name!r} holds {self.existing.dim}-d vectors, "
-                f"the source gives {self.dim}-d"
+                f"dimension mismatch: collection {name!r} holds {col.dim}-d vectors, the source gives {self.dim}-d"
             )
         try:
             with col.transaction(options.mode, wait=options.wait, op="ingest") as tx:
@@ -247,7 +309,7 @@ class _Run:
                     generation = tx.commit(meta=meta).generation
                 self.timings["commit"] = time.perf_counter() - t
         except BaseException:
-            if created:
+            if created and self.target is None:
                 col.destroy(wait=True)
                 st.forget(name)
             raise
@@ -269,6 +331,7 @@ class _Run:
             vector_source=self.sch.vector_source,
             namespace=name.split("/")[1],
             collection=name,
+            shard=self.shard.index if self.shard is not None else None,
             write_mode=options.mode,
             rows_read=plan.rows,
             duplicates_dropped=plan.duplicates_dropped,
@@ -279,9 +342,10 @@ class _Run:
             timings=self.timings,
         )
         log.info(
-            "ingested %s into %s: %d inserted, %d updated, %d skipped, %d unchanged, %d deleted, %d embedded",
+            "ingested %s into %s%s: %d inserted, %d updated, %d skipped, %d unchanged, %d deleted, %d embedded",
             self.src.description,
             name,
+            f" shard {self.shard.index}" if self.shard is not None else "",
             result.rows_inserted,
             result.rows_updated,
             result.rows_skipped,
@@ -317,11 +381,16 @@ class _Run:
         try:
             read = 0
             for batch in src.batches(batch_rows=batch_rows):
-                locations.add(batch)
                 typed = cast_frame(batch.frame, sch, batch.where)
                 frame, columns, text = _hash_inputs(batch, typed, sch, embedder)
                 row_hash, text_hash = hasher(frame, columns, text)
-                planner.add(batch.offset, _keys(typed, sch, row_hash, batch), row_hash, text_hash)
+                keys = _keys(typed, sch, row_hash, batch)
+                if self.shard is not None:
+                    batch, mine = self.shard.keep(batch, keys)
+                    keys, row_hash = keys.filter(mine), row_hash.filter(mine)
+                    text_hash = text_hash.filter(mine) if text_hash is not None else None
+                locations.add(batch)
+                planner.add(batch.offset, keys, row_hash, text_hash)
                 read += len(batch.frame)
                 if progress:
                     progress("read", read, None)
@@ -352,21 +421,25 @@ class _Run:
         hasher = Hasher()
         try:
             for batch in src.batches(batch_rows=batch_rows):
-                n = len(batch.frame)
-                window = slice(batch.offset, batch.offset + n)
-                selected = plan.write[window]
-                if not selected.any():
+                # window: this batch's rows in the plan; picked: those of them written;
+                # selected: the same rows among the batch's (all of them, unless a shard's run).
+                if self.shard is not None:
+                    window, picked, selected = self.shard.select(batch, plan.write)
+                else:
+                    window = slice(batch.offset, batch.offset + len(batch.frame))
+                    picked = selected = plan.write[window]
+                if not picked.any():
                     continue
                 raw = batch.frame.filter(pl.Series(selected))
                 where = _where_selected(batch, selected)
                 typed = cast_frame(raw, sch, where)
                 frame, columns, text = _hash_inputs(Batch(raw, 0, batch.origin, 0), typed, sch, embedder)
                 row_hash, text_hash = hasher(frame, columns, text)
-                keys = plan.keys[window].filter(pa.array(selected))
+                keys = plan.keys[window].filter(pa.array(picked))
                 vectors: np.ndarray | None = None
                 if sch.vector_source == "generated":
                     assert embedder is not None and text is not None
-                    reuse = plan.reuse[window][selected]
+                    reuse = plan.reuse[window][picked]
                     vectors = np.empty((len(keys), dim), dtype=np.float32)
                     fresh = reuse < 0
                     if fresh.any():
@@ -387,7 +460,7 @@ class _Run:
                 rows = rows.append_column(
                     TEXT_HASH, text_hash if text_hash is not None else pa.nulls(len(keys), pa.string())
                 )
-                tx.add(keys, vectors, rows, existing=plan.old[window][selected])
+                tx.add(keys, vectors, rows, existing=plan.old[window][picked])
                 written += len(keys)
                 if progress:
                     progress("write", written, to_write)
@@ -396,6 +469,41 @@ class _Run:
         timings["embed"] = embed_seconds
         timings["write"] = time.perf_counter() - t_write - embed_seconds
         return embedded
+
+
+class _ShardRows:
+    """One shard's rows of the source. The plan numbers them on their own (0, 1, ... over
+    the shard's rows); the first pass records which source rows they are, for the second."""
+
+    def __init__(self, count: int, index: int):
+        self.count, self.index = count, index
+        self._mine: list[np.ndarray] = []
+        self._kept = 0
+        self._position: np.ndarray | None = None  # source row -> plan position of the next kept row
+
+    def keep(self, batch: Batch, keys: pa.Array) -> tuple[Batch, pa.Array]:
+        """The batch narrowed to this shard's rows, numbered as the plan numbers them, and the mask."""
+        mine = shard_of(keys.to_pylist(), self.count) == self.index
+        self._mine.append(mine)
+        picked = np.flatnonzero(mine)
+        narrowed = Batch(batch.frame.filter(pl.Series(mine)), self._kept, batch.origin, batch.origin_offset, picked)
+        self._kept += len(picked)
+        return narrowed, pa.array(mine)
+
+    def select(self, batch: Batch, write: np.ndarray) -> tuple[slice, np.ndarray, np.ndarray]:
+        """For a batch of the second pass: its window of the plan, which rows of the window
+        are written, and which of the batch's rows those are."""
+        if self._position is None:
+            mine = np.concatenate(self._mine) if self._mine else np.zeros(0, dtype=bool)
+            self._mine = [mine]
+            self._position = np.concatenate([[0], np.cumsum(mine)])
+        end = batch.offset + len(batch.frame)
+        mine = self._mine[0][batch.offset : end]
+        window = slice(int(self._position[batch.offset]), int(self._position[end]))
+        picked = write[window]
+        selected = np.zeros(len(mine), dtype=bool)
+        selected[np.flatnonzero(mine)[picked]] = True
+        return window, picked, selected
 
 
 def _vector_dim(

@@ -25,7 +25,7 @@ from brinicle_etl.server.docs import add_offline_docs
 from brinicle_etl.server.fastpath import SearchFastPath
 from brinicle_etl.server.upload import BodyLimit
 from brinicle_etl.server.writers import WriterGate
-from brinicle_etl.store import Collection, Store
+from brinicle_etl.store import AnyCollection, Store
 
 __all__ = ["ServerSettings", "ServerState", "app_from_env", "create_app"]
 
@@ -79,7 +79,7 @@ def create_app(
         # The client left during its upload: whatever it sent was dropped, and nobody reads this.
         return Response(status_code=400)
 
-    def lookup(index_name: str) -> Collection | None:
+    def lookup(index_name: str) -> AnyCollection | None:
         try:
             return state.collection(index_name)
         except HTTPException:

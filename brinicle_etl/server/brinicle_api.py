@@ -30,6 +30,8 @@ from brinicle_etl.server.deps import (
     state_of,
 )
 from brinicle_etl.server.upload import chunks
+from brinicle_etl.store.sessions import BinaryIngest
+from brinicle_etl.store.shards import ShardedBinaryIngest
 from brinicle_etl.types import (
     BUILD_THREADS,
     DELTA_RATIO_MIN,
@@ -286,7 +288,7 @@ async def ingest_batch(
     if not index_name:
         raise HTTPException(status_code=400, detail="Missing query param: index_name")
     col = await run_in_threadpool(state.collection, index_name)
-    batch = await run_in_threadpool(col.ingest_binary)
+    batch: BinaryIngest | ShardedBinaryIngest = await run_in_threadpool(col.ingest_binary)
     pending = bytearray()
     # Rows are checked and spooled without the writer lock; one feed in flight while the
     # next chunk arrives. Only finish() waits for the writer's turn, on the event loop.

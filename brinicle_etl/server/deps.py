@@ -41,7 +41,7 @@ from brinicle_etl.errors import (
     UnknownModelError,
 )
 from brinicle_etl.server.writers import WriterGate
-from brinicle_etl.store import Collection, Store, default_store_location
+from brinicle_etl.store import AnyCollection, Store, default_store_location
 from brinicle_etl.types import INDEX_NAME_PATTERN, INDEX_NAME_RULE, index_collection
 
 __all__ = [
@@ -191,7 +191,7 @@ class ServerState:
         for name in self.store.names():
             self.store.open(name)
 
-    def collection(self, index_name: object) -> Collection:
+    def collection(self, index_name: object) -> AnyCollection:
         """A served collection, or 404 as brinicle answers."""
         name = canonical(index_name)
         with self.lock:
@@ -203,7 +203,7 @@ class ServerState:
         except NotFoundError:
             raise HTTPException(status_code=404, detail=f"Index '{index_name}' not found") from None
 
-    async def write(self, index_name: object, call: Callable[[Collection], T]) -> T:
+    async def write(self, index_name: object, call: Callable[[AnyCollection], T]) -> T:
         """``call(collection)``, a library write made with ``wait=False``, when it is its turn."""
         col = await run_in_threadpool(self.collection, index_name)
         return await self.writers.run(col.name, lambda: call(col))

@@ -101,6 +101,8 @@ class CollectionStatus:
     has_index: bool
     session_mode: WriteMode | None
     staged_count: int
+    shards: tuple[CollectionStatus, ...] = ()
+    """A sharded collection's shards, each with its own figures (the fields above are totals)."""
 
 
 class Collection:
@@ -146,17 +148,19 @@ class Collection:
         name: str | None = None,
         exist_ok: bool = False,
         remote: RemoteCollection | None = None,
+        first_row_id: int = 0,
         **settings: Unpack[ConfigSettings],
     ) -> Collection:
         """Create an empty collection with ``config``, or with its settings as keywords
         (``dim=384, metric="cosine"``...). With ``exist_ok``, open it instead if it exists
-        with the same dim."""
+        with the same dim. Its rows are numbered from ``first_row_id`` (a shard's range)."""
         config = CollectionConfig.of(config, settings)
         path = Path(directory)
         label = name or path.name
+        first = Manifest(config=config, meta=meta or {}, next_row_id=first_row_id)
         if remote is not None:
             try:
-                remote.create(Manifest(config=config, meta=meta or {}))
+                remote.create(first)
             except AlreadyExistsError:
                 if not exist_ok:
                     raise
@@ -168,7 +172,7 @@ class Collection:
                     if not exist_ok:
                         raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
                 else:
-                    write_manifest(path, Manifest(config=config, meta=meta or {}))
+                    write_manifest(path, first)
         return cls._checked_dim(cls(path, name=label), config)
 
     @staticmethod
@@ -178,6 +182,11 @@ class Collection:
                 f"collection {collection.name!r} exists with dim {collection.config.dim}, not {config.dim}"
             )
         return collection
+
+    @property
+    def marker(self) -> str:
+        """The file whose presence says the collection exists (its manifest)."""
+        return self._manifest_path
 
     # ---- reading -------------------------------------------------------------------
 

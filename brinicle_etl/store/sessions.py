@@ -27,7 +27,7 @@ from brinicle_etl.store.validate import as_matrix, as_vector
 from brinicle_etl.store.writer import Transaction, WriteResult
 from brinicle_etl.types import HnswParams, Wait, WriteMode
 
-__all__ = ["SESSION_LOG", "BinaryIngest", "Sessions"]
+__all__ = ["check_binary_rows", "SESSION_LOG", "BinaryIngest", "Sessions"]
 
 SESSION_LOG = "session.log"
 
@@ -249,26 +249,11 @@ class BinaryIngest:
         self._carry = bytes(buffer[usable:])
         if usable:
             rows = memoryview(buffer)[:usable]
-            self._check(np.frombuffer(rows, dtype=self._dtype))
+            check_binary_rows(np.frombuffer(rows, dtype=self._dtype), first=self.count)
             with disk_full_is_an_error(self._sessions.directory):
                 pwrite_all(spool, rows, self.count * self.row_bytes)
             self._crc = zlib.crc32(rows, self._crc)
             self.count += usable // self.row_bytes
-
-    def _check(self, rows: np.ndarray) -> None:
-        ids = rows["id"]
-        empty = ids == b""
-        if empty.any():
-            raise InputError(f"ingest_batch: row {self.count + int(np.argmax(empty))} has an empty external id")
-        finite = np.isfinite(rows["v"]).all(axis=1)
-        if not finite.all():
-            row = int(np.argmin(finite))
-            raise InputError(f"ingest_batch: row {self.count + row} (id {_id(ids[row])!r}) contains NaN/Inf")
-        for i, raw in enumerate(ids.tolist()):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError(f"ingest_batch: row {self.count + i} has an id that is not UTF-8 text") from None
 
     def finish(self, *, wait: Wait = True) -> int:
         """Stage every row at once, durably, into the session pending now; returns how many.
@@ -308,6 +293,26 @@ class BinaryIngest:
         if self._spool is None:
             raise StateError("ingest_batch: this binary ingest is already finished or aborted")
         return self._spool.fileno()
+
+
+def check_binary_rows(rows: np.ndarray, *, first: int) -> list[str]:
+    """The ids of binary rows (``id`` NUL-padded bytes, ``v`` float32 values), numbered from
+    ``first`` in errors: an empty id, one that is not UTF-8 text, or a NaN/Inf value."""
+    ids = rows["id"]
+    empty = ids == b""
+    if empty.any():
+        raise InputError(f"ingest_batch: row {first + int(np.argmax(empty))} has an empty external id")
+    finite = np.isfinite(rows["v"]).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InputError(f"ingest_batch: row {first + row} (id {_id(ids[row])!r}) contains NaN/Inf")
+    keys = []
+    for i, raw in enumerate(ids.tolist()):
+        try:
+            keys.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"ingest_batch: row {first + i} has an id that is not UTF-8 text") from None
+    return keys
 
 
 def _id(raw: bytes) -> str:

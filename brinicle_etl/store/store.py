@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from brinicle_etl._fs import LocalFile
-from brinicle_etl.errors import ConfigError, NotFoundError
+from brinicle_etl.errors import AlreadyExistsError, ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, ConfigSettings
 from brinicle_etl.store.remote import (
@@ -21,6 +23,15 @@ from brinicle_etl.store.remote import (
     RemoteCollection,
     is_remote,
     open_bucket,
+)
+from brinicle_etl.store.shards import (
+    SHARDING,
+    ShardedCollection,
+    check_shards,
+    parse_sharding,
+    shard_dir,
+    shard_row_base,
+    sharding_bytes,
 )
 from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
@@ -122,7 +133,7 @@ class Store:
             self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.url, endpoint)
         else:
             self.root = Path(location)
-        self._open: dict[str, Collection] = {}
+        self._open: dict[str, Collection | ShardedCollection] = {}
         self._lock = threading.Lock()
         self._models: ModelRegistry | None = None
 
@@ -154,8 +165,33 @@ class Store:
     def exists(self, name: str) -> bool:
         remote = self._remote(name)
         if remote is not None:
-            return remote.exists()
-        return (self.path_for(name) / MANIFEST).exists()
+            return remote.exists() or self._shard_count(name) is not None
+        path = self.path_for(name)
+        return (path / MANIFEST).exists() or (path / SHARDING).exists()
+
+    def _shard_count(self, name: str) -> int | None:
+        """How many shards collection ``name`` has, from its ``sharding.json``; None if it has none."""
+        if self._bucket is not None:
+            raw = self._bucket.get(f"{self.canonical(name)}/{SHARDING}")
+        else:
+            raw = LocalFile(self.path_for(name) / SHARDING).read()
+        return None if raw is None else parse_sharding(raw, f"{self.location}/{self.canonical(name)}/{SHARDING}")
+
+    def _shard_remote(self, name: str, shard: int) -> RemoteCollection | None:
+        if self._bucket is None:
+            return None
+        key = f"{self.canonical(name)}/{shard_dir(shard)}"
+        return RemoteCollection(
+            self._bucket, key, self.path_for(name) / shard_dir(shard), refresh_seconds=self._refresh_seconds
+        )
+
+    def _open_sharded(self, name: str, shards: int) -> ShardedCollection:
+        key, path = self.canonical(name), self.path_for(name)
+        parts = [
+            Collection(path / shard_dir(i), name=f"{key}/{shard_dir(i)}", remote=self._shard_remote(name, i))
+            for i in range(shards)
+        ]
+        return ShardedCollection(key, parts, marker=str(path / SHARDING))
 
     def names(self) -> list[str]:
         """Every collection in the store, as sorted ``db/namespace`` names."""
@@ -171,11 +207,17 @@ class Store:
             if not db.is_dir() or not is_name(db.name):
                 continue
             for ns in sorted(os.scandir(db.path), key=lambda e: e.name):
-                if ns.is_dir() and is_name(ns.name) and os.path.exists(os.path.join(ns.path, MANIFEST)):
+                if (
+                    ns.is_dir()
+                    and is_name(ns.name)
+                    and any(os.path.exists(os.path.join(ns.path, marker)) for marker in (MANIFEST, SHARDING))
+                ):
                     found.append(f"{db.name}/{ns.name}")
         return found
 
-    def open(self, name: str) -> Collection:
+    def open(self, name: str) -> Collection | ShardedCollection:
+        """Collection ``name``: a :class:`Collection`, or a :class:`ShardedCollection` if it was
+        created with shards (both search, read and write alike)."""
         # Looked up by the name as given first: SQL and HTTP open a collection per query.
         collection = self._open.get(name) if type(name) is str else None
         if collection is None:
@@ -184,12 +226,22 @@ class Store:
                 collection = self._open.get(key)
         # One stat, so a collection deleted by another process is not served from memory
         # (on object storage the collection notices at its next refresh).
-        if collection is not None and (self._bucket is not None or os.path.exists(collection._manifest_path)):
+        if collection is not None and (self._bucket is not None or os.path.exists(collection.marker)):
             return collection
         key = self.canonical(name)
-        collection = Collection(self.path_for(name), name=key, remote=self._remote(name))
+        opened: Collection | ShardedCollection
+        if self._bucket is None and (self.path_for(name) / SHARDING).exists():
+            opened = self._open_sharded(name, self._shard_count(name) or 1)
+        else:
+            try:
+                opened = Collection(self.path_for(name), name=key, remote=self._remote(name))
+            except NotFoundError:
+                shards = self._shard_count(name) if self._bucket is not None else None
+                if shards is None:
+                    raise
+                opened = self._open_sharded(name, shards)
         with self._lock:
-            return self._open.setdefault(key, collection)
+            return self._open.setdefault(key, opened)
 
     def create(
         self,
@@ -198,21 +250,54 @@ class Store:
         *,
         meta: dict[str, Any] | None = None,
         exist_ok: bool = False,
+        shards: int | None = None,
         **settings: Unpack[ConfigSettings],
-    ) -> Collection:
+    ) -> Collection | ShardedCollection:
         """Create collection ``name`` with ``config`` or its settings as keywords
-        (``store.create("vectors/demo", dim=384, metric="cosine", dtype="bf16")``)."""
+        (``store.create("vectors/demo", dim=384, metric="cosine", dtype="bf16")``).
+
+        ``shards=N`` (N > 1) splits it by key into N shards written apart and searched as one
+        (see :mod:`brinicle_etl.store.shards`); left out or 1, it is one collection."""
         key = self.canonical(name)
-        collection = Collection.create(
-            self.path_for(name),
-            CollectionConfig.of(config, settings),
-            meta=meta,
-            name=key,
-            exist_ok=exist_ok,
-            remote=self._remote(name),
-        )
+        config = CollectionConfig.of(config, settings)
+        count = check_shards(shards) if shards is not None else 1
+        found = self._shard_count(name) if self.exists(name) else None
+        if self.exists(name) and (found or 1) != count:
+            raise AlreadyExistsError(f"collection {key!r} already exists with {found or 1} shard(s), not {count}")
+        created: Collection | ShardedCollection
+        if count == 1:
+            created = Collection.create(
+                self.path_for(name), config, meta=meta, name=key, exist_ok=exist_ok, remote=self._remote(name)
+            )
+        else:
+            created = self._create_sharded(name, config, meta=meta, exist_ok=exist_ok, shards=count)
         with self._lock:
-            return self._open.setdefault(key, collection)
+            return self._open.setdefault(key, created)
+
+    def _create_sharded(
+        self, name: str, config: CollectionConfig, *, meta: dict[str, Any] | None, exist_ok: bool, shards: int
+    ) -> ShardedCollection:
+        # The shards first, then sharding.json: it exists only once every shard does, and of
+        # two machines creating it at once, one creates it and the other is told.
+        key, path = self.canonical(name), self.path_for(name)
+        for i in range(shards):
+            Collection.create(
+                path / shard_dir(i),
+                config,
+                meta=meta,
+                name=f"{key}/{shard_dir(i)}",
+                exist_ok=True,
+                remote=self._shard_remote(name, i),
+                first_row_id=shard_row_base(i),
+            )
+        marker = sharding_bytes(shards)
+        if self._bucket is not None:
+            made = self._bucket.create(f"{key}/{SHARDING}", marker)
+        else:
+            made = LocalFile(path / SHARDING).create(marker)
+        if not made and not exist_ok:
+            raise AlreadyExistsError(f"collection {key!r} already exists at {self.location}")
+        return self._open_sharded(name, shards)
 
     @property
     def models(self) -> ModelRegistry:
@@ -275,5 +360,20 @@ class Store:
         key = self.canonical(name)
         if not self.exists(name):
             raise NotFoundError(f"collection {key!r} not found in {self.location}")
-        Collection(self.path_for(name), name=key, remote=self._remote(name)).destroy(wait=wait)
+        shards = self._shard_count(name)
+        if shards is None:
+            Collection(self.path_for(name), name=key, remote=self._remote(name)).destroy(wait=wait)
+        else:
+            # The shards, then sharding.json: a drop cut short leaves a collection that still
+            # exists and can be dropped again.
+            for i in range(shards):
+                part = self.path_for(name) / shard_dir(i)
+                if (part / MANIFEST).exists() or self._bucket is not None:
+                    with suppress(NotFoundError):
+                        Collection(part, name=f"{key}/{shard_dir(i)}", remote=self._shard_remote(name, i)).destroy(
+                            wait=wait
+                        )
+            if self._bucket is not None:
+                self._bucket.delete([f"{key}/{SHARDING}"])
+            shutil.rmtree(self.path_for(name), ignore_errors=True)
         self.forget(name)

@@ -1,0 +1,482 @@
+"""Sharded collections: one collection split by key into independent shards, searched as one.
+
+A key's shard is ``blake2b(key as UTF-8, 8-byte digest)`` read as a little-endian unsigned
+64-bit integer, modulo the number of shards: the same in every process, machine and Python
+version (:func:`shard_of`). Each shard is a whole collection of its own, with its own
+generations, segments, rows and writer lock (or conditional publication on object storage),
+in ``db/ns/shard-0003/``; so N processes on N machines write N shards at once.
+
+Shard ``i`` numbers its rows from ``i << 48``: row ids are unique across the shards, so the
+SQL functions, filters and dead-row lists work on a sharded collection unchanged, and a row
+id names its shard. ``sharding.json`` beside the shards says how many there are; it is
+written after the shards at creation and removed after them by a drop, so it exists only
+when every shard does.
+
+Publication is per shard: each shard publishes its generations on its own, as a writer of
+that shard finishes. A reader may see shard 1's new generation and shard 2's old one while
+the writers run; a search never mixes two generations of one shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import IO, Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from brinicle_etl.errors import ConfigError, CorruptCollectionError, InputError, StateError
+from brinicle_etl.store.collection import Collection, CollectionStatus
+from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.store.remote import VacuumResult
+from brinicle_etl.store.sessions import check_binary_rows
+from brinicle_etl.store.validate import as_keys, as_matrix, check_k
+from brinicle_etl.store.writer import DeleteResult, WriteResult
+from brinicle_etl.types import Hit, HnswParams, Wait, WriteMode
+
+__all__ = ["MAX_SHARDS", "SHARDING", "ShardedCollection", "check_shards", "shard_of", "shard_row_base"]
+
+SHARDING = "sharding.json"
+MAX_SHARDS = 1024
+ROW_ID_BITS = 48
+"""Row ids of shard ``i`` start at ``i << 48``: 2.8e14 rows per shard before they would meet."""
+
+T = TypeVar("T")
+
+
+def check_shards(shards: object, *, name: str = "shards") -> int:
+    if type(shards) is not int or not 1 <= shards <= MAX_SHARDS:
+        raise ConfigError(f"{name} must be a whole number from 1 to {MAX_SHARDS}; got {shards!r}")
+    return shards
+
+
+def shard_of(keys: Iterable[str], shards: int) -> np.ndarray:
+    """Each key's shard: ``int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "little") % shards``."""
+    digests = b"".join(hashlib.blake2b(k.encode(), digest_size=8).digest() for k in keys)
+    return (np.frombuffer(digests, dtype="<u8") % np.uint64(shards)).astype(np.int64)
+
+
+def shard_row_base(shard: int) -> int:
+    """The first row id of ``shard``."""
+    return shard << ROW_ID_BITS
+
+
+def shard_dir(shard: int) -> str:
+    return f"shard-{shard:04d}"
+
+
+def sharding_bytes(shards: int) -> bytes:
+    return json.dumps({"shards": shards, "shard_of": "blake2b-64-le mod shards", "row_id_bits": ROW_ID_BITS}).encode()
+
+
+def parse_sharding(raw: bytes, where: str) -> int:
+    try:
+        return check_shards(json.loads(raw)["shards"])
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        raise CorruptCollectionError(f"{where} is not a valid {SHARDING}: {exc}") from exc
+
+
+class ShardedCollection:
+    """A collection split into :attr:`shards` by key, read and written as one.
+
+    Reads fan out to every shard at once and merge by distance, so a search returns ``k``
+    hits whenever ``k`` live rows match. Writes are routed by key; each shard commits on its
+    own (see the module's notes on publication).
+    """
+
+    def __init__(self, name: str, shards: Sequence[Collection], *, marker: str):
+        self.name = name
+        self.shards = list(shards)
+        self.marker = marker
+        """The file whose presence says the collection exists (its ``sharding.json``)."""
+        self._pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard")
+        self._filters: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"<ShardedCollection {self.name!r} shards={len(self.shards)} rows={len(self)}>"
+
+    def shard(self, i: int) -> Collection:
+        if type(i) is not int or not 0 <= i < len(self.shards):
+            raise ConfigError(f"shard must be from 0 to {len(self.shards) - 1} for {self.name!r}; got {i!r}")
+        return self.shards[i]
+
+    def _each(self, call: Callable[[Collection], T]) -> list[T]:
+        """``call`` on every shard at once (usearch and file reads release the GIL)."""
+        return list(self._pool.map(call, self.shards))
+
+    def _routed(self, keys: pa.Array) -> list[tuple[Collection, np.ndarray]]:
+        """The shards ``keys`` belong to, each with the positions of its keys."""
+        owner = shard_of(keys.to_pylist(), len(self.shards))
+        return [(self.shards[i], np.flatnonzero(owner == i)) for i in np.unique(owner).tolist()]
+
+    # ---- what it is ----------------------------------------------------------------
+
+    @property
+    def config(self) -> CollectionConfig:
+        return self.shards[0].config
+
+    @property
+    def dim(self) -> int:
+        return self.shards[0].dim
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The first shard's metadata that has a schema (a shard nothing was written to has none)."""
+        metas = [s.meta for s in self.shards]
+        return next((m for m in metas if "schema" in m), metas[0])
+
+    @property
+    def generation(self) -> int:
+        """The sum of the shards' generations: it grows with every commit of any shard."""
+        return sum(s.generation for s in self.shards)
+
+    def generations(self) -> list[int]:
+        return [s.generation for s in self.shards]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def status(self) -> CollectionStatus:
+        """Totals over the shards, and each shard's own status in ``shards``."""
+        parts = self._each(Collection.status)
+        first = parts[0]
+        modes = {p.session_mode for p in parts} - {None}
+        return replace(
+            first,
+            name=self.name,
+            live_count=sum(p.live_count for p in parts),
+            main_count=sum(p.main_count for p in parts),
+            delta_count=sum(p.delta_count for p in parts),
+            deleted_count=sum(p.deleted_count for p in parts),
+            generation=sum(p.generation for p in parts),
+            bytes_on_disk=sum(p.bytes_on_disk for p in parts),
+            needs_rebuild=any(p.needs_rebuild for p in parts),
+            has_index=any(p.has_index for p in parts),
+            session_mode=modes.pop() if len(modes) == 1 else None,
+            staged_count=sum(p.staged_count for p in parts),
+            shards=tuple(parts),
+        )
+
+    # ---- reading -------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        return list(itertools.chain.from_iterable(self._each(Collection.keys)))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.shards[int(shard_of([key], len(self.shards))[0])]
+
+    def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Live rows of every shard, shard by shard (in row-id order, as row ids name their shard)."""
+        return _concat(self._each(lambda s: s.rows(columns)))
+
+    def vectors(self, keys: Sequence[str]) -> np.ndarray:
+        key_array = as_keys(keys, "vectors")
+        out = np.empty((len(key_array), self.dim), dtype=np.float32)
+        for shard, positions in self._routed(key_array):
+            out[positions] = shard.vectors(key_array.take(pa.array(positions)).to_pylist())
+        return out
+
+    def search(self, query: Any, k: int = 10, *, ef: int | None = None, allow: Any = None) -> list[Hit]:
+        """The ``k`` nearest live rows of all shards, nearest first."""
+        k = check_k(k, "search")
+        if allow is not None:
+            allowed = as_keys(allow, "search")
+            targets = [(s, allowed.take(pa.array(p))) for s, p in self._routed(allowed)]
+            parts = list(self._pool.map(lambda t: t[0].search(query, k, ef=ef, allow=t[1]), targets))
+        else:
+            parts = self._each(lambda s: s.search(query, k, ef=ef))
+        return _nearest(parts, k)
+
+    def search_batch(
+        self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0, allow: Any = None
+    ) -> list[list[Hit]]:
+        matrix = as_matrix(queries, self.dim, "search_batch")
+        k = check_k(k, "search_batch")
+        per_shard = self._threads(threads)
+        parts = self._each(lambda s: s.search_batch(matrix, k, ef=ef, threads=per_shard, allow=allow))
+        return [_nearest(hits, k) for hits in zip(*parts, strict=True)]
+
+    def search_table(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        ef: int | None = None,
+        threads: int = 0,
+        columns: Sequence[str] | None = (),
+        allow: Any = None,
+        allow_row_ids: np.ndarray | None = None,
+    ) -> pa.Table:
+        """As :meth:`Collection.search_table`, over every shard."""
+        matrix = as_matrix(queries, self.dim, "search")
+        k = check_k(k, "search")
+        per_shard = self._threads(threads)
+        owner = None if allow_row_ids is None else np.asarray(allow_row_ids, np.uint64) >> np.uint64(ROW_ID_BITS)
+
+        def one(i: int) -> pa.Table:
+            mine = None if owner is None or allow_row_ids is None else allow_row_ids[owner == i]
+            return self.shards[i].search_table(
+                matrix, k, ef=ef, threads=per_shard, columns=columns, allow=allow, allow_row_ids=mine
+            )
+
+        table = _concat(list(self._pool.map(one, range(len(self.shards)))))
+        if not table.num_rows:
+            return table
+        table = table.sort_by([("query", "ascending"), ("distance", "ascending")])
+        query = table.column("query").to_numpy()
+        starts = np.searchsorted(query, query, side="left")
+        rank = np.arange(len(query)) - starts
+        table = table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(rank, pa.int64()))
+        return table.filter(pa.array(rank < k))
+
+    def _threads(self, threads: int) -> int:
+        total = threads or os.cpu_count() or 1
+        return max(1, total // len(self.shards))
+
+    def recall(self, *, sample: int = 100, k: int = 10, ef: int | None = None, seed: int = 0) -> float:
+        """Sampled recall@k of each shard's index, averaged over the shards weighted by rows."""
+        sizes = [len(s) for s in self.shards]
+        if not sum(sizes):
+            return 1.0
+        found = self._each(lambda s: s.recall(sample=sample, k=k, ef=ef, seed=seed))
+        return float(np.average(found, weights=sizes))
+
+    def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Row ids a filter selects (over every shard's rows), computed once per set of generations."""
+        generations = tuple(self.generations())
+        cached = self._filters.get(key)
+        if cached is not None and cached[0] == generations:
+            return cached[1]
+        found = compute()
+        if len(self._filters) > 256:
+            self._filters.clear()
+        self._filters[key] = (generations, found)
+        return found
+
+    def cached_rows(self) -> pa.Table:
+        return _concat(self._each(Collection.cached_rows))
+
+    def row_files(self) -> list[Any]:
+        return list(itertools.chain.from_iterable(s.row_files() for s in self.shards))
+
+    def deleted_row_ids(self) -> np.ndarray:
+        return np.concatenate([s.deleted_row_ids() for s in self.shards])
+
+    # ---- writing -------------------------------------------------------------------
+
+    def write(
+        self,
+        keys: Any,
+        vectors: Any = None,
+        *,
+        mode: WriteMode = "upsert",
+        rows: pa.Table | None = None,
+        params: HnswParams | None = None,
+        wait: Wait = False,
+    ) -> WriteResult:
+        """Route rows to their shards and write each shard in one atomic step of its own.
+
+        ``build`` replaces every shard (a shard given no rows is emptied)."""
+        key_array = as_keys(keys, "write")
+        matrix = as_matrix(vectors, self.dim, "write", key_array) if vectors is not None else None
+        if matrix is not None and len(matrix) != len(key_array):
+            raise InputError(f"write: {len(key_array)} ids but {len(matrix)} vectors")
+        owner = shard_of(key_array.to_pylist(), len(self.shards))
+
+        def one(i: int) -> WriteResult | None:
+            positions = np.flatnonzero(owner == i)
+            if not len(positions) and mode != "build":
+                return None
+            take = pa.array(positions, pa.int64())
+            return self.shards[i].write(
+                key_array.take(take),
+                None if matrix is None else matrix[positions],
+                mode=mode,
+                rows=None if rows is None else rows.take(take),
+                params=params,
+                wait=wait,
+            )
+
+        return _summed(mode, [r for r in self._pool.map(one, range(len(self.shards))) if r is not None])
+
+    def delete(self, keys: Any, *, return_not_found: bool = False, wait: Wait = False) -> DeleteResult:
+        key_array = pa.array(list(dict.fromkeys(as_keys(keys, "delete").to_pylist())), pa.string())
+        targets = [(s, key_array.take(pa.array(p))) for s, p in self._routed(key_array)]
+
+        def one(target: tuple[Collection, pa.Array]) -> DeleteResult:
+            return target[0].delete(target[1], return_not_found=return_not_found, wait=wait)
+
+        results = list(self._pool.map(one, targets))
+        not_found = [k for r in results for k in (r.not_found or [])] if return_not_found else None
+        return DeleteResult(
+            deleted_count=sum(r.deleted_count for r in results), not_found=not_found, generation=self.generation
+        )
+
+    def rebuild(self, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = False) -> int:
+        """Rebuild every shard, in parallel; returns the new :attr:`generation`."""
+        self._each(lambda s: s.rebuild(params, wait=wait))
+        return self.generation
+
+    def optimize(self, *, wait: Wait = False) -> bool:
+        """Rebuild the shards that need it, in parallel; whether any did."""
+        return any(self._each(lambda s: s.optimize(wait=wait)))
+
+    def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:
+        self._each(lambda s: s.set_meta(meta, wait=wait))
+
+    def destroy(self, *, wait: Wait = False) -> None:
+        """Drop every shard; the caller removes ``sharding.json`` after (see :class:`Store`)."""
+        for shard in self.shards:
+            shard.destroy(wait=wait)
+        self._pool.shutdown(wait=False)
+
+    def vacuum(self, *, retention_seconds: float = 3600.0, wait: Wait = False) -> VacuumResult:
+        results = self._each(lambda s: s.vacuum(retention_seconds=retention_seconds, wait=wait))
+        return VacuumResult(
+            removed=[f"{shard_dir(i)}/{name}" for i, r in enumerate(results) for name in r.removed],
+            bytes_freed=sum(r.bytes_freed for r in results),
+            kept_generations=sorted({g for r in results for g in r.kept_generations}),
+        )
+
+    # ---- ingest sessions: one per shard ----------------------------------------------
+
+    def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
+        self._each(lambda s: s.init(mode, wait=wait))
+
+    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
+        self.shards[int(shard_of([as_keys([key], "ingest")[0].as_py()], len(self.shards))[0])].ingest(
+            key, vector, wait=wait
+        )
+
+    def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
+        """Stage many vectors, each in its shard's session. Every row is checked first and the
+        shards' writer locks are all taken before any is appended, so a bad row or a busy
+        shard stages nothing anywhere."""
+        key_array = as_keys(keys, "ingest_batch")
+        matrix = as_matrix(vectors, self.dim, "ingest_batch", key_array)
+        if len(matrix) != len(key_array):
+            raise InputError(f"ingest_batch: {len(key_array)} ids but {len(matrix)} vectors")
+        routed = self._routed(key_array)
+        with self._holding([shard for shard, _p in routed], wait):
+            for shard, positions in routed:
+                shard.ingest_batch(key_array.take(pa.array(positions)).to_pylist(), matrix[positions])
+        return len(key_array)
+
+    def _holding(self, shards: Sequence[Collection], wait: Wait) -> ExitStack:
+        """The writer locks of ``shards``, taken in shard order (two writers never wait on each
+        other crosswise) and held until the stack closes; ones held already stay held."""
+        stack = ExitStack()
+        try:
+            for shard in sorted(shards, key=self.shards.index):
+                if shard.hold_writer_lock(wait=wait):
+                    stack.callback(shard.release_writer_lock)
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def ingest_binary(self, *, id_width: int = 32) -> ShardedBinaryIngest:
+        """Binary rows (see :meth:`Collection.ingest_binary`), checked as they arrive and staged
+        in their shards at :meth:`ShardedBinaryIngest.finish`, all or none."""
+        return ShardedBinaryIngest(self, id_width=id_width)
+
+    def finalize(
+        self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
+    ) -> WriteResult:
+        """Apply each shard's session, in parallel; each shard publishes on its own."""
+        results = self._each(lambda s: s.finalize(optimize, params, wait=wait))
+        return _summed(results[0].mode, results)
+
+    def abort(self, *, wait: Wait = True) -> int:
+        return sum(self._each(lambda s: s.abort(wait=wait)))
+
+
+class ShardedBinaryIngest:
+    """One streamed binary batch into a sharded collection's sessions: rows are checked as
+    they arrive (numbered as sent) and spooled to an unnamed file; :meth:`finish` routes them."""
+
+    def __init__(self, collection: ShardedCollection, *, id_width: int):
+        self._collection = collection
+        self.dim = collection.dim
+        self.id_width = id_width
+        self.row_bytes = id_width + 4 * self.dim
+        self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
+        for shard in collection.shards:  # as for one collection: no session, no body read
+            if shard.status().session_mode is None:
+                raise StateError(f"ingest_batch: no ingest session is pending for {collection.name!r}; call init first")
+        self._spool: IO[bytes] | None = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish/abort)
+        self._carry = b""
+        self.count = 0
+
+    def __enter__(self) -> ShardedBinaryIngest:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.abort()
+
+    def feed(self, data: bytes) -> None:
+        spool = self._open_spool()
+        buffer = self._carry + data if self._carry else data
+        usable = len(buffer) - len(buffer) % self.row_bytes
+        self._carry = bytes(buffer[usable:])
+        if usable:
+            check_binary_rows(np.frombuffer(memoryview(buffer)[:usable], dtype=self._dtype), first=self.count)
+            spool.write(memoryview(buffer)[:usable])
+            self.count += usable // self.row_bytes
+
+    def finish(self, *, wait: Wait = True) -> int:
+        spool = self._open_spool()
+        try:
+            if self._carry:
+                raise InputError(
+                    f"ingest_batch: payload not aligned to rows: leftover {len(self._carry)} bytes, "
+                    f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
+                )
+            spool.seek(0)
+            rows = np.frombuffer(spool.read(), dtype=self._dtype)
+            keys = check_binary_rows(rows, first=0)
+            if keys:
+                self._collection.ingest_batch(keys, rows["v"], wait=wait)
+            return len(keys)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def _open_spool(self) -> IO[bytes]:
+        if self._spool is None:
+            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+        return self._spool
+
+
+def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:
+    """The ``k`` nearest of the shards' hits (each list nearest first)."""
+    return list(itertools.islice(heapq.merge(*parts, key=lambda h: h.distance), k))
+
+
+def _summed(mode: WriteMode, results: Sequence[WriteResult]) -> WriteResult:
+    return WriteResult(
+        mode=mode,
+        inserted=sum(r.inserted for r in results),
+        updated=sum(r.updated for r in results),
+        deleted=sum(r.deleted for r in results),
+        generation=max((r.generation for r in results), default=0),
+    )
+
+
+def _concat(tables: Sequence[pa.Table]) -> pa.Table:
+    """Tables of the shards as one; a shard that has no rows yet may lack payload columns."""
+    kept = [t for t in tables if t.num_rows] or list(tables[:1])
+    return pa.concat_tables(kept, promote_options="default")
