@@ -13,10 +13,10 @@ import pyarrow.compute as pc
 
 from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.pipeline.schema import TemplateSchema
-from brinicle_etl.store import AnyCollection
+from brinicle_etl.store import AnyCollection, ShardedCollection
 from brinicle_etl.store.rows import KEY
 
-__all__ = ["CHECK_NAMES", "CheckOutcome", "check_collection"]
+__all__ = ["CHECK_NAMES", "CheckOutcome", "check_collection", "check_shards_written"]
 
 CHECK_NAMES = ("primary_key_unique", "vector_count_matches_rows", "dimension_matches_model", "recall_at_10")
 
@@ -98,3 +98,17 @@ def check_collection(
         )
     )
     return outcomes
+
+
+def check_shards_written(col: ShardedCollection) -> CheckOutcome:
+    """Whether every shard was written (has a schema) and holds live rows: a sharded build whose
+    steps did not all run, or a key space too small for its shards, shows here."""
+    figures = [{"shard": i, "written": "schema" in s.meta, "live_rows": len(s)} for i, s in enumerate(col.shards)]
+    missing = [f["shard"] for f in figures if not f["written"] or not f["live_rows"]]
+    return CheckOutcome(
+        "all_shards",
+        not missing,
+        f"{len(col.shards) - len(missing)} of {len(col.shards)} shards written with live rows"
+        + (f"; not yet: {missing}" if missing else ""),
+        {"shards": figures, "live_rows": sum(int(f["live_rows"]) for f in figures)},
+    )

@@ -16,6 +16,7 @@ from brinicle_etl.dagster import (
     directory_sensor,
     scan_directory,
 )
+from brinicle_etl.store import shard_of
 from tests.conftest import REPO
 
 DAY1 = pl.DataFrame(
@@ -296,3 +297,82 @@ def test_wrong_ingest_options_fail_when_the_definitions_load() -> None:
         collection_asset("shop/products", source="products.csv", on_conflict="merge")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^unknown ingest option\(s\) 'primary'"):
         collection_asset("shop/products", source="products.csv", primary="id")  # type: ignore[call-arg]
+
+
+def test_a_sharded_asset_runs_a_step_per_shard_with_the_multiprocess_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sharded example, end to end with the real model: one run per shard partition, each
+    step in a process of its own, then the collection searched as one."""
+    import sys
+
+    from brinicle_etl.search import search
+    from tests.dagster_sharded_job import sharded_catalogue_job
+
+    monkeypatch.setenv("BRINICLE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
+        monkeypatch.delitem(sys.modules, name)
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        for shard in ("0", "1", "2", "3"):
+            with dg.execute_job(
+                dg.reconstructable(sharded_catalogue_job), instance=instance, tags={"dagster/partition": shard}
+            ) as run:
+                assert run.success, [e.message for e in run.all_events if e.is_failure]
+                steps = {e.step_key for e in run.all_events if e.event_type_value == "STEP_START"}
+                assert steps == {"catalogue_sharded"}
+                event = run.asset_materializations_for_node("catalogue_sharded")[0]
+                assert event.partition == shard and event.metadata["shard"].value == int(shard)
+                checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
+                assert checks["recall_at_10"] and checks["primary_key_unique"]
+                # all_shards passes once the last shard is written
+                assert checks["all_shards"] is (shard == "3")
+    col = Store(tmp_path / "store").open("shop/products_sharded")
+    assert len(col) == 300
+    hits = search(col, "waterproof boots for hiking in the rain", 3)
+    assert any("Waterproof Hiking Boots" in str(h.row["title"]) for h in hits)
+
+
+def test_the_sharded_definitions_load_with_the_kubernetes_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's one-line switch: the same asset, on Kubernetes (loaded and resolved, not run)."""
+    from dagster_k8s import k8s_job_executor
+
+    from pipelines.defs import sharded
+
+    job = dg.define_asset_job("on_kubernetes", selection=[sharded.catalogue_sharded], executor_def=k8s_job_executor)
+    defs = dg.Definitions(assets=[sharded.catalogue_sharded], jobs=[job], resources=sharded.defs.resources)
+    dg.Definitions.validate_loadable(defs)
+    resolved = defs.resolve_job_def("on_kubernetes")
+    assert resolved.executor_def is k8s_job_executor
+    assert resolved.partitions_def is not None
+    assert resolved.partitions_def.get_partition_keys() == ["0", "1", "2", "3"]
+
+
+def test_shards_compose_with_the_assets_own_partitions(tmp_path: Path, store: Path) -> None:
+    DAY1.write_csv(tmp_path / "north.csv")
+    DAY2.write_csv(tmp_path / "south.csv")
+    asset = collection_asset(
+        "shop/{partition}",
+        source=str(tmp_path / "{partition}.csv"),
+        key="regional",
+        partitions_def=dg.StaticPartitionsDefinition(["north", "south"]),
+        model="hash-32",
+        primary_key="sku",
+        shards=2,
+    )
+    assert isinstance(asset.partitions_def, dg.MultiPartitionsDefinition)
+    resources = {"brinicle": BrinicleResource(store=str(store))}
+    for region, shard in (("north", "0"), ("north", "1"), ("south", "1")):
+        key = dg.MultiPartitionKey({"partition": region, "shard": shard})
+        result = dg.materialize([asset], resources=resources, partition_key=key)
+        assert result.success
+        assert result.asset_materializations_for_node("regional")[0].metadata["shard"].value == int(shard)
+    owner = dict(zip(DAY2["sku"].to_list(), shard_of(DAY2["sku"].to_list(), 2).tolist(), strict=True))
+    assert sorted(Store(store).open("shop/north").keys()) == sorted(DAY1["sku"].to_list())
+    assert sorted(Store(store).open("shop/south").keys()) == sorted(k for k, o in owner.items() if o == 1)
+
+
+def test_a_shard_option_on_an_asset_is_refused_when_the_definitions_load() -> None:
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="give shards=N; each shard is a partition"):
+        collection_asset("shop/items", source="x.csv", shards=2, shard=1)

@@ -15,16 +15,20 @@ from typing import Any, Unpack, cast
 import dagster as dg
 from pydantic import Field
 
-from brinicle_etl.checks import check_collection
+from brinicle_etl.checks import check_collection, check_shards_written
 from brinicle_etl.errors import BrinicleError, ConflictError
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult
 from brinicle_etl.pipeline.run import run_ingest
-from brinicle_etl.store import DEFAULT_STORE_DIR, Store
+from brinicle_etl.store import DEFAULT_STORE_DIR, ShardedCollection, Store
 from brinicle_etl.types import HnswParams, Metric, VectorDType
 
 __all__ = ["BrinicleResource", "collection_asset", "materialization_metadata"]
 
 _CONFLICTS_SHOWN = 20
+PARTITION_DIMENSION = "partition"
+SHARD_DIMENSION = "shard"
+"""A sharded asset with partitions of its own is partitioned by both, under these names."""
+_SHARDED_CHECK = {"all_shards": "Every shard of the collection has been written and holds live rows."}
 _CHECK_DESCRIPTIONS = {
     "primary_key_unique": "Every live row has a distinct, present primary key.",
     "vector_count_matches_rows": "Every live row has exactly one vector (none, for collections without vectors).",
@@ -98,11 +102,29 @@ def materialization_metadata(result: IngestResult, store: Store, recall: float |
         "total_seconds": round(result.timings.get("total", 0.0), 3),
         "needs_rebuild": status.needs_rebuild,
     }
+    if status.shards:
+        metadata["shard"] = result.shard if result.shard is not None else "all"
+        metadata["shards"] = dg.MetadataValue.json(
+            [{"shard": i, "live_rows": p.live_count, "generation": p.generation} for i, p in enumerate(status.shards)]
+        )
     if recall is not None:
         metadata["recall_at_10"] = dg.MetadataValue.float(round(recall, 4))
     if result.inferred:
         metadata["inferred"] = result.inferred
     return metadata
+
+
+def _partition_and_shard(context: dg.AssetExecutionContext, sharded: bool) -> tuple[str | None, int | None]:
+    """The user's partition key and the shard of this step (from a shard or multi partition)."""
+    if not context.has_partition_key:
+        return None, None
+    key = context.partition_key
+    if not sharded:
+        return key, None
+    if isinstance(key, dg.MultiPartitionKey):
+        dims = key.keys_by_dimension
+        return dims[PARTITION_DIMENSION], int(dims[SHARD_DIMENSION])
+    return None, int(key)
 
 
 def _asset_key(collection: str, key: str | Sequence[str] | dg.AssetKey | None) -> dg.AssetKey:
@@ -140,23 +162,36 @@ def collection_asset(
     of new collections (``dtype``, ``metric``, HNSW params, ``model``) that they leave out.
     Wrong options fail when the definitions load, not when the asset runs.
     """
-    IngestOptions.of(**ingest)  # checked now: a typo fails at load time
+    options = IngestOptions.of(**ingest)  # checked now: a typo fails at load time
     if (source is None) == (upstream is None):
         raise dg.DagsterInvalidDefinitionError("collection_asset needs exactly one of source= or upstream=")
+    if options.shard is not None:
+        raise dg.DagsterInvalidDefinitionError("collection_asset: give shards=N; each shard is a partition of its own")
     asset_key = _asset_key(collection, key)
+    sharded = (options.new.shards or 1) > 1
+    descriptions = _CHECK_DESCRIPTIONS | (_SHARDED_CHECK if sharded else {})
+    # all_shards only warns: until the last shard's step has run it cannot pass, and the
+    # shards already written are good to use.
     check_specs = [
-        dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=text)
-        for name, text in _CHECK_DESCRIPTIONS.items()
+        dg.AssetCheckSpec(name, asset=asset_key, blocking=name not in _SHARDED_CHECK, description=text)
+        for name, text in descriptions.items()
     ]
+    if sharded:
+        by_shard = dg.StaticPartitionsDefinition([str(i) for i in range(options.new.shards or 1)])
+        partitions_def = (
+            by_shard
+            if partitions_def is None
+            else dg.MultiPartitionsDefinition({PARTITION_DIMENSION: partitions_def, SHARD_DIMENSION: by_shard})
+        )
     ins = {"source_frame": dg.AssetIn(key=_asset_key("", upstream))} if upstream is not None else {}
 
     def run(context: dg.AssetExecutionContext, frame: Any) -> Iterator[Any]:
         resource: BrinicleResource = getattr(context.resources, resource_key)
-        partition = context.partition_key if context.has_partition_key else None
+        partition, shard = _partition_and_shard(context, sharded)
         name = collection.replace("{partition}", partition) if partition else collection
         src = frame if frame is not None else str(source).replace("{partition}", partition or "")
         try:
-            result = resource.ingest(src, name, **ingest)
+            result = resource.ingest(src, name, **(ingest | {"shard": shard}))
         except ConflictError as exc:
             raise dg.Failure(
                 description=str(exc),
@@ -164,24 +199,31 @@ def collection_asset(
             ) from exc
         except BrinicleError as exc:
             raise dg.Failure(description=str(exc)) from exc
+        written = f"{name} shard {shard}" if shard is not None else name
         context.log.info(
-            f"{name}: {result.rows_inserted} inserted, {result.rows_updated} updated, {result.rows_skipped} skipped, "
-            f"{result.rows_unchanged} unchanged, {result.rows_deleted} deleted, {result.rows_embedded} embedded"
+            f"{written}: {result.rows_inserted} inserted, {result.rows_updated} updated, "
+            f"{result.rows_skipped} skipped, {result.rows_unchanged} unchanged, {result.rows_deleted} deleted, "
+            f"{result.rows_embedded} embedded"
         )
         store = resource.get_store()
+        opened = store.open(name)
+        # Each shard's step checks the shard it wrote; all_shards looks at the whole collection.
+        checked = opened.shard(shard) if isinstance(opened, ShardedCollection) and shard is not None else opened
         outcomes = check_collection(
-            store.open(name),
+            checked,
             registry=store.models,
             recall_threshold=recall_threshold,
             recall_sample=recall_sample,
         )
+        if isinstance(opened, ShardedCollection):
+            outcomes.append(check_shards_written(opened))
         recall = next(o.metadata["recall_at_10"] for o in outcomes if o.name == "recall_at_10")
         yield dg.MaterializeResult(metadata=materialization_metadata(result, store, recall))
         for outcome in outcomes:
             yield dg.AssetCheckResult(
                 check_name=outcome.name,
                 passed=outcome.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
+                severity=dg.AssetCheckSeverity.WARN if outcome.name in _SHARDED_CHECK else dg.AssetCheckSeverity.ERROR,
                 description=outcome.description,
                 metadata=outcome.metadata,
             )
