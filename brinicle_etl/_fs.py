@@ -131,6 +131,9 @@ class LocalFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, data)
 
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
     def create(self, data: bytes) -> bool:
         """Write ``data`` only if the file does not exist yet; False if it did."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import pytest
 
 from brinicle_etl import Collection, Store, ingest
 from brinicle_etl.client import encode_batch
+from brinicle_etl.store import shard_of
 from tests.conftest import clustered, exact_knn
 from tests.server_process import peak_rss, running_server
 
@@ -429,3 +430,41 @@ def test_server_settings_survive_the_trip_through_the_environment(monkeypatch: p
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     assert ServerSettings.from_env() == settings
+
+
+def test_a_sharded_index_over_http(http: httpx.Client, server: tuple[str, Path]) -> None:
+    create(http, "split", metric="l2sq", dtype="f32", shards=3)
+    x = clustered(300, DIM, seed=9, normalize=False)
+    ids = [f"s-{i}" for i in range(300)]
+    assert http.post("/init", json={"index_name": "split", "mode": "build"}).json()["success"] is True
+    r = http.post("/ingest", json={"index_name": "split", "external_id": ids[0], "vector": x[0].tolist()})
+    assert r.json() == {"success": True}
+    r = http.post(
+        "/ingest/batch",
+        params={"index_name": "split"},
+        content=rows_body(ids[1:], x[1:]),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.json() == {"success": True, "count": 299}
+    status = http.get("/indexes/split/status").json()
+    assert (status["staged_count"], len(status["shards"])) == (300, 3)
+    assert http.post("/finalize", json={"index_name": "split"}).json()["success"] is True
+    status = http.get("/indexes/split/status").json()
+    owner = shard_of(ids, 3)
+    assert status["live_count"] == 300
+    assert [s["live_count"] for s in status["shards"]] == np.bincount(owner, minlength=3).tolist()
+    truth = exact_knn(x, x[:4], 3, "l2sq")
+    r = http.post("/search/batch.bin", params={"index_name": "split", "k": 3, "efs": 200}, content=x[:4].tobytes())
+    assert r.json() == [[ids[j] for j in row] for row in truth]
+    r = http.post("/delete", json={"index_name": "split", "external_ids": [ids[1], "nope"], "return_not_found": True})
+    assert r.json() == {"deleted_count": 1, "not_found": ["nope"]}
+    assert http.get("/indexes/split/status").json()["live_count"] == 299
+    # A bad row anywhere stages nothing in any shard.
+    assert http.post("/init", json={"index_name": "split", "mode": "upsert"}).json()["success"] is True
+    bad = rows_body(["ok-1", "ok-2", ""], x[:3])
+    r = http.post("/ingest/batch", params={"index_name": "split"}, content=bad)
+    assert r.status_code == 400 and r.json()["detail"] == "ingest_batch: row 2 has an empty external id"
+    assert http.get("/indexes/split/status").json()["staged_count"] == 0
+    assert http.delete("/indexes/split", params={"destroy": "true"}).json()["message"] == "Index 'split' destroyed"
+    assert not (server[1] / "split" / "default").exists()
+    assert http.get("/indexes/split/status").status_code == 404

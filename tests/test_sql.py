@@ -272,3 +272,28 @@ def test_distances_are_doubles_that_print_as_written(con: duckdb.DuckDBPyConnect
 def test_an_empty_text_query_is_refused(con: duckdb.DuckDBPyConnection) -> None:
     with pytest.raises(duckdb.Error, match="search: the query text is empty; give words to search for, or a vector"):
         con.sql("SELECT * FROM brinicle_search('shop/products', '')").fetchall()
+
+
+def test_a_sharded_collection_in_sql(tmp_path: Path) -> None:
+    store = Store(tmp_path / "sharded")
+    ingest(PRODUCTS, "shop/products", store=store, model="hash-64", semantic_fields=["title"], shards=3)
+    plain = Store(tmp_path / "plain")
+    ingest(PRODUCTS, "shop/products", store=plain, model="hash-64", semantic_fields=["title"])
+    sharded_con, plain_con = connect(store), connect(plain)
+    rows = "SELECT product_id, title, price FROM brinicle_rows('shop/products') ORDER BY product_id"
+    assert sharded_con.sql(rows).fetchall() == plain_con.sql(rows).fetchall()
+    # Search equals the unsharded collection's (exact at this size), a filter included.
+    for query in (
+        "SELECT _key, title FROM brinicle_search('shop/products', 'hiking boots', k := 4)",
+        "SELECT _key, title FROM brinicle_search('shop/products', 'boots', k := 2, filter := 'price < 120')",
+        "SELECT brinicle_search_ids('shop/products', 'rain jacket', 3)",
+    ):
+        assert sharded_con.sql(query).fetchall() == plain_con.sql(query).fetchall(), query
+    # Rows deleted from one shard leave the table and the search.
+    sharded = store.open("shop/products")
+    sharded.delete(["2"])
+    assert [r[0] for r in sharded_con.sql(rows).fetchall()] == [1, 3, 4, 5, 6]
+    hits = sharded_con.sql("SELECT _key FROM brinicle_search('shop/products', 'waterproof hiking boots', k := 6)")
+    assert sorted(r[0] for r in hits.fetchall()) == ["1", "3", "4", "5", "6"]
+    sharded_con.close()
+    plain_con.close()

@@ -21,11 +21,11 @@ brinicle = pytest.importorskip("brinicle")
 DIM = 16
 
 
-def scenario(engine_cls: type, path: Path) -> list[object]:
+def scenario(engine_cls: type, path: Path, n_shards: int = 1) -> list[object]:
     """A brinicle user's script; returns everything it observed."""
     x = clustered(600, DIM, seed=11, normalize=False)
     seen: list[object] = []
-    e = engine_cls(str(path), DIM, delta_ratio=0.2, M=16, ef_construction=200, ef_search=64)
+    e = engine_cls(str(path), DIM, delta_ratio=0.2, M=16, ef_construction=200, ef_search=64, n_shards=n_shards)
     seen.append(e.search(x[0], 5))
     e.init("build")
     for i in range(500):
@@ -57,6 +57,20 @@ def test_same_script_same_answers_as_brinicle(tmp_path: Path) -> None:
     theirs = scenario(brinicle.VectorEngine, tmp_path / "theirs" / "idx")
     ours = scenario(VectorEngine, tmp_path / "ours")
     assert ours == theirs
+
+
+def test_an_index_with_shards_answers_as_one(tmp_path: Path) -> None:
+    (tmp_path / "theirs").mkdir()
+    theirs = scenario(brinicle.VectorEngine, tmp_path / "theirs" / "idx")
+    ours = scenario(VectorEngine, tmp_path / "ours", n_shards=3)
+    assert ours == theirs
+    assert VectorEngine(str(tmp_path / "ours"), 0).n_shards == 3
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [
+        "shard-0000",
+        "shard-0001",
+        "shard-0002",
+        "sharding.json",
+    ]
 
 
 def test_switching_is_an_import_change(tmp_path: Path) -> None:

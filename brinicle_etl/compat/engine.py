@@ -27,9 +27,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
+from brinicle_etl._fs import LocalFile
 from brinicle_etl.errors import BrinicleError, ConfigError, EngineError
+from brinicle_etl.store import AnyCollection
 from brinicle_etl.store.collection import Collection
-from brinicle_etl.store.manifest import MANIFEST
+from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
+from brinicle_etl.store.shards import SHARDING, ShardedCollection, ShardedPlace
 from brinicle_etl.types import HnswParams, Metric, VectorDType
 
 __all__ = ["VectorEngine"]
@@ -93,8 +96,11 @@ class VectorEngine:
             raise ValueError(f"dist_func must be one of {', '.join(map(repr, _DIST_FUNCS))}; got {dist_func!r}")
         path = Path(index_path)
         self._path = path
-        if (path / MANIFEST).exists():
-            self._col = Collection(path)
+        # n_shards > 1: the index is split by id into shards searched as one (brinicle_etl.store.shards).
+        sharded = ShardedPlace(path, path.name, LocalFile(path / SHARDING))
+        self._col: AnyCollection
+        if (path / MANIFEST).exists() or (path / SHARDING).exists():
+            self._col = sharded.open() if (path / SHARDING).exists() else Collection(path)
             if dim and dim != self._col.dim:
                 raise EngineError(f"dim mismatch: constructor requested {dim}, manifest has {self._col.dim}")
             return
@@ -102,20 +108,18 @@ class VectorEngine:
             raise ValueError("dim must be greater than 0 when creating a new index")
         try:
             params = HnswParams.from_dict(_params(M, ef_construction, ef_search, build_n_threads, seed))
-            self._col = Collection.create(
-                path,
-                dim=dim,
-                metric=_DIST_FUNCS[dist_func],
-                dtype=dtype,
-                params=params,
-                delta_ratio=delta_ratio,
-                exist_ok=True,
+            config = CollectionConfig(
+                dim=dim, metric=_DIST_FUNCS[dist_func], dtype=dtype, params=params, delta_ratio=delta_ratio
             )
+            if n_shards > 1:
+                self._col = sharded.create(config, shards=n_shards, exist_ok=True)
+            else:
+                self._col = Collection.create(path, config, exist_ok=True)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
 
     @property
-    def collection(self) -> Collection:
+    def collection(self) -> AnyCollection:
         """The underlying brinicle_etl collection."""
         return self._col
 
@@ -133,7 +137,7 @@ class VectorEngine:
 
     @property
     def n_shards(self) -> int:
-        return 1
+        return len(self._col.shards) if isinstance(self._col, ShardedCollection) else 1
 
     @_translated
     def init(self, mode: str) -> None:

@@ -31,7 +31,7 @@ from brinicle_etl.server.deps import (
 )
 from brinicle_etl.server.upload import chunks
 from brinicle_etl.store.sessions import BinaryIngest
-from brinicle_etl.store.shards import ShardedBinaryIngest
+from brinicle_etl.store.shards import MAX_SHARDS, ShardedBinaryIngest
 from brinicle_etl.types import (
     BUILD_THREADS,
     DELTA_RATIO_MIN,
@@ -93,6 +93,7 @@ class CreateIndexRequest(Named):
     params: Params | None = None
     metric: Metric = "l2sq"
     dtype: VectorDType = "bf16"
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS, description="Split the index by id into this many shards.")
 
 
 class InitRequest(Named):
@@ -143,6 +144,9 @@ class IndexStatus(BaseModel):
     bytes_on_disk: int
     session_mode: str | None
     staged_count: int
+    shards: list[dict[str, Any]] | None = Field(
+        default=None, description="A sharded index's shards, each with these figures (the ones above are totals)."
+    )
 
 
 class Staged(BaseModel):
@@ -185,7 +189,13 @@ async def create_index(request: Request, body: CreateIndexRequest) -> Response:
         if state.store.exists(name):
             raise AlreadyExistsError(f"Index '{body.index_name}' already exists")
         state.store.create(
-            name, dim=body.dim, metric=body.metric, dtype=body.dtype, params=params, delta_ratio=body.delta_ratio
+            name,
+            dim=body.dim,
+            metric=body.metric,
+            dtype=body.dtype,
+            params=params,
+            delta_ratio=body.delta_ratio,
+            shards=body.shards,
         )
 
     await state.writers.run(name, create)
@@ -217,6 +227,10 @@ async def delete_index(request: Request, index_name: IndexPath, destroy: bool = 
 def index_status(request: Request, index_name: IndexPath) -> Response:
     status = asdict(state_of(request).collection(index_name).status())
     del status["name"]  # brinicle calls it index_name, and answers with the name as asked
+    if status["shards"]:
+        status["shards"] = [{k: v for k, v in part.items() if k != "name"} for part in status["shards"]]
+    else:
+        del status["shards"]  # brinicle's own fields only, for an index of one shard
     return json_response({"index_name": index_name, **status})
 
 

@@ -231,6 +231,12 @@ class BucketFile:
     def update(self, change: Callable[[bytes | None], bytes]) -> None:
         self._bucket.update(self._key, change)
 
+    def create(self, data: bytes) -> bool:
+        return self._bucket.create(self._key, data)
+
+    def delete(self) -> None:
+        self._bucket.delete([self._key])
+
 
 def open_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> Bucket:
     """A :class:`Bucket` for ``s3://bucket/prefix`` (``gs://``, ``az://`` as obstore supports them).

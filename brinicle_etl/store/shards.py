@@ -24,26 +24,43 @@ import heapq
 import itertools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import replace
-from typing import IO, Any, TypeVar
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from brinicle_etl.errors import ConfigError, CorruptCollectionError, InputError, StateError
+from brinicle_etl.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    CorruptCollectionError,
+    InputError,
+    NotFoundError,
+    StateError,
+)
 from brinicle_etl.store.collection import Collection, CollectionStatus
-from brinicle_etl.store.manifest import CollectionConfig
-from brinicle_etl.store.remote import VacuumResult
+from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
+from brinicle_etl.store.remote import RemoteCollection, VacuumResult
 from brinicle_etl.store.sessions import check_binary_rows
 from brinicle_etl.store.validate import as_keys, as_matrix, check_k
 from brinicle_etl.store.writer import DeleteResult, WriteResult
 from brinicle_etl.types import Hit, HnswParams, Wait, WriteMode
 
-__all__ = ["MAX_SHARDS", "SHARDING", "ShardedCollection", "check_shards", "shard_of", "shard_row_base"]
+__all__ = [
+    "MAX_SHARDS",
+    "SHARDING",
+    "ShardedCollection",
+    "ShardedPlace",
+    "check_shards",
+    "shard_of",
+    "shard_row_base",
+]
 
 SHARDING = "sharding.json"
 MAX_SHARDS = 1024
@@ -85,6 +102,81 @@ def parse_sharding(raw: bytes, where: str) -> int:
         raise CorruptCollectionError(f"{where} is not a valid {SHARDING}: {exc}") from exc
 
 
+class MarkerFile(Protocol):
+    """Where ``sharding.json`` is kept: a local file, or an object beside the shards' prefixes."""
+
+    def read(self) -> bytes | None: ...
+    def create(self, data: bytes) -> bool: ...
+    def delete(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShardedPlace:
+    """Where a sharded collection lives: its directory (on object storage, the local cache of
+    its shards), its name, its ``sharding.json``, and each shard's object-storage side."""
+
+    directory: Path
+    name: str
+    marker: MarkerFile
+    remote_for: Callable[[int], RemoteCollection | None] = lambda _shard: None
+
+    def shard_path(self, shard: int) -> Path:
+        return self.directory / shard_dir(shard)
+
+    def shard_name(self, shard: int) -> str:
+        return f"{self.name}/{shard_dir(shard)}"
+
+    def count(self) -> int | None:
+        """How many shards ``sharding.json`` names; None if there is none."""
+        raw = self.marker.read()
+        return None if raw is None else parse_sharding(raw, str(self.marker))
+
+    def open(self) -> ShardedCollection:
+        shards = self.count()
+        if shards is None:
+            raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
+        parts = [
+            Collection(self.shard_path(i), name=self.shard_name(i), remote=self.remote_for(i)) for i in range(shards)
+        ]
+        return ShardedCollection(self, parts)
+
+    def create(
+        self, config: CollectionConfig, *, shards: int, meta: dict[str, Any] | None = None, exist_ok: bool = False
+    ) -> ShardedCollection:
+        """The shards first, then ``sharding.json``: it exists only once every shard does, and
+        of two processes creating it at once, one creates it and the other is told (or, with
+        ``exist_ok``, opens it)."""
+        check_shards(shards)
+        for i in range(shards):
+            Collection.create(
+                self.shard_path(i),
+                config,
+                meta=meta,
+                name=self.shard_name(i),
+                exist_ok=True,
+                remote=self.remote_for(i),
+                first_row_id=shard_row_base(i),
+            )
+        if not self.marker.create(sharding_bytes(shards)) and not exist_ok:
+            raise AlreadyExistsError(f"collection {self.name!r} already exists at {self.directory}")
+        opened = self.open()
+        if len(opened.shards) != shards:
+            raise AlreadyExistsError(f"collection {self.name!r} already exists with {len(opened.shards)} shards")
+        return opened
+
+    def drop(self, *, wait: Wait = False) -> None:
+        """The shards, then ``sharding.json``: a drop cut short leaves a collection that still
+        exists and can be dropped again."""
+        for i in range(self.count() or 0):
+            remote = self.remote_for(i)
+            if remote is None and not (self.shard_path(i) / MANIFEST).exists():
+                continue  # dropped by a drop that was cut short
+            with suppress(NotFoundError):
+                Collection(self.shard_path(i), name=self.shard_name(i), remote=remote).destroy(wait=wait)
+        self.marker.delete()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class ShardedCollection:
     """A collection split into :attr:`shards` by key, read and written as one.
 
@@ -93,11 +185,12 @@ class ShardedCollection:
     own (see the module's notes on publication).
     """
 
-    def __init__(self, name: str, shards: Sequence[Collection], *, marker: str):
-        self.name = name
+    def __init__(self, place: ShardedPlace, shards: Sequence[Collection]):
+        self.place = place
+        self.name = place.name
         self.shards = list(shards)
-        self.marker = marker
-        """The file whose presence says the collection exists (its ``sharding.json``)."""
+        self.marker = str(place.directory / SHARDING)
+        """The file whose presence says the collection exists (locally: its ``sharding.json``)."""
         self._pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard")
         self._filters: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
 
@@ -334,10 +427,27 @@ class ShardedCollection:
         self._each(lambda s: s.set_meta(meta, wait=wait))
 
     def destroy(self, *, wait: Wait = False) -> None:
-        """Drop every shard; the caller removes ``sharding.json`` after (see :class:`Store`)."""
-        for shard in self.shards:
-            shard.destroy(wait=wait)
+        """Drop every shard and the collection."""
+        self.place.drop(wait=wait)
         self._pool.shutdown(wait=False)
+
+    def hold_writer_lock(self, *, wait: Wait = False) -> bool:
+        """Every shard's writer lock, held until :meth:`release_writer_lock` (see
+        :meth:`Collection.hold_writer_lock`); whether any was taken now."""
+        took = []
+        try:
+            for shard in self.shards:  # in shard order, as every writer of several shards
+                took.append(shard.hold_writer_lock(wait=wait))
+        except BaseException:
+            for shard, taken in zip(self.shards, took, strict=False):
+                if taken:
+                    shard.release_writer_lock()
+            raise
+        return any(took)
+
+    def release_writer_lock(self) -> None:
+        for shard in self.shards:
+            shard.release_writer_lock()
 
     def vacuum(self, *, retention_seconds: float = 3600.0, wait: Wait = False) -> VacuumResult:
         results = self._each(lambda s: s.vacuum(retention_seconds=retention_seconds, wait=wait))

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import threading
 from collections.abc import Mapping
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -24,15 +22,7 @@ from brinicle_etl.store.remote import (
     is_remote,
     open_bucket,
 )
-from brinicle_etl.store.shards import (
-    SHARDING,
-    ShardedCollection,
-    check_shards,
-    parse_sharding,
-    shard_dir,
-    shard_row_base,
-    sharding_bytes,
-)
+from brinicle_etl.store.shards import SHARDING, ShardedCollection, ShardedPlace, check_shards, shard_dir
 from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
 if TYPE_CHECKING:
@@ -171,27 +161,19 @@ class Store:
 
     def _shard_count(self, name: str) -> int | None:
         """How many shards collection ``name`` has, from its ``sharding.json``; None if it has none."""
-        if self._bucket is not None:
-            raw = self._bucket.get(f"{self.canonical(name)}/{SHARDING}")
-        else:
-            raw = LocalFile(self.path_for(name) / SHARDING).read()
-        return None if raw is None else parse_sharding(raw, f"{self.location}/{self.canonical(name)}/{SHARDING}")
+        return self._sharded(name).count()
 
-    def _shard_remote(self, name: str, shard: int) -> RemoteCollection | None:
-        if self._bucket is None:
-            return None
-        key = f"{self.canonical(name)}/{shard_dir(shard)}"
-        return RemoteCollection(
-            self._bucket, key, self.path_for(name) / shard_dir(shard), refresh_seconds=self._refresh_seconds
-        )
-
-    def _open_sharded(self, name: str, shards: int) -> ShardedCollection:
+    def _sharded(self, name: str) -> ShardedPlace:
         key, path = self.canonical(name), self.path_for(name)
-        parts = [
-            Collection(path / shard_dir(i), name=f"{key}/{shard_dir(i)}", remote=self._shard_remote(name, i))
-            for i in range(shards)
-        ]
-        return ShardedCollection(key, parts, marker=str(path / SHARDING))
+        bucket = self._bucket
+        if bucket is None:
+            return ShardedPlace(path, key, LocalFile(path / SHARDING))
+
+        def remote_for(shard: int) -> RemoteCollection:
+            part = f"{key}/{shard_dir(shard)}"
+            return RemoteCollection(bucket, part, path / shard_dir(shard), refresh_seconds=self._refresh_seconds)
+
+        return ShardedPlace(path, key, BucketFile(bucket, f"{key}/{SHARDING}"), remote_for)
 
     def names(self) -> list[str]:
         """Every collection in the store, as sorted ``db/namespace`` names."""
@@ -231,15 +213,14 @@ class Store:
         key = self.canonical(name)
         opened: Collection | ShardedCollection
         if self._bucket is None and (self.path_for(name) / SHARDING).exists():
-            opened = self._open_sharded(name, self._shard_count(name) or 1)
+            opened = self._sharded(name).open()
         else:
             try:
                 opened = Collection(self.path_for(name), name=key, remote=self._remote(name))
             except NotFoundError:
-                shards = self._shard_count(name) if self._bucket is not None else None
-                if shards is None:
+                if self._bucket is None or self._shard_count(name) is None:
                     raise
-                opened = self._open_sharded(name, shards)
+                opened = self._sharded(name).open()
         with self._lock:
             return self._open.setdefault(key, opened)
 
@@ -270,34 +251,9 @@ class Store:
                 self.path_for(name), config, meta=meta, name=key, exist_ok=exist_ok, remote=self._remote(name)
             )
         else:
-            created = self._create_sharded(name, config, meta=meta, exist_ok=exist_ok, shards=count)
+            created = self._sharded(name).create(config, shards=count, meta=meta, exist_ok=exist_ok)
         with self._lock:
             return self._open.setdefault(key, created)
-
-    def _create_sharded(
-        self, name: str, config: CollectionConfig, *, meta: dict[str, Any] | None, exist_ok: bool, shards: int
-    ) -> ShardedCollection:
-        # The shards first, then sharding.json: it exists only once every shard does, and of
-        # two machines creating it at once, one creates it and the other is told.
-        key, path = self.canonical(name), self.path_for(name)
-        for i in range(shards):
-            Collection.create(
-                path / shard_dir(i),
-                config,
-                meta=meta,
-                name=f"{key}/{shard_dir(i)}",
-                exist_ok=True,
-                remote=self._shard_remote(name, i),
-                first_row_id=shard_row_base(i),
-            )
-        marker = sharding_bytes(shards)
-        if self._bucket is not None:
-            made = self._bucket.create(f"{key}/{SHARDING}", marker)
-        else:
-            made = LocalFile(path / SHARDING).create(marker)
-        if not made and not exist_ok:
-            raise AlreadyExistsError(f"collection {key!r} already exists at {self.location}")
-        return self._open_sharded(name, shards)
 
     @property
     def models(self) -> ModelRegistry:
@@ -360,20 +316,8 @@ class Store:
         key = self.canonical(name)
         if not self.exists(name):
             raise NotFoundError(f"collection {key!r} not found in {self.location}")
-        shards = self._shard_count(name)
-        if shards is None:
+        if self._shard_count(name) is None:
             Collection(self.path_for(name), name=key, remote=self._remote(name)).destroy(wait=wait)
         else:
-            # The shards, then sharding.json: a drop cut short leaves a collection that still
-            # exists and can be dropped again.
-            for i in range(shards):
-                part = self.path_for(name) / shard_dir(i)
-                if (part / MANIFEST).exists() or self._bucket is not None:
-                    with suppress(NotFoundError):
-                        Collection(part, name=f"{key}/{shard_dir(i)}", remote=self._shard_remote(name, i)).destroy(
-                            wait=wait
-                        )
-            if self._bucket is not None:
-                self._bucket.delete([f"{key}/{SHARDING}"])
-            shutil.rmtree(self.path_for(name), ignore_errors=True)
+            self._sharded(name).drop(wait=wait)
         self.forget(name)
