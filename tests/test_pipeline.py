@@ -525,3 +525,26 @@ def test_shards_ingested_by_separate_processes_that_all_start_from_nothing(store
     assert counts == np.bincount(shard_of([str(i) for i in range(400)], 4), minlength=4).tolist()
     col = Store(store.root).open("shop/sharded")
     assert isinstance(col, ShardedCollection) and len(col) == 400
+
+
+def test_a_bad_value_fails_only_its_own_shard_naming_its_source_row(store: Store, tmp_path: Path) -> None:
+    options = {"store": store, "model": "hash-32", "primary_key": "product_id"}
+    ingest(_products(40), "shop/sharded", shards=2, **options)  # type: ignore[arg-type]
+    owner = shard_of([str(i) for i in range(40)], 2).tolist()
+    bad = next(i for i in range(40) if owner[i] == 0 and i > 10)
+    price = pl.when(pl.col("product_id") == bad).then(pl.lit("n/a")).otherwise(pl.col("price").cast(pl.String))
+    path = write_csv(tmp_path / "products.csv", _products(40).with_columns(price.alias("price")))
+    assert ingest(path, "shop/sharded", shard=1, **options).rows_unchanged == owner.count(1)  # type: ignore[arg-type]
+    with pytest.raises(InputError) as caught:
+        ingest(path, "shop/sharded", shard=0, **options)  # type: ignore[arg-type]
+    assert str(caught.value) == f"{path} row {bad + 1}, column 'price': 'n/a' is not a valid float64"
+
+
+def test_a_shard_written_first_takes_the_schema_its_siblings_have(store: Store, counting: CountingEmbedder) -> None:
+    frame = _products(30)
+    ingest(frame, "shop/sharded", store=store, embedder=counting, primary_key="product_id", shards=2, shard=0)
+    col = store.open("shop/sharded")
+    assert isinstance(col, ShardedCollection)
+    # Shard 1's first run is told nothing about the schema: it takes shard 0's.
+    ingest(frame, "shop/sharded", store=store, embedder=counting, shard=1)
+    assert col.shard(1).meta["schema"] == col.shard(0).meta["schema"]

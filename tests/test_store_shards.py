@@ -181,3 +181,14 @@ def test_sigkill_of_one_shard_writer_leaves_the_others_untouched(store: Store) -
     assert {i: sorted(s.keys()) for i, s in enumerate(reopened.shards)} == before
     reopened.write(["after"], clustered(1, DIM, seed=6))
     assert "after" in Store(store.root).open("db/ns")
+
+
+@pytest.mark.parametrize(("shards", "expected"), [(2, 41), (4, 26), (8, 16)])
+def test_each_shard_is_searched_with_a_share_of_ef(store: Store, shards: int, expected: int) -> None:
+    col = store.create(f"db/s{shards}", dim=DIM, shards=shards)
+    assert isinstance(col, ShardedCollection)
+    assert col.shard_ef(None, 10) == expected  # the collection's ef_search, 64
+    assert col.shard_ef(64, 10) == expected
+    assert col.shard_ef(64, 50) == 50  # never fewer than k
+    with pytest.raises(ConfigError, match="ef must be an integer between 1 and 16384; got 0"):
+        col.shard_ef(0, 10)

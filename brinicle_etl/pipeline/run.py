@@ -67,7 +67,11 @@ class _Locations:
 
 
 def _resolve_schema(
-    store: Store, existing: Collection | None, source: Source, options: IngestOptions, model: str | None
+    store: Store,
+    existing: Collection | ShardedCollection | None,
+    source: Source,
+    options: IngestOptions,
+    model: str | None,
 ) -> tuple[TemplateSchema, Inferred | None]:
     spec = options.schema
     overrides = spec.overrides() | ({"model": model} if model is not None else {})
@@ -260,7 +264,11 @@ class _Run:
                 "ingest tables into a collection of their own"
             )
         model = embedder.model_id if embedder is not None else options.schema.model
-        self.sch, self.inferred = _resolve_schema(store, self.existing, self.src, options, model)
+        # A shard nothing was written to yet takes its siblings' schema: one collection, one schema.
+        holder: Collection | ShardedCollection | None = self.existing
+        if holder is None and shard is not None and "schema" in shard[0].meta:
+            holder = shard[0]
+        self.sch, self.inferred = _resolve_schema(store, holder, self.src, options, model)
         self.sch.check_source(list(self.src.columns), self.src.description)
         if self.sch.vector_source == "generated" and embedder is None:
             assert self.sch.model is not None
@@ -380,12 +388,18 @@ class _Run:
         hasher = Hasher()
         try:
             read = 0
+            # A shard's run keeps its rows as soon as their keys are known: by the key column
+            # alone when there is one (the other rows are never typed, hashed or checked here:
+            # their own shard's run does that), else by the content hash, after hashing.
             for batch in src.batches(batch_rows=batch_rows):
+                if self.shard is not None and sch.primary_key:
+                    key_frame = cast_frame(batch.frame, sch, batch.where, only=[sch.primary_key])
+                    batch, _mine = self.shard.keep(batch, _keys(key_frame, sch, None, batch))
                 typed = cast_frame(batch.frame, sch, batch.where)
                 frame, columns, text = _hash_inputs(batch, typed, sch, embedder)
                 row_hash, text_hash = hasher(frame, columns, text)
                 keys = _keys(typed, sch, row_hash, batch)
-                if self.shard is not None:
+                if self.shard is not None and not sch.primary_key:
                     batch, mine = self.shard.keep(batch, keys)
                     keys, row_hash = keys.filter(mine), row_hash.filter(mine)
                     text_hash = text_hash.filter(mine) if text_hash is not None else None
@@ -545,8 +559,9 @@ def _where_selected(batch: Batch, selected: np.ndarray) -> Callable[[int], str]:
     return lambda i: batch.where(int(positions[i]))
 
 
-def _keys(typed: pl.DataFrame, sch: TemplateSchema, row_hash: pa.Array, batch: Batch) -> pa.Array:
+def _keys(typed: pl.DataFrame, sch: TemplateSchema, row_hash: pa.Array | None, batch: Batch) -> pa.Array:
     if sch.primary_key is None:
+        assert row_hash is not None
         return row_hash
     values = typed[sch.primary_key]
     if values.null_count():

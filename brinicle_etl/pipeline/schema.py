@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -341,13 +342,18 @@ def _infer_text_fields(sample: pl.DataFrame, columns: dict[str, str], exclude: s
     return tuple(long_text)
 
 
-def cast_frame(batch: pl.DataFrame, schema: TemplateSchema, where: Any) -> pl.DataFrame:
-    """Give every payload column its schema type; a value that does not parse is an error naming its row.
+def cast_frame(
+    batch: pl.DataFrame, schema: TemplateSchema, where: Any, *, only: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Give every payload column (or those named in ``only``) its schema type; a value that
+    does not parse is an error naming its row.
 
     ``where(i)`` names row ``i`` of the batch for messages.
     """
     exprs: list[pl.Series] = []
     for name, kind in schema.columns.items():
+        if only is not None and name not in only:
+            continue
         target = _TYPES[kind]
         col = batch[name]
         if col.dtype == target:
