@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,14 @@ def test_fan_out_search_equals_exact_search_with_tombstones_and_filters(store: S
     keys = keys_of(1500)
     x = clustered(1500, DIM, seed=2, normalize=False)
     col.write(keys, x)
+    queries = clustered(20, DIM, seed=3, normalize=False)
+    # Without tombstones the shards' segments are searched in one native call.
+    everything = [[keys[j] for j in row] for row in exact_knn(x, queries, 10, "l2sq")]
+    assert [[h.id for h in hits] for hits in col.search_batch(queries, 10, ef=400)] == everything
+    assert [h.id for h in col.search(queries[1], 10, ef=400)] == everything[1]
     dead = set(keys[::7])
     assert col.delete(sorted(dead)).deleted_count == len(dead)
     live = [i for i, k in enumerate(keys) if k not in dead]
-    queries = clustered(20, DIM, seed=3, normalize=False)
     truth = exact_knn(x[live], queries, 10, "l2sq")
     expected = [[keys[live[j]] for j in row] for row in truth]
     got = col.search_batch(queries, 10, ef=400)
@@ -192,3 +197,16 @@ def test_each_shard_is_searched_with_a_share_of_ef(store: Store, shards: int, ex
     assert col.shard_ef(64, 50) == 50  # never fewer than k
     with pytest.raises(ConfigError, match="ef must be an integer between 1 and 16384; got 0"):
         col.shard_ef(0, 10)
+
+
+def test_the_joint_search_follows_new_generations_and_serves_threads(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, metric="l2sq", dtype="f32", shards=4)
+    assert isinstance(col, ShardedCollection)
+    x = clustered(400, DIM, seed=8, normalize=False)
+    col.write(keys_of(200), x[:200])
+    assert col.search(x[150], 1, ef=200)[0].id == "k150"
+    col.write(keys_of(400)[200:], x[200:], mode="insert")  # every shard moves on
+    assert col.search(x[350], 1, ef=200)[0].id == "k350"
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda i: col.search(x[i], 1, ef=200)[0].id, range(400)))
+    assert found == keys_of(400)

@@ -183,6 +183,11 @@ class Collection:
             )
         return collection
 
+    def snapshot(self) -> Snapshot:
+        """The current generation as opened for reading (what every search of this object reads
+        until a newer one is published): for readers that search several collections as one."""
+        return self._snapshot()
+
     @property
     def marker(self) -> str:
         """The file whose presence says the collection exists (its manifest)."""

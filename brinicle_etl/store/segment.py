@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from usearch.index import Index
+from usearch.index import Index, Indexes
 
 try:
     from usearch.compiled import ScalarKind
@@ -30,7 +30,7 @@ from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
 
-__all__ = ["Segment", "SegmentBuilder", "build_segment"]
+__all__ = ["Joint", "Segment", "SegmentBuilder", "build_segment"]
 
 _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
@@ -257,3 +257,50 @@ class Segment:
         finally:
             self._pool.put(index)
         return keys, vectors
+
+
+class Joint:
+    """Several segment files searched as one in a single native call (usearch's ``Indexes``,
+    which fans out in C++ threads and merges by distance): a sharded collection's fan-out
+    without a Python call per shard. Keys must be unique across the files. As for a
+    :class:`Segment`, a small pool of views lets threads search at once."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self._pool: queue.SimpleQueue[tuple[Any, list[Any]]] = queue.SimpleQueue()
+        self._opened = 0
+        self._max = max(2, os.cpu_count() or 1)
+        self._open_lock = threading.Lock()
+        self._pool.put(self._open())
+
+    def _open(self) -> tuple[Any, list[Any]]:
+        views = [_restore(path, view=True) for path in self.paths]
+        self._opened += 1
+        return Indexes(indexes=views), views
+
+    def _acquire(self) -> tuple[Any, list[Any]]:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        with self._open_lock:
+            if self._opened < self._max:
+                return self._open()
+        return self._pool.get()
+
+    def search(
+        self, queries: np.ndarray, count: int, *, ef: int, threads: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top ``count`` over every file per query: (keys, distances, how many are valid per row)."""
+        joint, views = self._acquire()
+        try:
+            for view in views:
+                if view.expansion_search != ef:
+                    view.expansion_search = ef
+            found = joint.search(queries, count, threads=threads)
+        finally:
+            self._pool.put((joint, views))
+        keys, dists = np.asarray(found.keys), np.asarray(found.distances)
+        if keys.ndim == 1:  # one query comes back as one row
+            return keys[None, :], dists[None, :], np.array([len(keys)])
+        return keys, dists, np.asarray(found.counts)

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
@@ -48,8 +49,10 @@ from brinicle_etl.errors import (
 from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
 from brinicle_etl.store.remote import RemoteCollection, VacuumResult
+from brinicle_etl.store.segment import Joint
 from brinicle_etl.store.sessions import check_binary_rows
-from brinicle_etl.store.validate import as_keys, as_matrix, check_ef, check_k
+from brinicle_etl.store.snapshot import Snapshot
+from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, WriteResult
 from brinicle_etl.types import Hit, HnswParams, Wait, WriteMode
 
@@ -194,6 +197,8 @@ class ShardedCollection:
         """The file whose presence says the collection exists (locally: its ``sharding.json``)."""
         self._pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard")
         self._filters: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+        self._joint: tuple[tuple[int, ...], list[Snapshot], Joint] | None = None
+        self._joint_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<ShardedCollection {self.name!r} shards={len(self.shards)} rows={len(self)}>"
@@ -290,10 +295,52 @@ class ShardedCollection:
         spread: float = len(self.shards) ** (2 / 3)
         return max(k, math.ceil(wanted / spread - 1e-9))  # 8 ** (2/3) is 3.9999...
 
+    def _joined(self) -> tuple[list[Snapshot], Joint] | None:
+        """Every shard's current segments as one multi-index, when none has tombstones (the
+        common case after a build; the per-shard path filters them otherwise)."""
+        snaps = [shard.snapshot() for shard in self.shards]
+        stamp = tuple(map(id, snaps))  # a new generation is a new snapshot; cached ones stay alive
+        cached = self._joint
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        segments = [(seg, info) for snap in snaps for seg, info in snap.segments()]
+        if not segments or any(info.dead for _seg, info in segments):
+            return None
+        with self._joint_lock:
+            if self._joint is None or self._joint[0] != stamp:
+                self._joint = (stamp, snaps, Joint([seg.path for seg, _info in segments]))
+            return self._joint[1], self._joint[2]
+
+    def _search_joined(self, matrix: np.ndarray, k: int, ef: int, threads: int) -> list[list[Hit]] | None:
+        joined = self._joined()
+        if joined is None:
+            return None
+        snaps, joint = joined
+        row_ids, dists, counts = joint.search(matrix, k, ef=ef, threads=threads)
+        valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
+        hit_ids = row_ids[valid]
+        owner = (hit_ids >> np.uint64(ROW_ID_BITS)).astype(np.int64)
+        keys: list[str] = [""] * len(hit_ids)
+        for i in np.unique(owner).tolist():
+            at = np.flatnonzero(owner == i)
+            for position, key in zip(at.tolist(), snaps[i].ids.keys_for(hit_ids[at]), strict=True):
+                keys[position] = key
+        flat = dists[valid].tolist()
+        out, start = [], 0
+        for n in counts.tolist():
+            out.append(list(map(Hit, keys[start : start + n], flat[start : start + n])))
+            start += n
+        return out
+
     def search(self, query: Any, k: int = 10, *, ef: int | None = None, allow: Any = None) -> list[Hit]:
         """The ``k`` nearest live rows of all shards, nearest first."""
         k = check_k(k, "search")
         ef = self.shard_ef(ef, k)
+        if allow is None:
+            q = as_vector(query, self.dim, "search")
+            joined = self._search_joined(q.reshape(1, -1), k, ef, min(len(self.shards), os.cpu_count() or 1))
+            if joined is not None:
+                return joined[0]
         if allow is not None:
             allowed = as_keys(allow, "search")
             targets = [(s, allowed.take(pa.array(p))) for s, p in self._routed(allowed)]
@@ -308,6 +355,10 @@ class ShardedCollection:
         matrix = as_matrix(queries, self.dim, "search_batch")
         k = check_k(k, "search_batch")
         ef = self.shard_ef(ef, k)
+        if allow is None and len(matrix):
+            joined = self._search_joined(matrix, k, ef, threads or os.cpu_count() or 1)
+            if joined is not None:
+                return joined
         per_shard = self._threads(threads)
         parts = self._each(lambda s: s.search_batch(matrix, k, ef=ef, threads=per_shard, allow=allow))
         return [_nearest(hits, k) for hits in zip(*parts, strict=True)]
