@@ -1,9 +1,10 @@
 """Sharded collections against one collection of the same rows, side by side in one run.
 
 Search: the same N x 384 text-like unit vectors (cosine, bf16, M=16, ef_construction=200)
-as 1, 2, 4 and 8 shards (each searched with ef / N^(2/3), all at once); recall@10 against exact search at the same ef (goal: within 0.005
-of one shard), batch QPS of ``search_batch`` on every core (goal >= 0.7x one shard) and
-single-query p50 (goal <= 2x), measured in turns so a noisy neighbour hits every layout.
+as 1, 2, 4 and 8 shards (each searched with ef / N^(2/3), all at once); recall@10 against
+exact search at the same ef (goal: within 0.005 of one shard), batch QPS of ``search_batch``
+on every core (goal >= 0.7x one shard) and single-query p50 (goal <= 2x), measured in turns
+so a noisy neighbour hits every layout.
 
 Build: the critical path with one machine per shard. Product texts ingested with the real
 model (all-MiniLM-L6-v2), on one core (process pinned, one torch thread, one HNSW thread):
