@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
-from brinicle_etl import AlreadyExistsError, ConfigError, Store
-from brinicle_etl.store.shards import ShardedCollection, shard_of, shard_row_base
+from brinicle_etl import AlreadyExistsError, ConfigError, LockedError, StateError, Store, ingest
+from brinicle_etl.store.shards import ShardedCollection, ShardedPlace, shard_of, shard_row_base
 from tests.conftest import REPO, clustered, exact_knn
 
 DIM = 16
@@ -210,3 +211,38 @@ def test_the_joint_search_follows_new_generations_and_serves_threads(store: Stor
     with ThreadPoolExecutor(8) as pool:
         found = list(pool.map(lambda i: col.search(x[i], 1, ef=200)[0].id, range(400)))
     assert found == keys_of(400)
+
+
+def test_init_and_destroy_with_one_shard_busy_change_no_shard(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    col.write(keys_of(30), clustered(30, DIM, seed=1))
+    busy = ShardedPlace(col.place.directory, "db/ns", col.place.marker).open()  # another writer
+    assert busy.shard(2).hold_writer_lock()
+    try:
+        with pytest.raises(LockedError):
+            col.init("upsert")
+        assert [s.status().session_mode for s in col.shards] == [None, None, None]
+        with pytest.raises(LockedError):
+            col.destroy()
+        assert len(Store(store.root).open("db/ns")) == 30
+    finally:
+        busy.shard(2).release_writer_lock()
+    col.init("upsert")
+    with pytest.raises(StateError) as caught:
+        col.init("upsert")
+    assert str(caught.value) == (
+        "init: an ingest session is already pending on shard(s) [0, 1, 2] of 'db/ns'; finalize() or abort() it first"
+    )
+    assert col.abort() == 0
+    col.destroy()
+    assert not Store(store.root).exists("db/ns")
+
+
+def test_an_ingest_into_shards_filled_without_a_schema_is_refused(store: Store) -> None:
+    col = store.create("db/ns", dim=32, shards=2)
+    col.write(keys_of(20), clustered(20, 32, seed=2))
+    frame = pl.DataFrame({"id": [str(i) for i in range(20)], "title": [f"t{i}" for i in range(20)]})
+    with pytest.raises(ConfigError, match="holds vectors written without a schema"):
+        ingest(frame, "db/ns", store=store, model="hash-32", primary_key="id")
+    assert len(Store(store.root).open("db/ns")) == 20

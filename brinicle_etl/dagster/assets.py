@@ -215,7 +215,7 @@ def collection_asset(
             recall_threshold=recall_threshold,
             recall_sample=recall_sample,
         )
-        if isinstance(opened, ShardedCollection):
+        if sharded and isinstance(opened, ShardedCollection):  # declared only on a sharded asset
             outcomes.append(check_shards_written(opened))
         recall = next(o.metadata["recall_at_10"] for o in outcomes if o.name == "recall_at_10")
         yield dg.MaterializeResult(metadata=materialization_metadata(result, store, recall))

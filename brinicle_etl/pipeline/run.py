@@ -253,7 +253,10 @@ class _Run:
         self.target = shard[0].shard(shard[1]) if shard is not None else None
         self.existing: Collection | None
         if self.target is not None:
-            self.existing = self.target if "schema" in self.target.meta else None
+            # A shard without a schema is empty unless vectors were written to it another way
+            # (VectorEngine, the HTTP session API): those are refused below, as for one collection.
+            fresh = "schema" not in self.target.meta and not len(self.target)
+            self.existing = None if fresh else self.target
         else:
             opened = store.open(name) if store.exists(name) else None
             assert not isinstance(opened, ShardedCollection)  # run_ingest sends shards their own runs

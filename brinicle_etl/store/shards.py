@@ -30,6 +30,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,7 +55,7 @@ from brinicle_etl.store.sessions import check_binary_rows
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, WriteResult
-from brinicle_etl.types import Hit, HnswParams, Wait, WriteMode
+from brinicle_etl.types import Hit, HnswParams, Wait, WriteMode, check_choice
 
 __all__ = [
     "MAX_SHARDS",
@@ -177,6 +178,10 @@ class ShardedPlace:
                 continue  # dropped by a drop that was cut short
             with suppress(NotFoundError):
                 Collection(self.shard_path(i), name=self.shard_name(i), remote=remote).destroy(wait=wait)
+        self.remove()
+
+    def remove(self) -> None:
+        """``sharding.json`` and the directory, once the shards are gone."""
         self.marker.delete()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -195,7 +200,10 @@ class ShardedCollection:
         self.shards = list(shards)
         self.marker = str(place.directory / SHARDING)
         """The file whose presence says the collection exists (locally: its ``sharding.json``)."""
-        self._pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard")
+        # Reads and writes have pools of their own: a rebuild of every shard must not queue the
+        # searches that meanwhile go shard by shard.
+        self._pool = ThreadPoolExecutor(max_workers=min(4 * len(self.shards), 64), thread_name_prefix="shard-read")
+        self._write_pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard-write")
         self._filters: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
         self._joint: tuple[tuple[int, ...], list[Snapshot], Joint] | None = None
         self._joint_lock = threading.Lock()
@@ -211,6 +219,16 @@ class ShardedCollection:
     def _each(self, call: Callable[[Collection], T]) -> list[T]:
         """``call`` on every shard at once (usearch and file reads release the GIL)."""
         return list(self._pool.map(call, self.shards))
+
+    def _each_write(self, call: Callable[[Collection], T]) -> list[T]:
+        """``call`` on every shard at once, each to its end before any error is raised."""
+        futures = [self._write_pool.submit(call, shard) for shard in self.shards]
+        wait_all(futures)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
 
     def _routed(self, keys: pa.Array) -> list[tuple[Collection, np.ndarray]]:
         """The shards ``keys`` belong to, each with the positions of its keys."""
@@ -305,6 +323,7 @@ class ShardedCollection:
             return cached[1], cached[2]
         segments = [(seg, info) for snap in snaps for seg, info in snap.segments()]
         if not segments or any(info.dead for _seg, info in segments):
+            self._joint = None  # let the old generations' files and views go
             return None
         with self._joint_lock:
             if self._joint is None or self._joint[0] != stamp:
@@ -316,7 +335,13 @@ class ShardedCollection:
         if joined is None:
             return None
         snaps, joint = joined
-        row_ids, dists, counts = joint.search(matrix, k, ef=ef, threads=threads)
+        try:
+            row_ids, dists, counts = joint.search(matrix, k, ef=ef, threads=threads)
+        except (FileNotFoundError, CorruptCollectionError):
+            # A writer replaced a generation and removed its files while they were opened:
+            # this search goes shard by shard (each reopens), the next builds the joint anew.
+            self._joint = None
+            return None
         valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
         hit_ids = row_ids[valid]
         owner = (hit_ids >> np.uint64(ROW_ID_BITS)).astype(np.int64)
@@ -406,7 +431,8 @@ class ShardedCollection:
         sizes = [len(s) for s in self.shards]
         if not sum(sizes):
             return 1.0
-        found = self._each(lambda s: s.recall(sample=sample, k=k, ef=ef, seed=seed))
+        shard_ef = self.shard_ef(ef, k)  # as searches run
+        found = self._each(lambda s: s.recall(sample=sample, k=k, ef=shard_ef, seed=seed))
         return float(np.average(found, weights=sizes))
 
     def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -465,7 +491,7 @@ class ShardedCollection:
                 wait=wait,
             )
 
-        return _summed(mode, [r for r in self._pool.map(one, range(len(self.shards))) if r is not None])
+        return _summed(mode, [r for r in self._write_pool.map(one, range(len(self.shards))) if r is not None])
 
     def delete(self, keys: Any, *, return_not_found: bool = False, wait: Wait = False) -> DeleteResult:
         key_array = pa.array(list(dict.fromkeys(as_keys(keys, "delete").to_pylist())), pa.string())
@@ -474,7 +500,7 @@ class ShardedCollection:
         def one(target: tuple[Collection, pa.Array]) -> DeleteResult:
             return target[0].delete(target[1], return_not_found=return_not_found, wait=wait)
 
-        results = list(self._pool.map(one, targets))
+        results = list(self._write_pool.map(one, targets))
         not_found = [k for r in results for k in (r.not_found or [])] if return_not_found else None
         return DeleteResult(
             deleted_count=sum(r.deleted_count for r in results), not_found=not_found, generation=self.generation
@@ -482,20 +508,24 @@ class ShardedCollection:
 
     def rebuild(self, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = False) -> int:
         """Rebuild every shard, in parallel; returns the new :attr:`generation`."""
-        self._each(lambda s: s.rebuild(params, wait=wait))
+        self._each_write(lambda s: s.rebuild(params, wait=wait))
         return self.generation
 
     def optimize(self, *, wait: Wait = False) -> bool:
         """Rebuild the shards that need it, in parallel; whether any did."""
-        return any(self._each(lambda s: s.optimize(wait=wait)))
+        return any(self._each_write(lambda s: s.optimize(wait=wait)))
 
     def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:
-        self._each(lambda s: s.set_meta(meta, wait=wait))
+        self._each_write(lambda s: s.set_meta(meta, wait=wait))
 
     def destroy(self, *, wait: Wait = False) -> None:
-        """Drop every shard and the collection."""
-        self.place.drop(wait=wait)
-        self._pool.shutdown(wait=False)
+        """Drop every shard and the collection: every shard's lock is taken first, so a busy
+        shard leaves the whole collection as it was."""
+        with self._holding(self.shards, wait):
+            for shard in self.shards:
+                with suppress(NotFoundError):
+                    shard.destroy(wait=wait)
+        self.place.remove()
 
     def hold_writer_lock(self, *, wait: Wait = False) -> bool:
         """Every shard's writer lock, held until :meth:`release_writer_lock` (see
@@ -526,7 +556,18 @@ class ShardedCollection:
     # ---- ingest sessions: one per shard ----------------------------------------------
 
     def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
-        self._each(lambda s: s.init(mode, wait=wait))
+        """Start a session on every shard, or on none: every shard's lock is taken and every
+        shard checked before any session starts."""
+        check_choice("mode", mode, WriteMode)
+        with self._holding(self.shards, wait):
+            pending = [i for i, shard in enumerate(self.shards) if shard.status().session_mode is not None]
+            if pending:
+                raise StateError(
+                    f"init: an ingest session is already pending on shard(s) {pending} of {self.name!r}; "
+                    "finalize() or abort() it first"
+                )
+            for shard in self.shards:
+                shard.init(mode)
 
     def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
         self.shards[int(shard_of([as_keys([key], "ingest")[0].as_py()], len(self.shards))[0])].ingest(
@@ -568,12 +609,16 @@ class ShardedCollection:
     def finalize(
         self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
     ) -> WriteResult:
-        """Apply each shard's session, in parallel; each shard publishes on its own."""
-        results = self._each(lambda s: s.finalize(optimize, params, wait=wait))
+        """Apply each shard's session, in parallel, once every shard's lock is taken; each shard
+        publishes on its own (a shard whose session is refused, an insert of an existing id,
+        ends its session and publishes nothing; the others are applied)."""
+        with self._holding(self.shards, wait):
+            results = self._each_write(lambda s: s.finalize(optimize, params))
         return _summed(results[0].mode, results)
 
     def abort(self, *, wait: Wait = True) -> int:
-        return sum(self._each(lambda s: s.abort(wait=wait)))
+        with self._holding(self.shards, wait):
+            return sum(self._each_write(lambda s: s.abort()))
 
 
 class ShardedBinaryIngest:
