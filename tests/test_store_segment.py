@@ -36,3 +36,16 @@ def test_duplicate_vectors_keep_their_keys(tmp_path: Path) -> None:
     found, dists, _ = Segment(tmp_path / "d.usearch", ef_search=64).search(x[:200], 2, ef=None, exact=False, threads=1)
     assert [set(row) for row in found.tolist()] == [{i, i + 200} for i in range(200)]
     assert np.all(dists == 0)
+
+
+def test_many_copies_of_one_vector_build_and_the_rest_find_themselves(tmp_path: Path) -> None:
+    distinct = clustered(300, 8, seed=3, normalize=False)
+    x = np.concatenate([distinct, np.repeat(distinct[:1] + 100, 2000, axis=0)])
+    keys = np.arange(len(x), dtype=np.uint64)
+    config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
+    assert build_segment(tmp_path / "c.usearch", keys, x, config, HnswParams(build_n_threads=2)) == len(x)
+    seg = Segment(tmp_path / "c.usearch", ef_search=64)
+    found, _, _ = seg.search(distinct, 1, ef=None, exact=False, threads=1)
+    assert np.flatnonzero(found[:, 0] != keys[:300]).tolist() == []
+    copies, dists, _ = seg.search(x[300:301], 10, ef=None, exact=False, threads=1)
+    assert (copies[0] >= 300).all() and (dists[0] == 0).all()

@@ -246,3 +246,21 @@ def test_an_ingest_into_shards_filled_without_a_schema_is_refused(store: Store) 
     with pytest.raises(ConfigError, match="holds vectors written without a schema"):
         ingest(frame, "db/ns", store=store, model="hash-32", primary_key="id")
     assert len(Store(store.root).open("db/ns")) == 20
+
+
+def test_a_filter_is_computed_again_for_a_collection_created_anew_elsewhere(store: Store) -> None:
+    from brinicle_etl.search import search
+
+    def frame(category: str) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"id": [str(i) for i in range(12)], "title": [f"t{i}" for i in range(12)], "c": [category] * 12}
+        )
+
+    ingest(frame("a"), "db/ns", store=store, model="hash-32", primary_key="id", shards=2)
+    assert len(search("db/ns", "t3", 5, store=store, filter={"c": "a"})) == 5
+    other = Store(store.root)  # another process: drops it and creates it again, same generations
+    other.drop("db/ns")
+    ingest(frame("b"), "db/ns", store=other, model="hash-32", primary_key="id", shards=2)
+    time.sleep(0.05)  # past the reader's manifest check interval
+    assert search("db/ns", "t3", 5, store=store, filter={"c": "a"}) == []
+    assert len(search("db/ns", "t3", 5, store=store, filter={"c": "b"})) == 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -189,7 +190,9 @@ class ServerState:
 
     def open_all(self) -> None:
         for name in self.store.names():
-            self.store.open(name)
+            # A collection a cut-short drop left half there is not served; the server still starts.
+            with suppress(NotFoundError):
+                self.store.open(name)
 
     def collection(self, index_name: object) -> AnyCollection:
         """A served collection, or 404 as brinicle answers."""

@@ -165,6 +165,10 @@ class Collection:
                 if not exist_ok:
                     raise
             return cls._checked_dim(cls(path, name=label, remote=remote), config)
+        if exist_ok and (path / MANIFEST).exists():
+            # Without the writer lock: a collection being written to (say, a shard another step
+            # ingests into) is opened, not waited for, and its writer is never made to wait.
+            return cls._checked_dim(cls(path, name=label), config)
         with disk_full_is_an_error(path):
             path.mkdir(parents=True, exist_ok=True)
             with writer_lock(path, wait=True, name=label):

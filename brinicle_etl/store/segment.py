@@ -36,6 +36,7 @@ _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
 _RELINK_EF = 16
 _RELINK_COUNT = 4
+_RELINK_COPIES = 64
 
 
 def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
@@ -79,7 +80,16 @@ def _relink_stranded(index: Any, keys: np.ndarray, vectors: np.ndarray) -> None:
         found = index.search(vectors, _RELINK_COUNT, threads=0)
     finally:
         index.expansion_search = previous
-    stranded = ~(np.asarray(found.keys) == keys[:, None]).any(axis=1)
+    # one vector comes back as one row: the same shape either way
+    nearest = np.asarray(found.keys).reshape(len(keys), -1)
+    distances = np.asarray(found.distances).reshape(len(keys), -1)
+    stranded = ~(nearest == keys[:, None]).any(axis=1)
+    # Many copies of one vector never all find themselves among 4 nearest, stranded or not:
+    # past a few, the copies (nearest at distance 0) are left as they are rather than re-added
+    # one by one, which would cost a single-threaded build of them.
+    copies = stranded & (distances[:, 0] <= 0)
+    if copies.sum() > max(_RELINK_COPIES, len(keys) // 100):
+        stranded &= ~copies
     if stranded.any():
         index.remove(keys[stranded])
         index.add(keys[stranded], vectors[stranded], threads=1)

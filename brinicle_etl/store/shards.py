@@ -39,6 +39,7 @@ from typing import IO, Any, Protocol, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from brinicle_etl._fs import disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -204,7 +205,7 @@ class ShardedCollection:
         # searches that meanwhile go shard by shard.
         self._pool = ThreadPoolExecutor(max_workers=min(4 * len(self.shards), 64), thread_name_prefix="shard-read")
         self._write_pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard-write")
-        self._filters: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+        self._filters: dict[str, tuple[tuple[int, ...], list[Snapshot], np.ndarray]] = {}
         self._joint: tuple[tuple[int, ...], list[Snapshot], Joint] | None = None
         self._joint_lock = threading.Lock()
 
@@ -436,15 +437,18 @@ class ShardedCollection:
         return float(np.average(found, weights=sizes))
 
     def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """Row ids a filter selects (over every shard's rows), computed once per set of generations."""
-        generations = tuple(self.generations())
+        """Row ids a filter selects (over every shard's rows), computed once per set of shard
+        snapshots (not generation numbers: a collection dropped and created again elsewhere
+        reaches the same numbers with other rows)."""
+        snaps = [shard.snapshot() for shard in self.shards]
+        stamp = tuple(map(id, snaps))  # the cache keeps the snapshots alive, so ids are not reused
         cached = self._filters.get(key)
-        if cached is not None and cached[0] == generations:
-            return cached[1]
+        if cached is not None and cached[0] == stamp:
+            return cached[2]
         found = compute()
         if len(self._filters) > 256:
             self._filters.clear()
-        self._filters[key] = (generations, found)
+        self._filters[key] = (stamp, snaps, found)
         return found
 
     def cached_rows(self) -> pa.Table:
@@ -634,7 +638,10 @@ class ShardedBinaryIngest:
         for shard in collection.shards:  # as for one collection: no session, no body read
             if shard.status().session_mode is None:
                 raise StateError(f"ingest_batch: no ingest session is pending for {collection.name!r}; call init first")
-        self._spool: IO[bytes] | None = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish/abort)
+        self._directory = collection.shards[0].directory
+        with disk_full_is_an_error(self._directory):
+            # no name: it vanishes with the process; beside the collection, not in a small /tmp
+            self._spool: IO[bytes] | None = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 (closed by finish/abort)
         self._carry = b""
         self.count = 0
 
@@ -651,7 +658,8 @@ class ShardedBinaryIngest:
         self._carry = bytes(buffer[usable:])
         if usable:
             check_binary_rows(np.frombuffer(memoryview(buffer)[:usable], dtype=self._dtype), first=self.count)
-            spool.write(memoryview(buffer)[:usable])
+            with disk_full_is_an_error(self._directory):
+                spool.write(memoryview(buffer)[:usable])
             self.count += usable // self.row_bytes
 
     def finish(self, *, wait: Wait = True) -> int:
