@@ -209,31 +209,80 @@ class Sessions:
         return dropped
 
 
+class RowSpool:
+    """Binary rows (``id_width`` id bytes right-padded with NUL, then ``dim`` float32 values)
+    fed in pieces of any size, checked as whole rows arrive (an empty id, an id that is not
+    UTF-8 text, a NaN or Inf value: an error naming the row as sent) and spooled to an
+    unnamed temporary file in ``directory``, which vanishes with the process."""
+
+    def __init__(self, directory: Path, *, id_width: int, dim: int):
+        self.directory = directory
+        self.id_width = id_width
+        self.dim = dim
+        self.row_bytes = id_width + 4 * dim
+        self.dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (dim,))])
+        with disk_full_is_an_error(directory):
+            # no name (O_TMPFILE where the file system has it)
+            self._file: IO[bytes] | None = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close)
+        self._carry = b""
+        self.crc = 0
+        self.count = 0
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the stream; whole rows are checked and spooled."""
+        fd = self.fileno()
+        buffer = self._carry + data if self._carry else data
+        usable = len(buffer) - len(buffer) % self.row_bytes
+        self._carry = bytes(buffer[usable:])
+        if usable:
+            rows = memoryview(buffer)[:usable]
+            check_binary_rows(np.frombuffer(rows, dtype=self.dtype), first=self.count)
+            with disk_full_is_an_error(self.directory):
+                pwrite_all(fd, rows, self.count * self.row_bytes)
+            self.crc = zlib.crc32(rows, self.crc)
+            self.count += usable // self.row_bytes
+
+    def check_aligned(self) -> None:
+        """InputError if the stream ended inside a row."""
+        if self._carry:
+            raise InputError(
+                f"ingest_batch: payload not aligned to rows: leftover {len(self._carry)} bytes, "
+                f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
+            )
+
+    def rows(self) -> np.ndarray:
+        """Every row spooled, read back."""
+        self.fileno()  # still open
+        assert self._file is not None
+        self._file.seek(0)
+        return np.frombuffer(self._file.read(self.count * self.row_bytes), dtype=self.dtype)
+
+    def fileno(self) -> int:
+        if self._file is None:
+            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+        return self._file.fileno()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class BinaryIngest:
     """One streamed binary batch into the pending session: all rows, or none.
 
-    Rows are checked as they arrive (an empty id, an id that is not UTF-8 text, a NaN or
-    Inf value: an error naming the row) and spooled to an unnamed temporary file beside
-    the collection, without the writer lock: a slow or stalled upload holds up no other
-    writer, and a crash leaves nothing behind. :meth:`finish` takes the lock only to copy
-    the checked rows into the session log as one record.
+    Rows are checked and spooled as they arrive (:class:`RowSpool`, beside the collection)
+    without the writer lock: a slow or stalled upload holds up no other writer, and a crash
+    leaves nothing behind. :meth:`finish` takes the lock only to copy the checked rows into
+    the session log as one record.
     """
 
     def __init__(self, sessions: Sessions, *, id_width: int):
         self._sessions = sessions
-        self.dim = sessions.dim
-        self.id_width = id_width
-        self.row_bytes = id_width + 4 * self.dim
-        self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
         # Without the lock: only look, so a missing session fails before any body is read.
         if sessions.staged(sessions.snapshot()) is None:
             raise sessions.no_session("ingest_batch")
-        with disk_full_is_an_error(sessions.directory):
-            # no name (O_TMPFILE where the file system has it): it vanishes with the process
-            self._spool: IO[bytes] | None = tempfile.TemporaryFile(dir=sessions.directory)  # noqa: SIM115 (closed by finish/abort)
-        self._carry = b""
-        self._crc = 0
-        self.count = 0
+        self._spool = RowSpool(sessions.directory, id_width=id_width, dim=sessions.dim)
 
     def __enter__(self) -> BinaryIngest:
         return self
@@ -241,58 +290,38 @@ class BinaryIngest:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.abort()
 
+    @property
+    def count(self) -> int:
+        return self._spool.count
+
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the stream; whole rows are checked and spooled."""
-        spool = self._open_spool()
-        buffer = self._carry + data if self._carry else data
-        usable = len(buffer) - len(buffer) % self.row_bytes
-        self._carry = bytes(buffer[usable:])
-        if usable:
-            rows = memoryview(buffer)[:usable]
-            check_binary_rows(np.frombuffer(rows, dtype=self._dtype), first=self.count)
-            with disk_full_is_an_error(self._sessions.directory):
-                pwrite_all(spool, rows, self.count * self.row_bytes)
-            self._crc = zlib.crc32(rows, self._crc)
-            self.count += usable // self.row_bytes
+        self._spool.feed(data)
 
     def finish(self, *, wait: Wait = True) -> int:
         """Stage every row at once, durably, into the session pending now; returns how many.
 
         ``wait`` is for the writer lock, as everywhere. On any error nothing is staged and
         the batch is over, except when the lock was busy (LockedError): then it may be retried."""
-        spool = self._open_spool()
-        if self._carry:
-            leftover = len(self._carry)
-            self.abort()
-            raise InputError(
-                f"ingest_batch: payload not aligned to rows: leftover {leftover} bytes, "
-                f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
-            )
+        spool = self._spool
+        fd = spool.fileno()
         try:
+            spool.check_aligned()
             with self._sessions.writing(wait) as snap:
                 log = self._sessions.require(snap, "ingest_batch")
-                rows, crc = self.count, self._crc
-                self._sessions._mirrored(
-                    log, lambda: log.append_spooled(spool, id_width=self.id_width, rows=rows, crc=crc)
-                )
+                rows, crc, width = spool.count, spool.crc, spool.id_width
+                self._sessions._mirrored(log, lambda: log.append_spooled(fd, id_width=width, rows=rows, crc=crc))
         except LockedError:
             raise
         except BaseException:
             self.abort()
             raise
         self.abort()
-        return self.count
+        return spool.count
 
     def abort(self) -> None:
         """Drop everything fed so far; the session is as it was before."""
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
-
-    def _open_spool(self) -> int:
-        if self._spool is None:
-            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
-        return self._spool.fileno()
+        self._spool.close()
 
 
 def check_binary_rows(rows: np.ndarray, *, first: int) -> list[str]:

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +33,11 @@ from concurrent.futures import wait as wait_all
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from brinicle_etl._fs import disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -52,7 +50,7 @@ from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
 from brinicle_etl.store.remote import RemoteCollection, VacuumResult
 from brinicle_etl.store.segment import Joint
-from brinicle_etl.store.sessions import check_binary_rows
+from brinicle_etl.store.sessions import RowSpool, check_binary_rows
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, WriteResult
@@ -626,24 +624,16 @@ class ShardedCollection:
 
 
 class ShardedBinaryIngest:
-    """One streamed binary batch into a sharded collection's sessions: rows are checked as
-    they arrive (numbered as sent) and spooled to an unnamed file; :meth:`finish` routes them."""
+    """One streamed binary batch into a sharded collection's sessions: rows are checked and
+    spooled as they arrive (:class:`RowSpool`, numbered as sent); :meth:`finish` routes them
+    to their shards, all or none (see :meth:`ShardedCollection.ingest_batch`)."""
 
     def __init__(self, collection: ShardedCollection, *, id_width: int):
         self._collection = collection
-        self.dim = collection.dim
-        self.id_width = id_width
-        self.row_bytes = id_width + 4 * self.dim
-        self._dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (self.dim,))])
         for shard in collection.shards:  # as for one collection: no session, no body read
             if shard.status().session_mode is None:
                 raise StateError(f"ingest_batch: no ingest session is pending for {collection.name!r}; call init first")
-        self._directory = collection.shards[0].directory
-        with disk_full_is_an_error(self._directory):
-            # no name: it vanishes with the process; beside the collection, not in a small /tmp
-            self._spool: IO[bytes] | None = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 (closed by finish/abort)
-        self._carry = b""
-        self.count = 0
+        self._spool = RowSpool(collection.shards[0].directory, id_width=id_width, dim=collection.dim)
 
     def __enter__(self) -> ShardedBinaryIngest:
         return self
@@ -651,27 +641,17 @@ class ShardedBinaryIngest:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.abort()
 
+    @property
+    def count(self) -> int:
+        return self._spool.count
+
     def feed(self, data: bytes) -> None:
-        spool = self._open_spool()
-        buffer = self._carry + data if self._carry else data
-        usable = len(buffer) - len(buffer) % self.row_bytes
-        self._carry = bytes(buffer[usable:])
-        if usable:
-            check_binary_rows(np.frombuffer(memoryview(buffer)[:usable], dtype=self._dtype), first=self.count)
-            with disk_full_is_an_error(self._directory):
-                spool.write(memoryview(buffer)[:usable])
-            self.count += usable // self.row_bytes
+        self._spool.feed(data)
 
     def finish(self, *, wait: Wait = True) -> int:
-        spool = self._open_spool()
         try:
-            if self._carry:
-                raise InputError(
-                    f"ingest_batch: payload not aligned to rows: leftover {len(self._carry)} bytes, "
-                    f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
-                )
-            spool.seek(0)
-            rows = np.frombuffer(spool.read(), dtype=self._dtype)
+            self._spool.check_aligned()
+            rows = self._spool.rows()
             keys = check_binary_rows(rows, first=0)
             if keys:
                 self._collection.ingest_batch(keys, rows["v"], wait=wait)
@@ -680,14 +660,7 @@ class ShardedBinaryIngest:
             self.abort()
 
     def abort(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
-
-    def _open_spool(self) -> IO[bytes]:
-        if self._spool is None:
-            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
-        return self._spool
+        self._spool.close()
 
 
 def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:
