@@ -207,7 +207,8 @@ class IngestResult:
     """The shard written, when one shard of a sharded collection was."""
     shards: tuple[IngestResult, ...] = ()
     """Each shard's result, when every shard of a sharded collection was written (the counts
-    above are their totals; ``generation`` is the highest shard's)."""
+    above are their totals, ``generation`` the sum of the shards' generations, as the
+    collection's own)."""
 
     @classmethod
     def combined(cls, results: list[IngestResult]) -> IngestResult:
@@ -233,7 +234,7 @@ class IngestResult:
             **total,
             mode="Create" if any(r.mode == "Create" for r in results) else "Append",
             conflicts=[c for r in results for c in r.conflicts],
-            generation=max(r.generation for r in results),
+            generation=sum(r.generation for r in results),
             published=any(r.published for r in results),
             timings=timings,
             shard=None,

@@ -17,8 +17,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Unpack, cast
 
@@ -199,19 +199,16 @@ def run_ingest(
         )
     sharded = existing
 
-    def one(i: int) -> IngestResult:
-        return _Run(source, name, st, options, embedder, progress, shard=(sharded, i)).run()
+    def run(i: int, _shard: Collection) -> _PreparedRun:
+        return _Run(source, name, st, options, embedder, progress, shard=(sharded, i)).prepare()
 
     if options.shard is not None:
-        return one(options.shard)
-    # Every shard: in parallel, bounded by the cores (embedding and HNSW builds release the GIL).
-    with ThreadPoolExecutor(max_workers=min(count, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(one, i) for i in range(count)]
-        wait_all(futures)
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    if failed:
-        raise failed[0]  # type: ignore[misc]
-    return IngestResult.combined([f.result() for f in futures])
+        return run(options.shard, sharded.shard(options.shard)).publish()
+    # Every shard: prepared in parallel, bounded by the cores (embedding and HNSW builds
+    # release the GIL), then published; an error anywhere before publication writes nothing.
+    steps = {i: partial(run, i) for i in range(count)}
+    results = sharded.together(steps, wait=options.wait, workers=min(count, os.cpu_count() or 1))
+    return IngestResult.combined(list(results.values()))
 
 
 def _shard_count(name: str, existing: Collection | ShardedCollection | None, options: IngestOptions) -> int:
@@ -289,6 +286,11 @@ class _Run:
         self.timings["schema"] = time.perf_counter() - self.started
 
     def run(self) -> IngestResult:
+        return self.prepare().publish()
+
+    def prepare(self) -> _PreparedRun:
+        """Everything up to publication, under the writer lock (held until the prepared run is
+        published or aborted): planned, embedded, written, checked."""
         options, name, st = self.options, self.name, self.store
         created = self.existing is None
         # `is None`, not truthiness: a collection with no live rows is empty, not absent.
@@ -303,27 +305,34 @@ class _Run:
             raise InputError(
                 f"dimension mismatch: collection {name!r} holds {col.dim}-d vectors, the source gives {self.dim}-d"
             )
+        undo, held = ExitStack(), ExitStack()
+        if created and self.target is None:
+            # A collection this run created goes again if the run does not publish it.
+            undo.callback(st.forget, name)
+            undo.callback(col.destroy, wait=True)
         try:
-            with col.transaction(options.mode, wait=options.wait, op="ingest") as tx:
-                existing_rows = tx.snapshot.rows([HASH, TEXT_HASH]) if not created else None
-                plan = self._plan(existing_rows)
-                embedded = self._write(plan, tx)
-                t = time.perf_counter()
-                if len(plan.deletes) and options.mode != "build":
-                    tx.delete(plan.deletes)
-                # Nothing to write, delete or record: publish nothing, the generation stays.
-                changed = bool(plan.write.any() or len(plan.deletes))
-                published = created or options.mode == "build" or options.meta is not None or changed
-                generation = tx.generation - 1
-                if published:
-                    meta = {**col.meta, **(options.meta or {}), "schema": self.sch.to_dict()}
-                    generation = tx.commit(meta=meta).generation
-                self.timings["commit"] = time.perf_counter() - t
+            tx = held.enter_context(col.transaction(options.mode, wait=options.wait, op="ingest"))
+            existing_rows = tx.snapshot.rows([HASH, TEXT_HASH]) if not created else None
+            plan = self._plan(existing_rows)
+            embedded = self._write(plan, tx)
+            t = time.perf_counter()
+            if len(plan.deletes) and options.mode != "build":
+                tx.delete(plan.deletes)
+            # Nothing to write, delete or record: publish nothing, the generation stays.
+            changed = bool(plan.write.any() or len(plan.deletes))
+            published = created or options.mode == "build" or options.meta is not None or changed
+            if published:
+                tx.prepare(meta={**col.meta, **(options.meta or {}), "schema": self.sch.to_dict()})
+            self.timings["commit"] = time.perf_counter() - t
         except BaseException:
-            if created and self.target is None:
-                col.destroy(wait=True)
-                st.forget(name)
+            held.close()
+            undo.close()
             raise
+        return _PreparedRun(self, held, undo, tx, plan, embedded=embedded, created=created, published=published)
+
+    def result(self, plan: Plan, *, embedded: int, created: bool, published: bool, generation: int) -> IngestResult:
+        """The run's result, once it is published (or found to change nothing)."""
+        options, st = self.options, self.store
         template_name = options.schema.template_name
         if template_name is not None and st.template(template_name) is None:
             st.save_template(template_name, {**self.sch.to_dict(), "columns": {}})
@@ -340,8 +349,8 @@ class _Run:
             conflicts=plan.conflicts,
             on_conflict=options.on_conflict,
             vector_source=self.sch.vector_source,
-            namespace=name.split("/")[1],
-            collection=name,
+            namespace=self.name.split("/")[1],
+            collection=self.name,
             shard=self.shard.index if self.shard is not None else None,
             write_mode=options.mode,
             rows_read=plan.rows,
@@ -355,7 +364,7 @@ class _Run:
         log.info(
             "ingested %s into %s%s: %d inserted, %d updated, %d skipped, %d unchanged, %d deleted, %d embedded",
             self.src.description,
-            name,
+            self.name,
             f" shard {self.shard.index}" if self.shard is not None else "",
             result.rows_inserted,
             result.rows_updated,
@@ -486,6 +495,48 @@ class _Run:
         timings["embed"] = embed_seconds
         timings["write"] = time.perf_counter() - t_write - embed_seconds
         return embedded
+
+
+class _PreparedRun:
+    """A run prepared and holding its writer lock: :meth:`publish` commits it (if it changes
+    anything) and gives the result; :meth:`abort` rolls it back."""
+
+    def __init__(
+        self,
+        run: _Run,
+        held: ExitStack,
+        undo: ExitStack,
+        tx: Transaction,
+        plan: Plan,
+        *,
+        embedded: int,
+        created: bool,
+        published: bool,
+    ):
+        self._run, self._held, self._undo, self._tx, self._plan = run, held, undo, tx, plan
+        self._embedded, self._created, self._published = embedded, created, published
+
+    def publish(self) -> IngestResult:
+        t = time.perf_counter()
+        try:
+            with self._held:  # the writer lock, released once published
+                generation = self._tx.commit().generation if self._published else self._tx.generation - 1
+        except BaseException:
+            self._undo.close()
+            raise
+        self._undo.pop_all()
+        self._run.timings["commit"] += time.perf_counter() - t
+        return self._run.result(
+            self._plan,
+            embedded=self._embedded,
+            created=self._created,
+            published=self._published,
+            generation=generation,
+        )
+
+    def abort(self, *, refused: bool = False) -> None:
+        self._held.close()
+        self._undo.close()
 
 
 class _ShardRows:

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, Unpack
@@ -46,10 +46,10 @@ from brinicle_etl.store.manifest import (
 )
 from brinicle_etl.store.remote import DEFAULT_RETENTION_SECONDS, RemoteCollection, VacuumResult
 from brinicle_etl.store.rows import KEY, ROW_ID
-from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, Sessions
+from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, PreparedFinalize, RowSpool, Sessions, StagedRows
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
-from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, compact
+from brinicle_etl.store.writer import DeleteResult, PreparedTransaction, Transaction, WriteResult, compact, prepare_in
 from brinicle_etl.types import BuildProgress, Hit, HnswParams, K, Metric, VectorDType, Wait, WriteMode, check_choice
 
 __all__ = ["Collection", "CollectionStatus"]
@@ -506,6 +506,21 @@ class Collection:
         """Apply the session atomically. On an id conflict nothing is applied and the session ends."""
         return self._sessions.finalize(optimize, params, wait=wait)
 
+    def stage_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> StagedRows:
+        """:meth:`ingest_batch`, holding the writer lock until the rows are kept or cut away."""
+        return self._sessions.stage_batch(keys, vectors, wait=wait)
+
+    def stage_spooled(self, spool: RowSpool, *, wait: Wait = True) -> StagedRows:
+        """Append checked binary rows to the pending session, holding the writer lock until
+        they are kept or cut away (several shards' rows as one batch)."""
+        return self._sessions.stage_spooled(spool, wait=wait)
+
+    def prepare_finalize(
+        self, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
+    ) -> PreparedFinalize:
+        """:meth:`finalize` up to publication, holding the writer lock (several shards as one)."""
+        return self._sessions.prepare_finalize(params, wait=wait)
+
     def abort(self, *, wait: Wait = True) -> int:
         """Discard the pending session; returns how many staged vectors were dropped."""
         return self._sessions.abort(wait=wait)
@@ -517,23 +532,31 @@ class Collection:
         object is dropped): the writes made through this object in between do not take it
         again, and every other writer waits. brinicle's session (init ... finalize) as one
         writer's turn. Returns whether it took the lock now (False: already held)."""
-        if self._held is not None:
-            return False
-        held = ExitStack()
-        held.enter_context(writer_lock(self.directory, wait=wait, name=self.name))
-        self._held = held
-        return True
+        with self._held_mutex:
+            if self._held is not None:
+                return False
+            held = ExitStack()
+            held.enter_context(writer_lock(self.directory, wait=wait, name=self.name))
+            self._held = held
+            return True
 
     def release_writer_lock(self) -> None:
-        held, self._held = self._held, None
+        # After any write another thread is making under the held lock, never during it.
+        with self._held_mutex:
+            held, self._held = self._held, None
         if held is not None:
             held.close()
 
-    def _lock(self, wait: Wait) -> AbstractContextManager[object]:
-        # Held across calls: threads sharing this object still write one at a time.
-        if self._held is not None:
-            return self._held_mutex
-        return writer_lock(self.directory, wait=wait, name=self.name)
+    @contextmanager
+    def _lock(self, wait: Wait) -> Iterator[None]:
+        # Held across calls: threads sharing this object still write one at a time. Checked
+        # under the mutex, so a release cannot slip between the check and the write.
+        with self._held_mutex:
+            if self._held is not None:
+                yield
+                return
+        with writer_lock(self.directory, wait=wait, name=self.name):
+            yield
 
     @contextmanager
     def _writing(self, wait: Wait) -> Iterator[Snapshot]:
@@ -577,6 +600,33 @@ class Collection:
         in the same generation. An insert of an existing key, or a key given twice,
         raises ConflictError and writes nothing.
         """
+        return self.prepare_write(
+            keys,
+            vectors,
+            mode=mode,
+            rows=rows,
+            delete=delete,
+            params=params,
+            meta=meta,
+            wait=wait,
+            progress=progress,
+        ).publish()
+
+    def prepare_write(
+        self,
+        keys: Any,
+        vectors: Any = None,
+        *,
+        mode: WriteMode = "upsert",
+        rows: pa.Table | None = None,
+        delete: Any = None,
+        params: HnswParams | None = None,
+        meta: dict[str, Any] | None = None,
+        wait: Wait = False,
+        progress: BuildProgress | None = None,
+    ) -> PreparedTransaction:
+        """:meth:`write` up to publication: checked, written, holding the writer lock until
+        ``publish()`` or ``abort()`` (several shards written as one)."""
         check_choice("mode", mode, WriteMode)
         key_array = as_keys(keys, "write")
         matrix = None
@@ -587,11 +637,13 @@ class Collection:
         if rows is not None and rows.num_rows != len(key_array):
             raise InputError(f"write: {len(key_array)} ids but {rows.num_rows} rows")
         delete_array = as_keys(delete, "write") if delete is not None else None
-        with self.transaction(mode, params=params, wait=wait, progress=progress) as tx:
+
+        def body(tx: Transaction) -> None:
             tx.add(key_array, matrix, rows)
             if delete_array is not None and len(delete_array):
                 tx.delete(delete_array)
-            return tx.commit(meta=meta)
+
+        return prepare_in(self.transaction(mode, params=params, wait=wait, progress=progress), body, meta=meta)
 
     @contextmanager
     def transaction(

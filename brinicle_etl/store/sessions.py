@@ -12,14 +12,14 @@ import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import IO, Any, Protocol, get_args
 
 import numpy as np
 
 from brinicle_etl._fs import disk_full_is_an_error, pwrite_all
-from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, PublishConflictError, StateError
+from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, StateError
 from brinicle_etl.store.manifest import Manifest
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
@@ -136,15 +136,35 @@ class Sessions:
             self._mirrored(log, lambda: log.append(block, v.reshape(1, -1)))
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> int:
+        return self.stage_batch(keys, vectors, wait=wait).publish()
+
+    def stage_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> StagedRows:
+        """:meth:`ingest_batch`'s append, the writer lock held until it is kept or cut away."""
         keys = list(keys)
         matrix = as_matrix(vectors, self.dim, "ingest_batch", keys)
         if len(matrix) != len(keys):
             raise InputError(f"ingest_batch: {len(keys)} ids but {len(matrix)} vectors")
         block = encode_keys(keys, "ingest_batch")
-        with self.writing(wait) as snap:
+        return self._stage(lambda log: log.append(block, matrix), len(keys), wait)
+
+    def stage_spooled(self, spool: RowSpool, *, wait: Wait) -> StagedRows:
+        """Append ``spool``'s rows to the pending session's log, the writer lock held until
+        the append is kept (``publish``: mirrored where there is a mirror) or cut away
+        (``abort``): several shards' appends stand or fall together."""
+        fd, width, rows, crc = spool.fileno(), spool.id_width, spool.count, spool.crc
+        return self._stage(lambda log: log.append_spooled(fd, id_width=width, rows=rows, crc=crc), rows, wait)
+
+    def _stage(self, append: Callable[[StagingLog], None], count: int, wait: Wait) -> StagedRows:
+        stack = ExitStack()
+        snap = stack.enter_context(self.writing(wait))
+        try:
             log = self.require(snap, "ingest_batch")
-            self._mirrored(log, lambda: log.append(block, matrix))
-        return len(keys)
+            start = log.end
+            append(log)
+        except BaseException:
+            stack.close()
+            raise
+        return StagedRows(self, stack, log, start, count)
 
     def _mirrored(self, log: StagingLog, append: Callable[[], None]) -> None:
         """Append locally, then to the mirror; acknowledged only once both hold it."""
@@ -153,6 +173,13 @@ class Sessions:
             return
         start = log.end
         append()
+        self.mirror_from(log, start)
+
+    def mirror_from(self, log: StagingLog, start: int) -> None:
+        """Store on the mirror what was appended locally from ``start``; if it cannot be, the
+        local log is cut back (never acknowledged)."""
+        if self._mirror is None:
+            return
         try:
             self._mirror.save_staged(log.path, log.header.id, start, log.end)
         except BaseException:
@@ -161,7 +188,20 @@ class Sessions:
             raise
 
     def finalize(self, optimize: bool, params: HnswParams | dict[str, Any] | None, *, wait: Wait) -> WriteResult:
-        with self.writing(wait) as snap:
+        result = self.prepare_finalize(params, wait=wait).publish()
+        if optimize:
+            with self.writing(wait) as snap:
+                if snap.manifest.needs_rebuild:
+                    self._compact(snap)
+        return result
+
+    def prepare_finalize(self, params: HnswParams | dict[str, Any] | None, *, wait: Wait) -> PreparedFinalize:
+        """The session's transaction, prepared under the writer lock (held until it is
+        published or aborted). Staged data that can never apply (an insert of an existing
+        id) ends the session here; anything else (a full disk, a crash) keeps it."""
+        stack = ExitStack()
+        snap = stack.enter_context(self.writing(wait))
+        try:
             if self._mirror is not None:
                 self._in_step = False  # read what every machine appended...
             log = self.require(snap, "finalize")
@@ -173,40 +213,67 @@ class Sessions:
             merged = params if isinstance(params, HnswParams) else HnswParams.from_dict(params, base=current)
             keys, vectors = log.read()
             tx = Transaction(snap, log.header.mode, publish=self._publish, params=merged, op="finalize")
+            stack.callback(tx.rollback)
             try:
                 tx.add(keys, vectors)
-                result = tx.commit(session_id=log.header.id)
-            except PublishConflictError:
-                # Another machine published first: the session is intact, finalize again.
-                tx.rollback()
-                raise
+                tx.prepare(session_id=log.header.id)
             except (ConflictError, InputError):
-                # The staged data can never apply: the session ends. Anything else (a full
-                # disk, a crash) keeps it, acknowledged as it is, for the next finalize.
-                tx.rollback()
-                if self._mirror is not None:
-                    self._mirror.finish_staged(log.header.id)
-                log.discard()
-                self._log = None
+                self.end_session(log)
                 raise
-            log.discard()
-            self._log = None
-            if self._mirror is not None:
-                # Published (the manifest names the session): its staged objects are garbage now.
-                self._mirror.finish_staged(log.header.id)
-            if optimize and self.snapshot().manifest.needs_rebuild:
-                self._compact(self.snapshot())
-        return result
+        except BaseException:
+            stack.close()
+            raise
+        return PreparedFinalize(self, stack, tx, log)
+
+    def end_session(self, log: StagingLog) -> None:
+        if self._mirror is not None:
+            self._mirror.finish_staged(log.header.id)
+        log.discard()
+        self._log = None
 
     def abort(self, *, wait: Wait) -> int:
         with self.writing(wait) as snap:
             log = self.require(snap, "abort")
             dropped = log.count
-            if self._mirror is not None:
-                self._mirror.finish_staged(log.header.id)
-            log.discard()
-            self._log = None
+            self.end_session(log)
         return dropped
+
+
+class PreparedFinalize:
+    """A session's finalize, prepared and holding the writer lock: :meth:`publish` applies it
+    and ends the session; :meth:`abort` keeps the session (or, ``refused``, ends it)."""
+
+    def __init__(self, sessions: Sessions, stack: ExitStack, tx: Transaction, log: StagingLog):
+        self._sessions, self._stack, self._tx, self._log = sessions, stack, tx, log
+
+    def publish(self) -> WriteResult:
+        with self._stack:
+            # A publish conflict (another machine first) keeps the session: finalize again.
+            result = self._tx.commit()
+            # Published (the manifest names the session): its staged data is garbage now.
+            self._sessions.end_session(self._log)
+        return result
+
+    def abort(self, *, refused: bool) -> None:
+        with self._stack:
+            if refused:
+                self._sessions.end_session(self._log)
+
+
+class StagedRows:
+    """Rows appended to a session's log, the writer lock still held (see :meth:`Sessions.stage_spooled`)."""
+
+    def __init__(self, sessions: Sessions, stack: ExitStack, log: StagingLog, start: int, count: int):
+        self._sessions, self._stack, self._log, self._start, self._count = sessions, stack, log, start, count
+
+    def publish(self) -> int:
+        with self._stack:
+            self._sessions.mirror_from(self._log, self._start)
+        return self._count
+
+    def abort(self, *, refused: bool = False) -> None:
+        with self._stack:
+            self._log.cut(self._start)
 
 
 class RowSpool:
@@ -221,26 +288,41 @@ class RowSpool:
         self.dim = dim
         self.row_bytes = id_width + 4 * dim
         self.dtype = np.dtype([("id", f"S{id_width}"), ("v", "<f4", (dim,))])
-        with disk_full_is_an_error(directory):
-            # no name (O_TMPFILE where the file system has it)
-            self._file: IO[bytes] | None = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close)
+        self._file: IO[bytes] | None = None
+        self._closed = False
         self._carry = b""
+        self.seen = 0
+        """Whole rows taken so far: errors number rows as sent."""
         self.crc = 0
         self.count = 0
+        """Rows written to this spool."""
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the stream; whole rows are checked and spooled."""
-        fd = self.fileno()
+        rows, _keys = self.take(data)
+        self.write(rows)
+
+    def take(self, data: bytes) -> tuple[np.ndarray, list[str]]:
+        """The whole rows completed by ``data``, checked, with their ids (nothing spooled)."""
+        self._check_open()
         buffer = self._carry + data if self._carry else data
         usable = len(buffer) - len(buffer) % self.row_bytes
         self._carry = bytes(buffer[usable:])
-        if usable:
-            rows = memoryview(buffer)[:usable]
-            check_binary_rows(np.frombuffer(rows, dtype=self.dtype), first=self.count)
-            with disk_full_is_an_error(self.directory):
-                pwrite_all(fd, rows, self.count * self.row_bytes)
-            self.crc = zlib.crc32(rows, self.crc)
-            self.count += usable // self.row_bytes
+        rows = np.frombuffer(memoryview(buffer)[:usable], dtype=self.dtype)
+        keys = check_binary_rows(rows, first=self.seen)
+        self.seen += len(rows)
+        return rows, keys
+
+    def write(self, rows: np.ndarray) -> None:
+        """Spool whole rows (checked by :meth:`take`)."""
+        if not len(rows):
+            return
+        data = np.ascontiguousarray(rows).view(np.uint8).data
+        fd = self.fileno()
+        with disk_full_is_an_error(self.directory):
+            pwrite_all(fd, data, self.count * self.row_bytes)
+        self.crc = zlib.crc32(data, self.crc)
+        self.count += len(rows)
 
     def check_aligned(self) -> None:
         """InputError if the stream ended inside a row."""
@@ -250,19 +332,20 @@ class RowSpool:
                 f"rows are {self.row_bytes} bytes ({self.id_width}-byte id + {self.dim} float32)"
             )
 
-    def rows(self) -> np.ndarray:
-        """Every row spooled, read back."""
-        self.fileno()  # still open
-        assert self._file is not None
-        self._file.seek(0)
-        return np.frombuffer(self._file.read(self.count * self.row_bytes), dtype=self.dtype)
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
 
     def fileno(self) -> int:
+        self._check_open()
         if self._file is None:
-            raise StateError("ingest_batch: this binary ingest is already finished or aborted")
+            with disk_full_is_an_error(self.directory):
+                # no name (O_TMPFILE where the file system has it)
+                self._file = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 (closed by close)
         return self._file.fileno()
 
     def close(self) -> None:
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -303,21 +386,18 @@ class BinaryIngest:
 
         ``wait`` is for the writer lock, as everywhere. On any error nothing is staged and
         the batch is over, except when the lock was busy (LockedError): then it may be retried."""
-        spool = self._spool
-        fd = spool.fileno()
         try:
-            spool.check_aligned()
-            with self._sessions.writing(wait) as snap:
-                log = self._sessions.require(snap, "ingest_batch")
-                rows, crc, width = spool.count, spool.crc, spool.id_width
-                self._sessions._mirrored(log, lambda: log.append_spooled(fd, id_width=width, rows=rows, crc=crc))
+            self._spool.check_aligned()
+            staged = self._sessions.stage_spooled(self._spool, wait=wait)
         except LockedError:
             raise
         except BaseException:
             self.abort()
             raise
-        self.abort()
-        return spool.count
+        try:
+            return staged.publish()
+        finally:
+            self.abort()
 
     def abort(self) -> None:
         """Drop everything fed so far; the session is as it was before."""

@@ -1,39 +1,35 @@
 """Sharded collections: one collection split by key into independent shards, searched as one.
 
-A key's shard is ``blake2b(key as UTF-8, 8-byte digest)`` read as a little-endian unsigned
-64-bit integer, modulo the number of shards: the same in every process, machine and Python
-version (:func:`shard_of`). Each shard is a whole collection of its own, with its own
-generations, segments, rows and writer lock (or conditional publication on object storage),
-in ``db/ns/shard-0003/``; so N processes on N machines write N shards at once.
+Each shard is a whole collection of its own, with its own generations, segments, rows and
+writer lock (or conditional publication on object storage), so N processes on N machines
+write N shards at once; the rules (which shard a key belongs to, row ids, the layout) are
+:mod:`brinicle_etl.store.sharding`'s. ``sharding.json`` beside the shards is written after
+them at creation and removed after them by a drop, so it exists only when every shard does
+(or a drop was cut short: opening then says so, and dropping again finishes it).
 
-Shard ``i`` numbers its rows from ``i << 48``: row ids are unique across the shards, so the
-SQL functions, filters and dead-row lists work on a sharded collection unchanged, and a row
-id names its shard. ``sharding.json`` beside the shards says how many there are; it is
-written after the shards at creation and removed after them by a drop, so it exists only
-when every shard does.
-
-Publication is per shard: each shard publishes its generations on its own, as a writer of
-that shard finishes. A reader may see shard 1's new generation and shard 2's old one while
-the writers run; a search never mixes two generations of one shard.
+Publication: a write through a :class:`ShardedCollection` that spans shards prepares every
+shard and then publishes each (see :mod:`~brinicle_etl.store.sharding`); writers of one
+shard each (a Dagster step per shard) publish on their own. A reader may see shard 1's new
+generation and shard 2's old one while they run; a search never mixes two generations of
+one shard.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
-import json
 import math
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import numpy as np
 import pyarrow as pa
@@ -50,11 +46,26 @@ from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
 from brinicle_etl.store.remote import RemoteCollection, VacuumResult
 from brinicle_etl.store.segment import Joint
-from brinicle_etl.store.sessions import RowSpool, check_binary_rows
+from brinicle_etl.store.sessions import RowSpool
+from brinicle_etl.store.sharding import (
+    MAX_SHARDS,
+    ROW_ID_BITS,
+    SHARDING,
+    Done,
+    Prepared,
+    check_shards,
+    parse_sharding,
+    prepare_then_publish,
+    shard_dir,
+    shard_of,
+    shard_row_base,
+    sharding_bytes,
+    shards_failed,
+)
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
-from brinicle_etl.store.writer import DeleteResult, WriteResult
-from brinicle_etl.types import Hit, HnswParams, Wait, WriteMode, check_choice
+from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, prepare_in
+from brinicle_etl.types import BuildProgress, Hit, HnswParams, Wait, WriteMode, check_choice
 
 __all__ = [
     "MAX_SHARDS",
@@ -66,44 +77,7 @@ __all__ = [
     "shard_row_base",
 ]
 
-SHARDING = "sharding.json"
-MAX_SHARDS = 1024
-ROW_ID_BITS = 48
-"""Row ids of shard ``i`` start at ``i << 48``: 2.8e14 rows per shard before they would meet."""
-
 T = TypeVar("T")
-
-
-def check_shards(shards: object, *, name: str = "shards") -> int:
-    if type(shards) is not int or not 1 <= shards <= MAX_SHARDS:
-        raise ConfigError(f"{name} must be a whole number from 1 to {MAX_SHARDS}; got {shards!r}")
-    return shards
-
-
-def shard_of(keys: Iterable[str], shards: int) -> np.ndarray:
-    """Each key's shard: ``int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "little") % shards``."""
-    digests = b"".join(hashlib.blake2b(k.encode(), digest_size=8).digest() for k in keys)
-    return (np.frombuffer(digests, dtype="<u8") % np.uint64(shards)).astype(np.int64)
-
-
-def shard_row_base(shard: int) -> int:
-    """The first row id of ``shard``."""
-    return shard << ROW_ID_BITS
-
-
-def shard_dir(shard: int) -> str:
-    return f"shard-{shard:04d}"
-
-
-def sharding_bytes(shards: int) -> bytes:
-    return json.dumps({"shards": shards, "shard_of": "blake2b-64-le mod shards", "row_id_bits": ROW_ID_BITS}).encode()
-
-
-def parse_sharding(raw: bytes, where: str) -> int:
-    try:
-        return check_shards(json.loads(raw)["shards"])
-    except (ValueError, KeyError, TypeError, ConfigError) as exc:
-        raise CorruptCollectionError(f"{where} is not a valid {SHARDING}: {exc}") from exc
 
 
 class MarkerFile(Protocol):
@@ -136,13 +110,21 @@ class ShardedPlace:
         return None if raw is None else parse_sharding(raw, str(self.marker))
 
     def open(self) -> ShardedCollection:
+        """The collection; each shard is opened when first used (a writer of one shard, on
+        object storage, fetches that shard alone)."""
         shards = self.count()
         if shards is None:
             raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
-        parts = [
-            Collection(self.shard_path(i), name=self.shard_name(i), remote=self.remote_for(i)) for i in range(shards)
-        ]
-        return ShardedCollection(self, parts)
+        return ShardedCollection(self, _Shards(shards, self._open_shard))
+
+    def _open_shard(self, shard: int) -> Collection:
+        try:
+            return Collection(self.shard_path(shard), name=self.shard_name(shard), remote=self.remote_for(shard))
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"collection {self.name!r} has lost shard {shard} ({shard_dir(shard)}): a drop of it was cut "
+                "short, or its files were removed; drop the collection again to finish"
+            ) from exc
 
     def create(
         self, config: CollectionConfig, *, shards: int, meta: dict[str, Any] | None = None, exist_ok: bool = False
@@ -185,6 +167,50 @@ class ShardedPlace:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class _Shards(Sequence[Collection]):
+    """The shards of one collection, each opened on first use and then kept."""
+
+    def __init__(self, count: int, open_shard: Callable[[int], Collection]):
+        self._open_shard = open_shard
+        self._opened: list[Collection | None] = [None] * count
+        self._locks = [threading.Lock() for _ in range(count)]
+
+    def __len__(self) -> int:
+        return len(self._opened)
+
+    @overload
+    def __getitem__(self, i: int) -> Collection: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Collection]: ...
+    def __getitem__(self, i: int | slice) -> Collection | Sequence[Collection]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        shard = self._opened[i]
+        if shard is None:
+            with self._locks[i]:  # one object per shard: its held writer lock is per object
+                shard = self._opened[i]
+                if shard is None:
+                    shard = self._opened[i] = self._open_shard(range(len(self))[i])
+        return shard
+
+
+class _SummedProgress:
+    """Build progress of several shards reported as one ``progress(done, total)``."""
+
+    def __init__(self, progress: BuildProgress):
+        self._progress = progress
+        self._each: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def for_shard(self, shard: int) -> BuildProgress:
+        def report(done: int, total: int) -> None:
+            with self._lock:
+                self._each[shard] = (done, total)
+                self._progress(sum(d for d, _t in self._each.values()), sum(t for _d, t in self._each.values()))
+
+        return report
+
+
 class ShardedCollection:
     """A collection split into :attr:`shards` by key, read and written as one.
 
@@ -196,7 +222,7 @@ class ShardedCollection:
     def __init__(self, place: ShardedPlace, shards: Sequence[Collection]):
         self.place = place
         self.name = place.name
-        self.shards = list(shards)
+        self.shards = shards
         self.marker = str(place.directory / SHARDING)
         """The file whose presence says the collection exists (locally: its ``sharding.json``)."""
         # Reads and writes have pools of their own: a rebuild of every shard must not queue the
@@ -206,6 +232,9 @@ class ShardedCollection:
         self._filters: dict[str, tuple[tuple[int, ...], list[Snapshot], np.ndarray]] = {}
         self._joint: tuple[tuple[int, ...], list[Snapshot], Joint] | None = None
         self._joint_lock = threading.Lock()
+        # Writes spanning shards through this object go one at a time: each takes the locks
+        # it needs in shard order and keeps them until it has published.
+        self._spanning = threading.RLock()
 
     def __repr__(self) -> str:
         return f"<ShardedCollection {self.name!r} shards={len(self.shards)} rows={len(self)}>"
@@ -217,22 +246,48 @@ class ShardedCollection:
 
     def _each(self, call: Callable[[Collection], T]) -> list[T]:
         """``call`` on every shard at once (usearch and file reads release the GIL)."""
-        return list(self._pool.map(call, self.shards))
+        return list(self._pool.map(lambda i: call(self.shards[i]), range(len(self.shards))))
 
     def _each_write(self, call: Callable[[Collection], T]) -> list[T]:
-        """``call`` on every shard at once, each to its end before any error is raised."""
-        futures = [self._write_pool.submit(call, shard) for shard in self.shards]
+        """``call`` on every shard at once, each to its end; then any errors, together."""
+        futures = [self._write_pool.submit(lambda i: call(self.shards[i]), i) for i in range(len(self.shards))]
         wait_all(futures)
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise error
+        failed = {i: f.exception() for i, f in enumerate(futures) if f.exception() is not None}
+        if failed:
+            done = [i for i in range(len(futures)) if i not in failed]
+            raise shards_failed(self.name, failed, published=done)
         return [f.result() for f in futures]
 
-    def _routed(self, keys: pa.Array) -> list[tuple[Collection, np.ndarray]]:
+    def _routed(self, keys: pa.Array) -> dict[int, np.ndarray]:
         """The shards ``keys`` belong to, each with the positions of its keys."""
         owner = shard_of(keys.to_pylist(), len(self.shards))
-        return [(self.shards[i], np.flatnonzero(owner == i)) for i in np.unique(owner).tolist()]
+        return {i: np.flatnonzero(owner == i) for i in np.unique(owner).tolist()}
+
+    @contextmanager
+    def _holding(self, shards: Iterable[int], wait: Wait) -> Iterator[None]:
+        """The writer locks of ``shards``, taken in shard order (two writers never wait on each
+        other crosswise) and held to the end of the block; ones held already stay held."""
+        with self._spanning, ExitStack() as stack:
+            for i in sorted(set(shards)):
+                shard = self.shards[i]
+                if shard.hold_writer_lock(wait=wait):
+                    stack.callback(shard.release_writer_lock)
+            yield
+
+    def together(
+        self, steps: Mapping[int, Callable[[Collection], Prepared[T]]], *, wait: Wait, workers: int | None = None
+    ) -> dict[int, T]:
+        """Several shards' writes as one (:func:`~brinicle_etl.store.sharding.prepare_then_publish`):
+        ``steps`` maps a shard to the step that prepares its write; the shards' writer locks
+        are all taken first, in shard order. ``workers``: how many prepare at once (default:
+        one per shard, up to 32)."""
+        with self._holding(steps, wait), ExitStack() as stack:
+            pool = self._write_pool
+            if workers is not None:
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-step"))
+            work = [(i, partial(step, self.shards[i])) for i, step in steps.items()]
+            results = prepare_then_publish(self.name, work, pool)
+        return dict(zip(steps, results, strict=True))
 
     # ---- what it is ----------------------------------------------------------------
 
@@ -297,8 +352,8 @@ class ShardedCollection:
     def vectors(self, keys: Sequence[str]) -> np.ndarray:
         key_array = as_keys(keys, "vectors")
         out = np.empty((len(key_array), self.dim), dtype=np.float32)
-        for shard, positions in self._routed(key_array):
-            out[positions] = shard.vectors(key_array.take(pa.array(positions)).to_pylist())
+        for i, positions in self._routed(key_array).items():
+            out[positions] = self.shards[i].vectors(key_array.take(pa.array(positions)).to_pylist())
         return out
 
     def shard_ef(self, ef: int | None, k: int) -> int:
@@ -367,7 +422,7 @@ class ShardedCollection:
                 return joined[0]
         if allow is not None:
             allowed = as_keys(allow, "search")
-            targets = [(s, allowed.take(pa.array(p))) for s, p in self._routed(allowed)]
+            targets = [(self.shards[i], allowed.take(pa.array(p))) for i, p in self._routed(allowed).items()]
             parts = list(self._pool.map(lambda t: t[0].search(query, k, ef=ef, allow=t[1]), targets))
         else:
             parts = self._each(lambda s: s.search(query, k, ef=ef))
@@ -467,46 +522,68 @@ class ShardedCollection:
         *,
         mode: WriteMode = "upsert",
         rows: pa.Table | None = None,
+        delete: Any = None,
         params: HnswParams | None = None,
+        meta: dict[str, Any] | None = None,
         wait: Wait = False,
+        progress: BuildProgress | None = None,
     ) -> WriteResult:
-        """Route rows to their shards and write each shard in one atomic step of its own.
-
-        ``build`` replaces every shard (a shard given no rows is emptied)."""
+        """As :meth:`Collection.write`, routed by key: every shard written is prepared, then
+        each publishes (see :mod:`~brinicle_etl.store.sharding`). ``build`` replaces every
+        shard (a shard given no rows is emptied); ``meta`` is set on every shard."""
+        check_choice("mode", mode, WriteMode)
         key_array = as_keys(keys, "write")
         matrix = as_matrix(vectors, self.dim, "write", key_array) if vectors is not None else None
         if matrix is not None and len(matrix) != len(key_array):
             raise InputError(f"write: {len(key_array)} ids but {len(matrix)} vectors")
-        owner = shard_of(key_array.to_pylist(), len(self.shards))
+        if rows is not None and rows.num_rows != len(key_array):
+            raise InputError(f"write: {len(key_array)} ids but {rows.num_rows} rows")
+        delete_array = as_keys(delete, "write") if delete is not None else pa.array([], pa.string())
+        writes, deletes = self._routed(key_array), self._routed(delete_array)
+        touched = range(len(self.shards)) if mode == "build" or meta is not None else writes.keys() | deletes.keys()
+        summed = _SummedProgress(progress) if progress is not None else None
+        empty = np.empty(0, np.int64)
 
-        def one(i: int) -> WriteResult | None:
-            positions = np.flatnonzero(owner == i)
-            if not len(positions) and mode != "build":
-                return None
-            take = pa.array(positions, pa.int64())
-            return self.shards[i].write(
+        def step(i: int, shard: Collection) -> Prepared[WriteResult]:
+            take = pa.array(writes.get(i, empty), pa.int64())
+            return shard.prepare_write(
                 key_array.take(take),
-                None if matrix is None else matrix[positions],
+                None if matrix is None else matrix[take.to_numpy()],
                 mode=mode,
                 rows=None if rows is None else rows.take(take),
+                delete=delete_array.take(pa.array(deletes[i], pa.int64())) if i in deletes else None,
                 params=params,
+                meta=meta,
                 wait=wait,
+                progress=None if summed is None else summed.for_shard(i),
             )
 
-        return _summed(mode, [r for r in self._write_pool.map(one, range(len(self.shards))) if r is not None])
+        results = self.together({i: partial(step, i) for i in sorted(touched)}, wait=wait)
+        return _summed(mode, list(results.values()), self.generation)
 
     def delete(self, keys: Any, *, return_not_found: bool = False, wait: Wait = False) -> DeleteResult:
+        """As :meth:`Collection.delete`, routed by key, the shards as one; ``not_found`` in the
+        order the keys were given."""
         key_array = pa.array(list(dict.fromkeys(as_keys(keys, "delete").to_pylist())), pa.string())
-        targets = [(s, key_array.take(pa.array(p))) for s, p in self._routed(key_array)]
+        missing: dict[int, list[str]] = {}
 
-        def one(target: tuple[Collection, pa.Array]) -> DeleteResult:
-            return target[0].delete(target[1], return_not_found=return_not_found, wait=wait)
+        def step(i: int, positions: np.ndarray, shard: Collection) -> Prepared[int]:
+            def body(tx: Transaction) -> None:
+                missing[i] = tx.delete(key_array.take(pa.array(positions, pa.int64()))).to_pylist()
 
-        results = list(self._write_pool.map(one, targets))
-        not_found = [k for r in results for k in (r.not_found or [])] if return_not_found else None
-        return DeleteResult(
-            deleted_count=sum(r.deleted_count for r in results), not_found=not_found, generation=self.generation
-        )
+            prepared = prepare_in(shard.transaction("upsert", wait=wait, op="delete"), body)
+            if len(missing[i]) == len(positions):
+                prepared.abort()
+                return Done(0)
+            return _Deleted(prepared)
+
+        routed = self._routed(key_array)
+        deleted = self.together({i: partial(step, i, p) for i, p in routed.items()}, wait=wait)
+        not_found = None
+        if return_not_found:
+            gone = {k for keys_ in missing.values() for k in keys_}
+            not_found = [k for k in key_array.to_pylist() if k in gone]
+        return DeleteResult(deleted_count=sum(deleted.values()), not_found=not_found, generation=self.generation)
 
     def rebuild(self, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = False) -> int:
         """Rebuild every shard, in parallel; returns the new :attr:`generation`."""
@@ -518,12 +595,13 @@ class ShardedCollection:
         return any(self._each_write(lambda s: s.optimize(wait=wait)))
 
     def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:
-        self._each_write(lambda s: s.set_meta(meta, wait=wait))
+        """Every shard's metadata, as one write."""
+        self.write([], meta=meta, wait=wait)
 
     def destroy(self, *, wait: Wait = False) -> None:
         """Drop every shard and the collection: every shard's lock is taken first, so a busy
         shard leaves the whole collection as it was."""
-        with self._holding(self.shards, wait):
+        with self._holding(range(len(self.shards)), wait):
             for shard in self.shards:
                 with suppress(NotFoundError):
                     shard.destroy(wait=wait)
@@ -533,19 +611,21 @@ class ShardedCollection:
         """Every shard's writer lock, held until :meth:`release_writer_lock` (see
         :meth:`Collection.hold_writer_lock`); whether any was taken now."""
         took = []
-        try:
-            for shard in self.shards:  # in shard order, as every writer of several shards
-                took.append(shard.hold_writer_lock(wait=wait))
-        except BaseException:
-            for shard, taken in zip(self.shards, took, strict=False):
-                if taken:
-                    shard.release_writer_lock()
-            raise
+        with self._spanning:
+            try:
+                for shard in self.shards:  # in shard order, as every writer of several shards
+                    took.append(shard.hold_writer_lock(wait=wait))
+            except BaseException:
+                for shard, taken in zip(self.shards, took, strict=False):
+                    if taken:
+                        shard.release_writer_lock()
+                raise
         return any(took)
 
     def release_writer_lock(self) -> None:
-        for shard in self.shards:
-            shard.release_writer_lock()
+        with self._spanning:
+            for shard in self.shards:
+                shard.release_writer_lock()
 
     def vacuum(self, *, retention_seconds: float = 3600.0, wait: Wait = False) -> VacuumResult:
         results = self._each(lambda s: s.vacuum(retention_seconds=retention_seconds, wait=wait))
@@ -555,13 +635,13 @@ class ShardedCollection:
             kept_generations=sorted({g for r in results for g in r.kept_generations}),
         )
 
-    # ---- ingest sessions: one per shard ----------------------------------------------
+    # ---- ingest sessions: one per shard, applied as one ------------------------------
 
     def init(self, mode: WriteMode, *, wait: Wait = False) -> None:
         """Start a session on every shard, or on none: every shard's lock is taken and every
         shard checked before any session starts."""
         check_choice("mode", mode, WriteMode)
-        with self._holding(self.shards, wait):
+        with self._holding(range(len(self.shards)), wait):
             pending = [i for i, shard in enumerate(self.shards) if shard.status().session_mode is not None]
             if pending:
                 raise StateError(
@@ -577,63 +657,69 @@ class ShardedCollection:
         )
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
-        """Stage many vectors, each in its shard's session. Every row is checked first and the
-        shards' writer locks are all taken before any is appended, so a bad row or a busy
-        shard stages nothing anywhere."""
+        """Stage many vectors, each in its shard's session, as one: every row is checked, and
+        every shard's append made, before any is kept; a bad row or a busy shard stages nothing."""
         key_array = as_keys(keys, "ingest_batch")
         matrix = as_matrix(vectors, self.dim, "ingest_batch", key_array)
         if len(matrix) != len(key_array):
             raise InputError(f"ingest_batch: {len(key_array)} ids but {len(matrix)} vectors")
-        routed = self._routed(key_array)
-        with self._holding([shard for shard, _p in routed], wait):
-            for shard, positions in routed:
-                shard.ingest_batch(key_array.take(pa.array(positions)).to_pylist(), matrix[positions])
+        steps = {
+            i: partial(_stage_batch, key_array.take(pa.array(p)).to_pylist(), matrix[p], wait)
+            for i, p in self._routed(key_array).items()
+        }
+        self.together(steps, wait=wait)
         return len(key_array)
 
-    def _holding(self, shards: Sequence[Collection], wait: Wait) -> ExitStack:
-        """The writer locks of ``shards``, taken in shard order (two writers never wait on each
-        other crosswise) and held until the stack closes; ones held already stay held."""
-        stack = ExitStack()
-        try:
-            for shard in sorted(shards, key=self.shards.index):
-                if shard.hold_writer_lock(wait=wait):
-                    stack.callback(shard.release_writer_lock)
-        except BaseException:
-            stack.close()
-            raise
-        return stack
-
     def ingest_binary(self, *, id_width: int = 32) -> ShardedBinaryIngest:
-        """Binary rows (see :meth:`Collection.ingest_binary`), checked as they arrive and staged
-        in their shards at :meth:`ShardedBinaryIngest.finish`, all or none."""
+        """Binary rows (see :meth:`Collection.ingest_binary`), checked and routed to their shards
+        as they arrive, staged at :meth:`ShardedBinaryIngest.finish` in every shard as one."""
         return ShardedBinaryIngest(self, id_width=id_width)
 
     def finalize(
         self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
     ) -> WriteResult:
-        """Apply each shard's session, in parallel, once every shard's lock is taken; each shard
-        publishes on its own (a shard whose session is refused, an insert of an existing id,
-        ends its session and publishes nothing; the others are applied)."""
-        with self._holding(self.shards, wait):
-            results = self._each_write(lambda s: s.finalize(optimize, params))
-        return _summed(results[0].mode, results)
+        """Apply every shard's session as one (see :mod:`~brinicle_etl.store.sharding`): a
+        session one shard refuses (an insert of an existing id) ends on every shard with
+        nothing applied."""
+        results = self.together(
+            {i: lambda s: s.prepare_finalize(params, wait=wait) for i in range(len(self.shards))}, wait=wait
+        )
+        if optimize:
+            self.optimize(wait=wait)
+        parts = list(results.values())
+        return _summed(parts[0].mode, parts, self.generation)
 
     def abort(self, *, wait: Wait = True) -> int:
-        with self._holding(self.shards, wait):
+        with self._holding(range(len(self.shards)), wait):
             return sum(self._each_write(lambda s: s.abort()))
 
 
+class _Deleted:
+    """A shard's prepared delete, reporting how many rows it deleted."""
+
+    def __init__(self, prepared: Prepared[WriteResult]):
+        self._prepared = prepared
+
+    def publish(self) -> int:
+        return self._prepared.publish().deleted
+
+    def abort(self, *, refused: bool) -> None:
+        self._prepared.abort(refused=refused)
+
+
 class ShardedBinaryIngest:
-    """One streamed binary batch into a sharded collection's sessions: rows are checked and
-    spooled as they arrive (:class:`RowSpool`, numbered as sent); :meth:`finish` routes them
-    to their shards, all or none (see :meth:`ShardedCollection.ingest_batch`)."""
+    """One streamed binary batch into a sharded collection's sessions: rows are checked as
+    they arrive (numbered as sent) and spooled beside their shard (:class:`RowSpool`);
+    :meth:`finish` stages every shard's rows as one (see :meth:`ShardedCollection.ingest_batch`)."""
 
     def __init__(self, collection: ShardedCollection, *, id_width: int):
         self._collection = collection
         for shard in collection.shards:  # as for one collection: no session, no body read
             if shard.status().session_mode is None:
                 raise StateError(f"ingest_batch: no ingest session is pending for {collection.name!r}; call init first")
-        self._spool = RowSpool(collection.shards[0].directory, id_width=id_width, dim=collection.dim)
+        self._id_width = id_width
+        self._reader = RowSpool(collection.shards[0].directory, id_width=id_width, dim=collection.dim)
+        self._parts: dict[int, RowSpool] = {}
 
     def __enter__(self) -> ShardedBinaryIngest:
         return self
@@ -643,24 +729,44 @@ class ShardedBinaryIngest:
 
     @property
     def count(self) -> int:
-        return self._spool.count
+        return self._reader.seen
 
     def feed(self, data: bytes) -> None:
-        self._spool.feed(data)
+        rows, keys = self._reader.take(data)
+        self._route(rows, keys)
+
+    def _route(self, rows: np.ndarray, keys: list[str]) -> None:
+        if not keys:
+            return
+        owner = shard_of(keys, len(self._collection.shards))
+        for i in np.unique(owner).tolist():
+            part = self._parts.get(i)
+            if part is None:
+                directory = self._collection.shards[i].directory
+                part = self._parts[i] = RowSpool(directory, id_width=self._id_width, dim=self._collection.dim)
+            part.write(rows[owner == i])
 
     def finish(self, *, wait: Wait = True) -> int:
         try:
-            self._spool.check_aligned()
-            rows = self._spool.rows()
-            keys = check_binary_rows(rows, first=0)
-            if keys:
-                self._collection.ingest_batch(keys, rows["v"], wait=wait)
-            return len(keys)
+            self._reader.check_aligned()
+            steps = {i: partial(_stage, part, wait) for i, part in self._parts.items()}
+            self._collection.together(steps, wait=wait)
+            return self._reader.seen
         finally:
             self.abort()
 
     def abort(self) -> None:
-        self._spool.close()
+        self._reader.close()
+        for part in self._parts.values():
+            part.close()
+
+
+def _stage(spool: RowSpool, wait: Wait, shard: Collection) -> Prepared[int]:
+    return shard.stage_spooled(spool, wait=wait)
+
+
+def _stage_batch(keys: list[str], vectors: np.ndarray, wait: Wait, shard: Collection) -> Prepared[int]:
+    return shard.stage_batch(keys, vectors, wait=wait)
 
 
 def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:
@@ -668,13 +774,13 @@ def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:
     return list(itertools.islice(heapq.merge(*parts, key=lambda h: h.distance), k))
 
 
-def _summed(mode: WriteMode, results: Sequence[WriteResult]) -> WriteResult:
+def _summed(mode: WriteMode, results: Sequence[WriteResult], generation: int) -> WriteResult:
     return WriteResult(
         mode=mode,
         inserted=sum(r.inserted for r in results),
         updated=sum(r.updated for r in results),
         deleted=sum(r.deleted for r in results),
-        generation=max((r.generation for r in results), default=0),
+        generation=generation,
     )
 
 

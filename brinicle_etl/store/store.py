@@ -22,7 +22,8 @@ from brinicle_etl.store.remote import (
     is_remote,
     open_bucket,
 )
-from brinicle_etl.store.shards import SHARDING, ShardedCollection, ShardedPlace, check_shards, shard_dir
+from brinicle_etl.store.sharding import SHARDING, check_shards, shard_dir
+from brinicle_etl.store.shards import ShardedCollection, ShardedPlace
 from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
 if TYPE_CHECKING:

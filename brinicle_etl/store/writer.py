@@ -102,6 +102,7 @@ class Transaction:
         self._deleted = 0
         self._done = False
         self._committed = False
+        self._prepared: Manifest | None = None
 
     # ---- reading the state the transaction started from ----
 
@@ -190,12 +191,27 @@ class Transaction:
         missing: pa.Array = keys.filter(pa.array(~hit))
         return missing
 
-    def commit(self, *, meta: dict[str, object] | None = None, session_id: str | None = None) -> WriteResult:
-        """Validate the whole transaction, write the index and publish the new generation."""
+    def prepare(self, *, meta: dict[str, object] | None = None, session_id: str | None = None) -> None:
+        """Validate the whole transaction and write its files, publishing nothing yet: what
+        can fail, short of publication itself, fails here (several shards written as one
+        prepare each, then publish each)."""
         self._check_open()
         try:
-            manifest = self._finish(meta, session_id)
-            self._publish(manifest)
+            self._prepared = self._finish(meta, session_id)
+            self._builder = None  # saved: its memory can go while other shards prepare
+        except BaseException:
+            self.rollback()
+            raise
+
+    def commit(self, *, meta: dict[str, object] | None = None, session_id: str | None = None) -> WriteResult:
+        """Publish the new generation (preparing it first, unless :meth:`prepare` did)."""
+        if self._prepared is None:
+            self.prepare(meta=meta, session_id=session_id)
+        elif meta is not None or session_id is not None:
+            raise StateError(f"{self.op}: this transaction is prepared; its metadata was given to prepare()")
+        assert self._prepared is not None
+        try:
+            self._publish(self._prepared)
         except BaseException:
             self.rollback()
             raise
@@ -219,6 +235,8 @@ class Transaction:
     def _check_open(self) -> None:
         if self._done:
             raise StateError(f"{self.op}: this transaction is already committed or rolled back")
+        if self._prepared is not None:
+            raise StateError(f"{self.op}: this transaction is prepared; commit or roll it back")
 
     def _finish(self, meta: dict[str, object] | None, session_id: str | None) -> Manifest:
         keys = pa.chunked_array(self._keys, type=pa.string()).combine_chunks() if self._keys else None
@@ -285,6 +303,39 @@ class Transaction:
             dead_rows=old.dead_rows + len(dead),
             **updates,  # type: ignore[arg-type]
         )
+
+
+class PreparedTransaction:
+    """A prepared transaction holding its writer lock: :meth:`publish` commits it,
+    :meth:`abort` rolls it back (see :mod:`brinicle_etl.store.sharding`)."""
+
+    def __init__(self, stack: contextlib.ExitStack, tx: Transaction):
+        self._stack, self.tx = stack, tx
+
+    def publish(self) -> WriteResult:
+        with self._stack:
+            return self.tx.commit()
+
+    def abort(self, *, refused: bool = False) -> None:
+        self._stack.close()
+
+
+def prepare_in(
+    transaction: contextlib.AbstractContextManager[Transaction],
+    body: Callable[[Transaction], None],
+    *,
+    meta: dict[str, object] | None = None,
+) -> PreparedTransaction:
+    """Enter ``transaction``, let ``body`` fill it and prepare it; the lock stays held."""
+    stack = contextlib.ExitStack()
+    tx = stack.enter_context(transaction)
+    try:
+        body(tx)
+        tx.prepare(meta=meta)
+    except BaseException:
+        stack.close()
+        raise
+    return PreparedTransaction(stack, tx)
 
 
 def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None = None) -> Manifest:

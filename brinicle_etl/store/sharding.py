@@ -1,0 +1,169 @@
+"""The rules of sharding, and writing several shards as one.
+
+A key's shard is ``blake2b(key as UTF-8, 8-byte digest)`` read as a little-endian unsigned
+64-bit integer, modulo the number of shards: the same in every process, machine and Python
+version (:func:`shard_of`). Shard ``i`` lives in ``db/ns/shard-000i/`` and numbers its rows
+from ``i << 48`` (:func:`shard_row_base`), so a row id names its shard. ``sharding.json``
+beside the shards says how many there are.
+
+A write that spans shards (a routed write, an ingest of every shard, a session's finalize)
+goes in two steps (:func:`prepare_then_publish`): every shard prepares its generation
+(checks, vectors embedded, index and row files written) and only when all have does each
+publish. An error while preparing (a conflict, bad data, a busy shard, a full disk) leaves
+every shard as it was. Publication itself is per shard: a failure there (the disk, the
+object store, another machine publishing first) leaves the shards published so far
+published, and the error says which; running the same write again completes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from concurrent.futures import wait as wait_all
+from contextlib import suppress
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
+
+from brinicle_etl.errors import (
+    BrinicleError,
+    ConfigError,
+    ConflictError,
+    CorruptCollectionError,
+    InputError,
+    PublishConflictError,
+)
+
+__all__ = [
+    "MAX_SHARDS",
+    "ROW_ID_BITS",
+    "SHARDING",
+    "Prepared",
+    "check_shards",
+    "prepare_then_publish",
+    "shard_dir",
+    "shard_of",
+    "shard_row_base",
+]
+
+SHARDING = "sharding.json"
+MAX_SHARDS = 1024
+ROW_ID_BITS = 48
+"""Row ids of shard ``i`` start at ``i << 48``: 2.8e14 rows per shard before they would meet."""
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+def check_shards(shards: object, *, name: str = "shards") -> int:
+    if type(shards) is not int or not 1 <= shards <= MAX_SHARDS:
+        raise ConfigError(f"{name} must be a whole number from 1 to {MAX_SHARDS}; got {shards!r}")
+    return shards
+
+
+def shard_of(keys: Iterable[str], shards: int) -> np.ndarray:
+    """Each key's shard: ``int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "little") % shards``."""
+    digests = b"".join(hashlib.blake2b(k.encode(), digest_size=8).digest() for k in keys)
+    return (np.frombuffer(digests, dtype="<u8") % np.uint64(shards)).astype(np.int64)
+
+
+def shard_row_base(shard: int) -> int:
+    """The first row id of ``shard``."""
+    return shard << ROW_ID_BITS
+
+
+def shard_dir(shard: int) -> str:
+    return f"shard-{shard:04d}"
+
+
+def sharding_bytes(shards: int) -> bytes:
+    return json.dumps({"shards": shards, "shard_of": "blake2b-64-le mod shards", "row_id_bits": ROW_ID_BITS}).encode()
+
+
+def parse_sharding(raw: bytes, where: str) -> int:
+    try:
+        return check_shards(json.loads(raw)["shards"])
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        raise CorruptCollectionError(f"{where} is not a valid {SHARDING}: {exc}") from exc
+
+
+class Prepared(Protocol[R_co]):
+    """One shard's write, prepared: :meth:`publish` makes it visible, :meth:`abort` drops it.
+    ``refused`` tells :meth:`abort` that the write as a whole can never apply (an ingest
+    session then ends on every shard, as it would on one collection)."""
+
+    def publish(self) -> R_co: ...
+    def abort(self, *, refused: bool) -> None: ...
+
+
+class Done(Generic[R]):
+    """A shard with nothing to publish: its result is known when it is prepared."""
+
+    def __init__(self, result: R):
+        self.result = result
+
+    def publish(self) -> R:
+        return self.result
+
+    def abort(self, *, refused: bool) -> None:
+        pass
+
+
+def prepare_then_publish(name: str, steps: Sequence[tuple[int, Callable[[], Prepared[R]]]], pool: Executor) -> list[R]:
+    """Run each shard's step (``(shard, prepare)``) in ``pool``; once every one is prepared,
+    publish them all; if any failed, abort them all and raise (see the module's notes).
+    Results come in the order of ``steps``."""
+    futures = [pool.submit(prepare) for _shard, prepare in steps]
+    wait_all(futures)
+    failed = {shard: f.exception() for (shard, _p), f in zip(steps, futures, strict=True) if f.exception()}
+    prepared = [(shard, f.result()) for (shard, _p), f in zip(steps, futures, strict=True) if not f.exception()]
+    if failed:
+        refused = any(_refuses(e) for e in failed.values() if e is not None)
+        for _shard, done in prepared:
+            with suppress(Exception):
+                done.abort(refused=refused)
+        raise shards_failed(name, failed, published=[])
+    published = list(pool.map(lambda item: _publish(item[1]), prepared))
+    failed = {shard: r for (shard, _d), r in zip(prepared, published, strict=True) if isinstance(r, BaseException)}
+    if failed:
+        ok = [shard for (shard, _d), r in zip(prepared, published, strict=True) if not isinstance(r, BaseException)]
+        raise shards_failed(name, failed, published=ok)
+    return published  # type: ignore[return-value]
+
+
+def _publish(prepared: Prepared[R]) -> R | BaseException:
+    try:
+        return prepared.publish()
+    except Exception as exc:  # every shard publishes; the errors are reported together
+        return exc
+
+
+def _refuses(error: BaseException) -> bool:
+    """Whether ``error`` says the write can never apply, as against a shard that was busy or failed."""
+    return isinstance(error, ConflictError | InputError) and not isinstance(error, PublishConflictError)
+
+
+def shards_failed(name: str, errors: dict[int, BaseException | None], *, published: Sequence[int]) -> BaseException:
+    """One error for the shards that failed, of the first one's kind (so callers and the HTTP
+    status see what went wrong), naming every failed shard and what became of the others."""
+    failed = {shard: e for shard, e in sorted(errors.items()) if e is not None}
+    first = next(iter(failed.values()))
+    if not isinstance(first, BrinicleError):
+        return first  # not ours to reword: a bug or an interrupt travels as it is
+    parts = "; ".join(f"shard {shard}: {error}" for shard, error in failed.items())
+    if published:
+        tail = (
+            f"shard(s) {list(published)} were published and the others were not; "
+            "run the same write again to bring them up to date"
+        )
+    else:
+        tail = "no shard was written"
+    combined = copy.copy(first)
+    combined.args = (f"in {name!r}: {parts} ({tail})",)
+    if isinstance(combined, ConflictError):
+        combined.keys = [k for e in failed.values() if isinstance(e, ConflictError) for k in e.keys]
+    combined.__cause__ = first
+    return combined
