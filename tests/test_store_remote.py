@@ -721,6 +721,9 @@ def test_a_sharded_collection_on_object_storage(s3: S3Server, tmp_path: Path) ->
     assert isinstance(other, ShardedCollection)
     generations = col.generations()
     other.shard(2).delete([k for k in keys if shard_of([k], 3)[0] == 2][:5])
+    # That machine fetched the one shard it wrote, not the others.
+    fetched = sorted(p.name for p in (tmp_path / "o" / "db" / "ns").iterdir() if p.is_dir())
+    assert fetched == ["shard-0002"]
     deadline = time.monotonic() + 5
     while col.generations()[2] == generations[2]:
         assert time.monotonic() < deadline, "the reader never saw shard 2's new generation"

@@ -17,8 +17,20 @@ import numpy as np
 import polars as pl
 import pytest
 
-from brinicle_etl import AlreadyExistsError, ConfigError, LockedError, StateError, Store, ingest
-from brinicle_etl.store.shards import ShardedCollection, ShardedPlace, shard_of, shard_row_base
+from brinicle_etl import (
+    AlreadyExistsError,
+    ConfigError,
+    ConflictError,
+    DiskFullError,
+    InputError,
+    LockedError,
+    NotFoundError,
+    StateError,
+    Store,
+    ingest,
+)
+from brinicle_etl.store.sharding import ShardedPlace, shard_of, shard_row_base
+from brinicle_etl.store.shards import ShardedCollection
 from tests.conftest import REPO, clustered, exact_knn
 
 DIM = 16
@@ -217,7 +229,7 @@ def test_init_and_destroy_with_one_shard_busy_change_no_shard(store: Store) -> N
     col = store.create("db/ns", dim=DIM, shards=3)
     assert isinstance(col, ShardedCollection)
     col.write(keys_of(30), clustered(30, DIM, seed=1))
-    busy = ShardedPlace(col.place.directory, "db/ns", col.place.marker).open()  # another writer
+    busy = ShardedCollection.open(ShardedPlace(col.place.directory, "db/ns", col.place.marker))  # another writer
     assert busy.shard(2).hold_writer_lock()
     try:
         with pytest.raises(LockedError):
@@ -264,3 +276,228 @@ def test_a_filter_is_computed_again_for_a_collection_created_anew_elsewhere(stor
     time.sleep(0.05)  # past the reader's manifest check interval
     assert search("db/ns", "t3", 5, store=store, filter={"c": "a"}) == []
     assert len(search("db/ns", "t3", 5, store=store, filter={"c": "b"})) == 5
+
+
+def _keys_in(shard: int, shards: int, n: int, prefix: str = "k") -> list[str]:
+    """``n`` keys that belong to ``shard``."""
+    found = [k for k in keys_of(50 * n * shards, prefix) if shard_of([k], shards)[0] == shard]
+    return found[:n]
+
+
+def test_a_write_across_shards_refused_by_one_shard_writes_no_shard(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    taken = [_keys_in(1, 3, 1, "a")[0], _keys_in(2, 3, 1, "b")[0]]
+    col.write(taken, clustered(2, DIM, seed=1))
+    before = col.generations()
+    fresh = _keys_in(0, 3, 5, "c")
+    with pytest.raises(ConflictError) as caught:
+        col.write(fresh + taken, clustered(7, DIM, seed=2), mode="insert")
+    assert str(caught.value) == (
+        f"in 'db/ns': shard 1: write: 1 id(s) already exist: {taken[0]!r}; use mode 'upsert' to replace them; "
+        f"nothing was applied; shard 2: write: 1 id(s) already exist: {taken[1]!r}; use mode 'upsert' to replace "
+        "them; nothing was applied (no shard was written)"
+    )
+    assert caught.value.keys == taken
+    assert col.generations() == before and len(col) == 2 and not any(k in col for k in fresh)
+    # Nothing of the refused write was left behind either: each shard holds its published files only.
+    for shard in col.shards:
+        listed = {p.name for p in shard.directory.iterdir() if p.is_file()}
+        assert listed - {"manifest.json", ".lock"} <= set(shard.snapshot().manifest.files())
+
+
+def test_a_shard_that_fails_to_publish_is_named_and_a_rerun_completes_the_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    keys = keys_of(60)
+    x = clustered(60, DIM, seed=3)
+    broken = col.shard(1)
+
+    def full_disk(manifest: object) -> None:
+        raise DiskFullError("the disk is full", path=str(broken.directory))
+
+    monkeypatch.setattr(broken, "_publish", full_disk)
+    with pytest.raises(DiskFullError) as caught:
+        col.write(keys, x)
+    assert str(caught.value) == (
+        "in 'db/ns': shard 1: the disk is full (shard(s) [0, 2] were published and the others were not; "
+        "run the same write again to bring them up to date)"
+    )
+    owner = shard_of(keys, 3)
+    assert len(col) == int((owner != 1).sum())
+    monkeypatch.undo()
+    result = col.write(keys, x)
+    assert (result.inserted, result.updated, len(col)) == (int((owner == 1).sum()), int((owner != 1).sum()), 60)
+
+
+def test_delete_routes_keys_and_lists_the_missing_in_the_order_given(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=4)
+    col.write(keys_of(40), clustered(40, DIM, seed=4))
+    asked = ["nope-3", "k5", "nope-1", "k17", "nope-2", "k5"]
+    result = col.delete(asked, return_not_found=True)
+    assert (result.deleted_count, result.not_found) == (2, ["nope-3", "nope-1", "nope-2"])
+    assert len(col) == 38 and "k5" not in col and result.generation == col.generation
+    assert col.delete(["nope"], return_not_found=True).not_found == ["nope"]
+
+
+def test_write_takes_rows_deletes_and_metadata_like_one_collection(store: Store) -> None:
+    import pyarrow as pa
+
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    x = clustered(30, DIM, seed=5)
+    rows = pa.table({"title": [f"t{i}" for i in range(30)]})
+    seen: list[tuple[int, int]] = []
+    col.write(keys_of(30), x, rows=rows, meta={"owner": "me"}, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (30, 30) and all(s.meta == {"owner": "me"} for s in col.shards)
+    col.write(["new"], x[:1], delete=["k1", "k2"], rows=pa.table({"title": ["n"]}))
+    assert len(col) == 29 and "k1" not in col and "new" in col
+    assert sorted(col.rows(["title"]).column("title").to_pylist()) == sorted(
+        [f"t{i}" for i in range(30) if i not in (1, 2)] + ["n"]
+    )
+    with pytest.raises(InputError, match=r"^write: 2 ids but 1 rows$"):
+        col.write(["a", "b"], x[:2], rows=pa.table({"title": ["x"]}))
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        col.write(["a"], x[:1], mode="merge")  # type: ignore[arg-type]
+    col.set_meta({"v": 2})
+    assert all(s.meta == {"v": 2} for s in col.shards)
+
+
+def test_a_session_one_shard_refuses_ends_on_every_shard_with_nothing_applied(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    taken = _keys_in(2, 3, 1)[0]
+    col.write([taken], clustered(1, DIM, seed=6))
+    before = col.generations()
+    col.init("insert")
+    col.ingest_batch([*keys_of(30, "new"), taken], clustered(31, DIM, seed=7))
+    with pytest.raises(ConflictError, match=r"^in 'db/ns': shard 2: finalize: 1 id\(s\) already exist"):
+        col.finalize()
+    assert col.generations() == before and len(col) == 1
+    assert [s.status().session_mode for s in col.shards] == [None, None, None]
+
+
+def test_a_batch_with_one_shard_busy_stages_nothing_anywhere(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    col.init("upsert")
+    busy = ShardedCollection.open(ShardedPlace(col.place.directory, "db/ns", col.place.marker))  # another writer
+    assert busy.shard(1).hold_writer_lock()
+    try:
+        with pytest.raises(LockedError):
+            col.ingest_batch(keys_of(30), clustered(30, DIM, seed=8), wait=False)
+        rows = np.zeros(30, dtype=[("id", "S8"), ("v", "<f4", (DIM,))])
+        rows["id"] = [k.encode() for k in keys_of(30)]
+        with col.ingest_binary(id_width=8) as batch:
+            batch.feed(rows.tobytes())
+            with pytest.raises(LockedError):
+                batch.finish(wait=False)
+    finally:
+        busy.shard(1).release_writer_lock()
+    assert col.status().staged_count == 0
+    assert col.ingest_batch(keys_of(30), clustered(30, DIM, seed=8)) == 30
+    assert col.finalize().inserted == 30 and len(col) == 30
+
+
+def test_a_binary_batch_is_routed_as_it_arrives(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=4)
+    assert isinstance(col, ShardedCollection)
+    col.init("build")
+    x = clustered(500, DIM, seed=9)
+    rows = np.zeros(500, dtype=[("id", "S12"), ("v", "<f4", (DIM,))])
+    rows["id"] = [k.encode() for k in keys_of(500)]
+    rows["v"] = x
+    data = rows.tobytes()
+    with col.ingest_binary(id_width=12) as batch:
+        for start in range(0, len(data), 997):  # pieces that split rows
+            batch.feed(data[start : start + 997])
+        assert batch.finish() == 500
+    col.finalize()
+    assert sorted(col.keys()) == sorted(keys_of(500))
+    np.testing.assert_allclose(col.vectors(["k77"]), x[[77]], atol=1e-2)
+    bad = rows[:3].copy()
+    bad["v"][2, 0] = np.nan
+    col.init("upsert")
+    with col.ingest_binary(id_width=12) as batch, pytest.raises(InputError, match=r"row 2 \(id 'k2'\) contains NaN"):
+        batch.feed(bad.tobytes())
+    assert col.status().staged_count == 0
+
+
+def test_threads_sharing_one_collection_write_across_shards_at_once(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=4)
+    x = clustered(400, DIM, seed=10)
+
+    def writer(t: int) -> None:
+        for round_ in range(5):
+            part = slice(t * 100 + round_ * 20, t * 100 + round_ * 20 + 20)
+            col.write(keys_of(400)[part], x[part], wait=True)
+            col.search(x[t], 5)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(writer, range(4)))
+    assert sorted(Store(store.root).open("db/ns").keys()) == sorted(keys_of(400))
+
+
+def test_a_drop_cut_short_is_named_and_finished_by_dropping_again(store: Store) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    col.write(keys_of(30), clustered(30, DIM, seed=11))
+    assert isinstance(col, ShardedCollection)
+    col.shard(1).destroy()  # as a drop stopped after its second shard
+    other = Store(store.root)
+    assert other.exists("db/ns") and other.names() == ["db/ns"]
+    with pytest.raises(NotFoundError) as caught:
+        len(other.open("db/ns"))
+    assert str(caught.value) == (
+        "collection 'db/ns' has lost shard 1 (shard-0001): a drop of it was cut short, or its files were removed; "
+        "drop the collection again to finish"
+    )
+    other.drop("db/ns")
+    assert not other.exists("db/ns") and other.names() == []
+
+
+def test_a_writer_of_one_shard_opens_that_shard_alone(store: Store) -> None:
+    frame = pl.DataFrame({"id": [str(i) for i in range(40)], "title": [f"t{i}" for i in range(40)]})
+    ingest(frame, "db/ns", store=store, model="hash-32", primary_key="id", shards=4)
+    fresh = Store(store.root)
+    col = fresh.open("db/ns")
+    assert isinstance(col, ShardedCollection)
+    ingest(frame, "db/ns", store=fresh, shard=2)
+    opened = [i for i in range(4) if col.shards._opened[i] is not None]  # type: ignore[attr-defined]
+    assert opened == [2]  # the store's collection object, as the run used it: its own shard only
+
+
+def test_an_ingest_of_every_shard_refused_by_one_writes_no_shard(store: Store) -> None:
+    ids = [str(i) for i in range(40)]
+    frame = pl.DataFrame({"id": ids, "title": [f"t{i}" for i in range(40)]})
+    ingest(frame, "db/ns", store=store, model="hash-32", primary_key="id", shards=3)
+    col = Store(store.root).open("db/ns")
+    assert isinstance(col, ShardedCollection)
+    before = col.generations()
+    changed = next(k for k in ids if shard_of([k], 3)[0] == 1)
+    edited = frame.with_columns(
+        pl.when(pl.col("id") == changed).then(pl.lit("edited")).otherwise(pl.col("title")).alias("title")
+    )
+    more = pl.concat([edited, pl.DataFrame({"id": [f"n{i}" for i in range(20)], "title": ["new"] * 20})])
+    with pytest.raises(ConflictError, match=r"^in 'db/ns': shard 1: .*\(no shard was written\)$") as caught:
+        ingest(more, "db/ns", store=store, on_conflict="error")
+    assert caught.value.keys == [changed]
+    assert col.generations() == before and len(col) == 40 and "n0" not in col
+    result = ingest(more, "db/ns", store=store, on_conflict="update")
+    assert (result.rows_inserted, result.rows_updated, len(col)) == (20, 1, 60)
+    assert result.generation == col.generation == sum(col.generations())
+
+
+def test_many_shards_are_searched_shard_by_shard_with_the_same_answers(store: Store) -> None:
+    from brinicle_etl.store.segment import JOINT_MAX_FILES
+
+    shards = JOINT_MAX_FILES + 6  # more segments than one joint view set may map
+    col = store.create("db/ns", dim=DIM, metric="l2sq", dtype="f32", shards=shards)
+    assert isinstance(col, ShardedCollection)
+    x = clustered(700, DIM, seed=12, normalize=False)
+    col.write(keys_of(700), x)
+    queries = clustered(5, DIM, seed=13, normalize=False)
+    truth = [[f"k{j}" for j in row] for row in exact_knn(x, queries, 10, "l2sq")]
+    assert [[h.id for h in hits] for hits in col.search_batch(queries, 10, ef=200)] == truth
+    assert col._joined() is None

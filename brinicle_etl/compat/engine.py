@@ -32,7 +32,8 @@ from brinicle_etl.errors import BrinicleError, ConfigError, EngineError
 from brinicle_etl.store import AnyCollection
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
-from brinicle_etl.store.shards import SHARDING, ShardedCollection, ShardedPlace
+from brinicle_etl.store.sharding import SHARDING, ShardedPlace
+from brinicle_etl.store.shards import ShardedCollection
 from brinicle_etl.types import HnswParams, Metric, VectorDType
 
 __all__ = ["VectorEngine"]
@@ -100,7 +101,7 @@ class VectorEngine:
         sharded = ShardedPlace(path, path.name, LocalFile(path / SHARDING))
         self._col: AnyCollection
         if (path / MANIFEST).exists() or (path / SHARDING).exists():
-            self._col = sharded.open() if (path / SHARDING).exists() else Collection(path)
+            self._col = ShardedCollection.open(sharded) if (path / SHARDING).exists() else Collection(path)
             if dim and dim != self._col.dim:
                 raise EngineError(f"dim mismatch: constructor requested {dim}, manifest has {self._col.dim}")
             return
@@ -112,7 +113,7 @@ class VectorEngine:
                 dim=dim, metric=_DIST_FUNCS[dist_func], dtype=dtype, params=params, delta_ratio=delta_ratio
             )
             if n_shards > 1:
-                self._col = sharded.create(config, shards=n_shards, exist_ok=True)
+                self._col = ShardedCollection.create(sharded, config, shards=n_shards, exist_ok=True)
             else:
                 self._col = Collection.create(path, config, exist_ok=True)
         except ConfigError as exc:

@@ -17,7 +17,7 @@ from brinicle_etl.pipeline.plan import DuplicatePolicy
 from brinicle_etl.pipeline.read import DEFAULT_BATCH_ROWS, Format
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store.manifest import CollectionConfig
-from brinicle_etl.store.shards import MAX_SHARDS, check_shards
+from brinicle_etl.store.sharding import MAX_SHARDS, check_shards
 from brinicle_etl.types import (
     ConflictOn,
     ConflictPolicy,

@@ -256,8 +256,9 @@ class _Run:
             self.existing = None if fresh else self.target
         else:
             opened = store.open(name) if store.exists(name) else None
-            assert not isinstance(opened, ShardedCollection)  # run_ingest sends shards their own runs
-            self.existing = opened
+            # A sharded collection here: another process created it since run_ingest looked
+            # (this run only probes the shape for it); run_ingest sends shards their own runs.
+            self.existing = None if isinstance(opened, ShardedCollection) else opened
         if self.existing is not None and "schema" not in self.existing.meta:
             raise ConfigError(
                 f"collection {name!r} holds vectors written without a schema (VectorEngine or the HTTP API); "
@@ -269,6 +270,15 @@ class _Run:
         if holder is None and shard is not None and "schema" in shard[0].meta:
             holder = shard[0]
         self.sch, self.inferred = _resolve_schema(store, holder, self.src, options, model)
+        stored = self.target.meta.get("schema") if options.shard is not None and self.target is not None else None
+        if stored is not None and TemplateSchema.from_dict(stored) != self.sch:
+            # A build may change the schema; the other shards keep theirs until built too.
+            log.warning(
+                "%s shard %s: the build changes the schema; the other shards keep the old one until "
+                "they are built from the same source",
+                name,
+                options.shard,
+            )
         self.sch.check_source(list(self.src.columns), self.src.description)
         if self.sch.vector_source == "generated" and embedder is None:
             assert self.sch.model is not None

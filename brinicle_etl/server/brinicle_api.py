@@ -31,7 +31,7 @@ from brinicle_etl.server.deps import (
 )
 from brinicle_etl.server.upload import chunks
 from brinicle_etl.store.sessions import BinaryIngest
-from brinicle_etl.store.shards import MAX_SHARDS, ShardedBinaryIngest
+from brinicle_etl.store.sharding import MAX_SHARDS, ShardedBinaryIngest
 from brinicle_etl.types import (
     BUILD_THREADS,
     DELTA_RATIO_MIN,

@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack
 import numpy as np
 import pyarrow as pa
 
-from brinicle_etl._fs import disk_full_is_an_error
+from brinicle_etl._fs import LocalFile, disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
     BusyError,
@@ -41,6 +41,7 @@ from brinicle_etl.store.manifest import (
     CollectionConfig,
     ConfigSettings,
     Manifest,
+    manifest_bytes,
     read_manifest,
     write_manifest,
 )
@@ -171,12 +172,10 @@ class Collection:
             return cls._checked_dim(cls(path, name=label), config)
         with disk_full_is_an_error(path):
             path.mkdir(parents=True, exist_ok=True)
-            with writer_lock(path, wait=True, name=label):
-                if (path / MANIFEST).exists():
-                    if not exist_ok:
-                        raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
-                else:
-                    write_manifest(path, first)
+            # Created if absent, without the writer lock: of several processes creating it at
+            # once one does, and none makes a writer already at work in it fail as locked.
+            if not LocalFile(path / MANIFEST).create(manifest_bytes(first)) and not exist_ok:
+                raise AlreadyExistsError(f"collection {label!r} already exists at {path}")
         return cls._checked_dim(cls(path, name=label), config)
 
     @staticmethod

@@ -12,8 +12,10 @@ import errno
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from usearch.index import Index, Indexes
@@ -26,17 +28,22 @@ except ImportError:  # pragma: no cover - older usearch: the public search is us
     _UNKNOWN_DTYPE = None
 
 from brinicle_etl._fs import free_bytes, fsync_file
-from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
 
-__all__ = ["Joint", "Segment", "SegmentBuilder", "build_segment"]
+__all__ = ["JOINT_MAX_FILES", "Joint", "Segment", "SegmentBuilder", "build_segment"]
+
+V = TypeVar("V")
 
 _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
 _RELINK_EF = 16
 _RELINK_COUNT = 4
 _RELINK_COPIES = 64
+JOINT_MAX_FILES = 64
+"""More segments than this (a collection of many shards) are searched shard by shard."""
+_JOINT_VIEW_BUDGET = 256
 
 
 def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
@@ -181,73 +188,73 @@ def _restore(path: Path, *, view: bool) -> Any:
     return index
 
 
+class _Views(Generic[V]):
+    """Views of one file (or one set of files), lent to one thread at a time: usearch
+    serialises calls on one index object, and views are cheap (they share the mapping).
+    At most ``most`` are opened; past that a thread waits for one to come back."""
+
+    def __init__(self, open_view: Callable[[], V], *, most: int):
+        self._open_view = open_view
+        self._idle: queue.SimpleQueue[V] = queue.SimpleQueue()
+        self._idle.put(open_view())
+        self._opened = 1
+        self._most = most
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[V]:
+        try:
+            view = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                fresh = self._opened < self._most
+                self._opened += fresh
+            view = self._open_view() if fresh else self._idle.get()
+        try:
+            yield view
+        finally:
+            self._idle.put(view)
+
+
 class Segment:
     """A read-only usearch file, searched through a pool of memory-mapped views."""
 
     def __init__(self, path: Path, *, ef_search: int):
         self.path = path
         self._ef = ef_search
-        first = _restore(path, view=True)
-        self.count = len(first)
-        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pool.put(first)
-        self._opened = 1
-        self._max_views = max(2, os.cpu_count() or 1)
-        self._open_lock = threading.Lock()
-
-    def _acquire(self) -> Any:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            pass
-        with self._open_lock:
-            if self._opened < self._max_views:
-                self._opened += 1
-                return _restore(self.path, view=True)
-        return self._pool.get()
+        self._views = _Views(lambda: _restore(path, view=True), most=max(2, os.cpu_count() or 1))
+        with self._views.lend() as first:
+            self.count = len(first)
 
     def search(
         self, queries: np.ndarray, count: int, *, ef: int | None, exact: bool, threads: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top ``count`` per query: (keys, distances, how many are valid per row)."""
-        index = self._acquire()
-        try:
+        with self._views.lend() as index:
             want_ef = ef or self._ef
             if index.expansion_search != want_ef:
                 index.expansion_search = want_ef
-            keys, dists, counts = _search_many(index, queries, count, exact=exact, threads=threads)
-        finally:
-            self._pool.put(index)
-        return keys, dists, counts
+            return _search_many(index, queries, count, exact=exact, threads=threads)
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
         """One query's valid matches: (keys, distances)."""
-        index = self._acquire()
-        try:
+        with self._views.lend() as index:
             want_ef = ef or self._ef
             if index.expansion_search != want_ef:
                 index.expansion_search = want_ef
             keys, dists, counts = _search_many(index, query.reshape(1, -1), count, exact=False, threads=1)
-        finally:
-            self._pool.put(index)
         n = int(counts[0])
         return keys[0, :n], dists[0, :n]
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        index = self._acquire()
-        try:
+        with self._views.lend() as index:
             found: np.ndarray = np.asarray(index.contains(keys), dtype=bool).reshape(-1)
             return found
-        finally:
-            self._pool.put(index)
 
     def get(self, keys: np.ndarray) -> np.ndarray:
-        index = self._acquire()
-        try:
+        with self._views.lend() as index:
             vectors: np.ndarray = np.vstack(index.get(keys, dtype=np.float32))
             return vectors
-        finally:
-            self._pool.put(index)
 
     def vectors(self, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All live (key, float32 vector) pairs, for compaction.
@@ -255,8 +262,7 @@ class Segment:
         Read back through usearch's own conversion, so re-adding them to an index of the
         same dtype reproduces the stored values.
         """
-        index = self._acquire()
-        try:
+        with self._views.lend() as index:
             keys = np.asarray(index.keys, dtype=np.uint64)
             if len(dead):
                 keys = keys[~np.isin(keys, dead)]
@@ -264,52 +270,36 @@ class Segment:
             for start in range(0, len(keys), _ADD_CHUNK):
                 part = keys[start : start + _ADD_CHUNK]
                 vectors[start : start + len(part)] = np.vstack(index.get(part, dtype=np.float32))
-        finally:
-            self._pool.put(index)
         return keys, vectors
 
 
 class Joint:
     """Several segment files searched as one in a single native call (usearch's ``Indexes``,
     which fans out in C++ threads and merges by distance): a sharded collection's fan-out
-    without a Python call per shard. Keys must be unique across the files. As for a
-    :class:`Segment`, a small pool of views lets threads search at once."""
+    without a Python call per shard. Keys must be unique across the files. Each view set
+    maps every file, so the sets are few: :data:`JOINT_MAX_FILES` files at most, and
+    :data:`_JOINT_VIEW_BUDGET` views over all sets."""
 
     def __init__(self, paths: list[Path]):
+        if len(paths) > JOINT_MAX_FILES:
+            raise ConfigError(f"a joint search takes at most {JOINT_MAX_FILES} files; got {len(paths)}")
         self.paths = paths
-        self._pool: queue.SimpleQueue[tuple[Any, list[Any]]] = queue.SimpleQueue()
-        self._opened = 0
-        self._max = max(2, os.cpu_count() or 1)
-        self._open_lock = threading.Lock()
-        self._pool.put(self._open())
+        most = max(1, min(os.cpu_count() or 1, _JOINT_VIEW_BUDGET // max(1, len(paths))))
+        self._views = _Views(self._open, most=most)
 
     def _open(self) -> tuple[Any, list[Any]]:
         views = [_restore(path, view=True) for path in self.paths]
-        self._opened += 1
         return Indexes(indexes=views), views
-
-    def _acquire(self) -> tuple[Any, list[Any]]:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            pass
-        with self._open_lock:
-            if self._opened < self._max:
-                return self._open()
-        return self._pool.get()
 
     def search(
         self, queries: np.ndarray, count: int, *, ef: int, threads: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top ``count`` over every file per query: (keys, distances, how many are valid per row)."""
-        joint, views = self._acquire()
-        try:
+        with self._views.lend() as (joint, views):
             for view in views:
                 if view.expansion_search != ef:
                     view.expansion_search = ef
             found = joint.search(queries, count, threads=threads)
-        finally:
-            self._pool.put((joint, views))
         keys, dists = np.asarray(found.keys), np.asarray(found.distances)
         if keys.ndim == 1:  # one query comes back as one row
             return keys[None, :], dists[None, :], np.array([len(keys)])

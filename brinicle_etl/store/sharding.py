@@ -20,11 +20,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from concurrent.futures import wait as wait_all
 from contextlib import suppress
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,14 +39,26 @@ from brinicle_etl.errors import (
     ConflictError,
     CorruptCollectionError,
     InputError,
+    NotFoundError,
     PublishConflictError,
+    StateError,
 )
+from brinicle_etl.store.collection import Collection
+from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
+from brinicle_etl.store.remote import RemoteCollection
+from brinicle_etl.store.sessions import RowSpool
+from brinicle_etl.types import BuildProgress, Wait
 
 __all__ = [
     "MAX_SHARDS",
     "ROW_ID_BITS",
     "SHARDING",
+    "Done",
+    "MarkerFile",
     "Prepared",
+    "ShardedBinaryIngest",
+    "ShardedPlace",
+    "SummedProgress",
     "check_shards",
     "prepare_then_publish",
     "shard_dir",
@@ -56,6 +73,8 @@ ROW_ID_BITS = 48
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+Together = Callable[[Mapping[int, Callable[["Collection"], "Prepared[int]"]], Wait], object]
+"""Several shards' steps prepared, then published (a sharded collection's ``together``)."""
 
 
 def check_shards(shards: object, *, name: str = "shards") -> int:
@@ -88,6 +107,94 @@ def parse_sharding(raw: bytes, where: str) -> int:
         return check_shards(json.loads(raw)["shards"])
     except (ValueError, KeyError, TypeError, ConfigError) as exc:
         raise CorruptCollectionError(f"{where} is not a valid {SHARDING}: {exc}") from exc
+
+
+class MarkerFile(Protocol):
+    """Where ``sharding.json`` is kept: a local file, or an object beside the shards' prefixes."""
+
+    def read(self) -> bytes | None: ...
+    def create(self, data: bytes) -> bool: ...
+    def delete(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShardedPlace:
+    """Where a sharded collection lives: its directory (on object storage, the local cache of
+    its shards), its name, its ``sharding.json``, and each shard's object-storage side."""
+
+    directory: Path
+    name: str
+    marker: MarkerFile
+    remote_for: Callable[[int], RemoteCollection | None] = lambda _shard: None
+
+    def shard_path(self, shard: int) -> Path:
+        return self.directory / shard_dir(shard)
+
+    def shard_name(self, shard: int) -> str:
+        return f"{self.name}/{shard_dir(shard)}"
+
+    def count(self) -> int | None:
+        """How many shards ``sharding.json`` names; None if there is none."""
+        raw = self.marker.read()
+        return None if raw is None else parse_sharding(raw, str(self.marker))
+
+    def open_shard(self, shard: int) -> Collection:
+        try:
+            return Collection(self.shard_path(shard), name=self.shard_name(shard), remote=self.remote_for(shard))
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"collection {self.name!r} has lost shard {shard} ({shard_dir(shard)}): a drop of it was cut "
+                "short, or its files were removed; drop the collection again to finish"
+            ) from exc
+
+    def create(self, config: CollectionConfig, *, shards: int, meta: dict[str, Any] | None = None) -> bool:
+        """The shards first, then ``sharding.json``: it exists only once every shard does. Of
+        two processes creating it at once, one creates it; whether this one did."""
+        check_shards(shards)
+        for i in range(shards):
+            Collection.create(
+                self.shard_path(i),
+                config,
+                meta=meta,
+                name=self.shard_name(i),
+                exist_ok=True,
+                remote=self.remote_for(i),
+                first_row_id=shard_row_base(i),
+            )
+        return self.marker.create(sharding_bytes(shards))
+
+    def drop(self, *, wait: Wait = False) -> None:
+        """The shards, then ``sharding.json``: a drop cut short leaves a collection that still
+        exists and can be dropped again."""
+        for i in range(self.count() or 0):
+            remote = self.remote_for(i)
+            if remote is None and not (self.shard_path(i) / MANIFEST).exists():
+                continue  # dropped by a drop that was cut short
+            with suppress(NotFoundError):
+                Collection(self.shard_path(i), name=self.shard_name(i), remote=remote).destroy(wait=wait)
+        self.remove()
+
+    def remove(self) -> None:
+        """``sharding.json`` and the directory, once the shards are gone."""
+        self.marker.delete()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class SummedProgress:
+    """Build progress of several shards reported as one ``progress(done, total)``."""
+
+    def __init__(self, progress: BuildProgress):
+        self._progress = progress
+        self._each: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def for_shard(self, shard: int) -> BuildProgress:
+        def report(done: int, total: int) -> None:
+            with self._lock:
+                self._each[shard] = (done, total)
+                self._progress(sum(d for d, _t in self._each.values()), sum(t for _d, t in self._each.values()))
+
+        return report
 
 
 class Prepared(Protocol[R_co]):
@@ -167,3 +274,66 @@ def shards_failed(name: str, errors: dict[int, BaseException | None], *, publish
         combined.keys = [k for e in failed.values() if isinstance(e, ConflictError) for k in e.keys]
     combined.__cause__ = first
     return combined
+
+
+class ShardedBinaryIngest:
+    """One streamed binary batch into a sharded collection's sessions: rows are checked as
+    they arrive (numbered as sent) and spooled beside their shard (:class:`RowSpool`);
+    :meth:`finish` stages every shard's rows as one (see
+    :meth:`~brinicle_etl.store.shards.ShardedCollection.ingest_batch`)."""
+
+    def __init__(self, shards: Sequence[Collection], together: Together, *, name: str, id_width: int):
+        self._shards, self._together = shards, together
+        for shard in shards:  # as for one collection: no session, no body read
+            if shard.status().session_mode is None:
+                raise StateError(f"ingest_batch: no ingest session is pending for {name!r}; call init first")
+        self._id_width, self._dim = id_width, shards[0].dim
+        self._reader = RowSpool(shards[0].directory, id_width=id_width, dim=self._dim)
+        self._parts: dict[int, RowSpool] = {}
+
+    def __enter__(self) -> ShardedBinaryIngest:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.abort()
+
+    @property
+    def count(self) -> int:
+        return self._reader.seen
+
+    def feed(self, data: bytes) -> None:
+        rows, keys = self._reader.take(data)
+        self._route(rows, keys)
+
+    def _route(self, rows: np.ndarray, keys: list[str]) -> None:
+        if not keys:
+            return
+        owner = shard_of(keys, len(self._shards))
+        for i in np.unique(owner).tolist():
+            part = self._parts.get(i)
+            if part is None:
+                directory = self._shards[i].directory
+                part = self._parts[i] = RowSpool(directory, id_width=self._id_width, dim=self._dim)
+            part.write(rows[owner == i])
+
+    def finish(self, *, wait: Wait = True) -> int:
+        try:
+            self._reader.check_aligned()
+            steps = {i: partial(_stage, part, wait) for i, part in self._parts.items()}
+            self._together(steps, wait)
+            return self._reader.seen
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        self._reader.close()
+        for part in self._parts.values():
+            part.close()
+
+
+def _stage(spool: RowSpool, wait: Wait, shard: Collection) -> Prepared[int]:
+    return shard.stage_spooled(spool, wait=wait)
+
+
+def stage_batch(keys: list[str], vectors: np.ndarray, wait: Wait, shard: Collection) -> Prepared[int]:
+    return shard.stage_batch(keys, vectors, wait=wait)

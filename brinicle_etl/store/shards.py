@@ -20,16 +20,14 @@ import heapq
 import itertools
 import math
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import pyarrow as pa
@@ -43,24 +41,25 @@ from brinicle_etl.errors import (
     StateError,
 )
 from brinicle_etl.store.collection import Collection, CollectionStatus
-from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
-from brinicle_etl.store.remote import RemoteCollection, VacuumResult
-from brinicle_etl.store.segment import Joint
-from brinicle_etl.store.sessions import RowSpool
+from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.store.remote import VacuumResult
+from brinicle_etl.store.segment import JOINT_MAX_FILES, Joint
 from brinicle_etl.store.sharding import (
     MAX_SHARDS,
     ROW_ID_BITS,
     SHARDING,
     Done,
     Prepared,
+    ShardedBinaryIngest,
+    ShardedPlace,
+    SummedProgress,
     check_shards,
-    parse_sharding,
     prepare_then_publish,
     shard_dir,
     shard_of,
     shard_row_base,
-    sharding_bytes,
     shards_failed,
+    stage_batch,
 )
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
@@ -78,93 +77,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class MarkerFile(Protocol):
-    """Where ``sharding.json`` is kept: a local file, or an object beside the shards' prefixes."""
-
-    def read(self) -> bytes | None: ...
-    def create(self, data: bytes) -> bool: ...
-    def delete(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ShardedPlace:
-    """Where a sharded collection lives: its directory (on object storage, the local cache of
-    its shards), its name, its ``sharding.json``, and each shard's object-storage side."""
-
-    directory: Path
-    name: str
-    marker: MarkerFile
-    remote_for: Callable[[int], RemoteCollection | None] = lambda _shard: None
-
-    def shard_path(self, shard: int) -> Path:
-        return self.directory / shard_dir(shard)
-
-    def shard_name(self, shard: int) -> str:
-        return f"{self.name}/{shard_dir(shard)}"
-
-    def count(self) -> int | None:
-        """How many shards ``sharding.json`` names; None if there is none."""
-        raw = self.marker.read()
-        return None if raw is None else parse_sharding(raw, str(self.marker))
-
-    def open(self) -> ShardedCollection:
-        """The collection; each shard is opened when first used (a writer of one shard, on
-        object storage, fetches that shard alone)."""
-        shards = self.count()
-        if shards is None:
-            raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
-        return ShardedCollection(self, _Shards(shards, self._open_shard))
-
-    def _open_shard(self, shard: int) -> Collection:
-        try:
-            return Collection(self.shard_path(shard), name=self.shard_name(shard), remote=self.remote_for(shard))
-        except NotFoundError as exc:
-            raise NotFoundError(
-                f"collection {self.name!r} has lost shard {shard} ({shard_dir(shard)}): a drop of it was cut "
-                "short, or its files were removed; drop the collection again to finish"
-            ) from exc
-
-    def create(
-        self, config: CollectionConfig, *, shards: int, meta: dict[str, Any] | None = None, exist_ok: bool = False
-    ) -> ShardedCollection:
-        """The shards first, then ``sharding.json``: it exists only once every shard does, and
-        of two processes creating it at once, one creates it and the other is told (or, with
-        ``exist_ok``, opens it)."""
-        check_shards(shards)
-        for i in range(shards):
-            Collection.create(
-                self.shard_path(i),
-                config,
-                meta=meta,
-                name=self.shard_name(i),
-                exist_ok=True,
-                remote=self.remote_for(i),
-                first_row_id=shard_row_base(i),
-            )
-        if not self.marker.create(sharding_bytes(shards)) and not exist_ok:
-            raise AlreadyExistsError(f"collection {self.name!r} already exists at {self.directory}")
-        opened = self.open()
-        if len(opened.shards) != shards:
-            raise AlreadyExistsError(f"collection {self.name!r} already exists with {len(opened.shards)} shards")
-        return opened
-
-    def drop(self, *, wait: Wait = False) -> None:
-        """The shards, then ``sharding.json``: a drop cut short leaves a collection that still
-        exists and can be dropped again."""
-        for i in range(self.count() or 0):
-            remote = self.remote_for(i)
-            if remote is None and not (self.shard_path(i) / MANIFEST).exists():
-                continue  # dropped by a drop that was cut short
-            with suppress(NotFoundError):
-                Collection(self.shard_path(i), name=self.shard_name(i), remote=remote).destroy(wait=wait)
-        self.remove()
-
-    def remove(self) -> None:
-        """``sharding.json`` and the directory, once the shards are gone."""
-        self.marker.delete()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class _Shards(Sequence[Collection]):
@@ -194,23 +106,6 @@ class _Shards(Sequence[Collection]):
         return shard
 
 
-class _SummedProgress:
-    """Build progress of several shards reported as one ``progress(done, total)``."""
-
-    def __init__(self, progress: BuildProgress):
-        self._progress = progress
-        self._each: dict[int, tuple[int, int]] = {}
-        self._lock = threading.Lock()
-
-    def for_shard(self, shard: int) -> BuildProgress:
-        def report(done: int, total: int) -> None:
-            with self._lock:
-                self._each[shard] = (done, total)
-                self._progress(sum(d for d, _t in self._each.values()), sum(t for _d, t in self._each.values()))
-
-        return report
-
-
 class ShardedCollection:
     """A collection split into :attr:`shards` by key, read and written as one.
 
@@ -218,6 +113,33 @@ class ShardedCollection:
     hits whenever ``k`` live rows match. Writes are routed by key; each shard commits on its
     own (see the module's notes on publication).
     """
+
+    @classmethod
+    def open(cls, place: ShardedPlace) -> ShardedCollection:
+        """The collection; each shard is opened when first used (a writer of one shard, on
+        object storage, fetches that shard alone)."""
+        shards = place.count()
+        if shards is None:
+            raise NotFoundError(f"collection {place.name!r} not found at {place.directory}")
+        return cls(place, _Shards(shards, place.open_shard))
+
+    @classmethod
+    def create(
+        cls,
+        place: ShardedPlace,
+        config: CollectionConfig,
+        *,
+        shards: int,
+        meta: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+    ) -> ShardedCollection:
+        """A new collection of ``shards`` shards; with ``exist_ok``, the one another process made."""
+        if not place.create(config, shards=shards, meta=meta) and not exist_ok:
+            raise AlreadyExistsError(f"collection {place.name!r} already exists at {place.directory}")
+        opened = cls.open(place)
+        if len(opened.shards) != shards:
+            raise AlreadyExistsError(f"collection {place.name!r} already exists with {len(opened.shards)} shards")
+        return opened
 
     def __init__(self, place: ShardedPlace, shards: Sequence[Collection]):
         self.place = place
@@ -376,7 +298,7 @@ class ShardedCollection:
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
         segments = [(seg, info) for snap in snaps for seg, info in snap.segments()]
-        if not segments or any(info.dead for _seg, info in segments):
+        if not segments or len(segments) > JOINT_MAX_FILES or any(info.dead for _seg, info in segments):
             self._joint = None  # let the old generations' files and views go
             return None
         with self._joint_lock:
@@ -541,7 +463,7 @@ class ShardedCollection:
         delete_array = as_keys(delete, "write") if delete is not None else pa.array([], pa.string())
         writes, deletes = self._routed(key_array), self._routed(delete_array)
         touched = range(len(self.shards)) if mode == "build" or meta is not None else writes.keys() | deletes.keys()
-        summed = _SummedProgress(progress) if progress is not None else None
+        summed = SummedProgress(progress) if progress is not None else None
         empty = np.empty(0, np.int64)
 
         def step(i: int, shard: Collection) -> Prepared[WriteResult]:
@@ -664,7 +586,7 @@ class ShardedCollection:
         if len(matrix) != len(key_array):
             raise InputError(f"ingest_batch: {len(key_array)} ids but {len(matrix)} vectors")
         steps = {
-            i: partial(_stage_batch, key_array.take(pa.array(p)).to_pylist(), matrix[p], wait)
+            i: partial(stage_batch, key_array.take(pa.array(p)).to_pylist(), matrix[p], wait)
             for i, p in self._routed(key_array).items()
         }
         self.together(steps, wait=wait)
@@ -673,7 +595,9 @@ class ShardedCollection:
     def ingest_binary(self, *, id_width: int = 32) -> ShardedBinaryIngest:
         """Binary rows (see :meth:`Collection.ingest_binary`), checked and routed to their shards
         as they arrive, staged at :meth:`ShardedBinaryIngest.finish` in every shard as one."""
-        return ShardedBinaryIngest(self, id_width=id_width)
+        return ShardedBinaryIngest(
+            self.shards, lambda steps, wait: self.together(steps, wait=wait), name=self.name, id_width=id_width
+        )
 
     def finalize(
         self, optimize: bool = False, params: HnswParams | dict[str, Any] | None = None, *, wait: Wait = True
@@ -705,68 +629,6 @@ class _Deleted:
 
     def abort(self, *, refused: bool) -> None:
         self._prepared.abort(refused=refused)
-
-
-class ShardedBinaryIngest:
-    """One streamed binary batch into a sharded collection's sessions: rows are checked as
-    they arrive (numbered as sent) and spooled beside their shard (:class:`RowSpool`);
-    :meth:`finish` stages every shard's rows as one (see :meth:`ShardedCollection.ingest_batch`)."""
-
-    def __init__(self, collection: ShardedCollection, *, id_width: int):
-        self._collection = collection
-        for shard in collection.shards:  # as for one collection: no session, no body read
-            if shard.status().session_mode is None:
-                raise StateError(f"ingest_batch: no ingest session is pending for {collection.name!r}; call init first")
-        self._id_width = id_width
-        self._reader = RowSpool(collection.shards[0].directory, id_width=id_width, dim=collection.dim)
-        self._parts: dict[int, RowSpool] = {}
-
-    def __enter__(self) -> ShardedBinaryIngest:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.abort()
-
-    @property
-    def count(self) -> int:
-        return self._reader.seen
-
-    def feed(self, data: bytes) -> None:
-        rows, keys = self._reader.take(data)
-        self._route(rows, keys)
-
-    def _route(self, rows: np.ndarray, keys: list[str]) -> None:
-        if not keys:
-            return
-        owner = shard_of(keys, len(self._collection.shards))
-        for i in np.unique(owner).tolist():
-            part = self._parts.get(i)
-            if part is None:
-                directory = self._collection.shards[i].directory
-                part = self._parts[i] = RowSpool(directory, id_width=self._id_width, dim=self._collection.dim)
-            part.write(rows[owner == i])
-
-    def finish(self, *, wait: Wait = True) -> int:
-        try:
-            self._reader.check_aligned()
-            steps = {i: partial(_stage, part, wait) for i, part in self._parts.items()}
-            self._collection.together(steps, wait=wait)
-            return self._reader.seen
-        finally:
-            self.abort()
-
-    def abort(self) -> None:
-        self._reader.close()
-        for part in self._parts.values():
-            part.close()
-
-
-def _stage(spool: RowSpool, wait: Wait, shard: Collection) -> Prepared[int]:
-    return shard.stage_spooled(spool, wait=wait)
-
-
-def _stage_batch(keys: list[str], vectors: np.ndarray, wait: Wait, shard: Collection) -> Prepared[int]:
-    return shard.stage_batch(keys, vectors, wait=wait)
 
 
 def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:

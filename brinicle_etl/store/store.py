@@ -22,8 +22,8 @@ from brinicle_etl.store.remote import (
     is_remote,
     open_bucket,
 )
-from brinicle_etl.store.sharding import SHARDING, check_shards, shard_dir
-from brinicle_etl.store.shards import ShardedCollection, ShardedPlace
+from brinicle_etl.store.sharding import SHARDING, ShardedPlace, check_shards, shard_dir
+from brinicle_etl.store.shards import ShardedCollection
 from brinicle_etl.types import DEFAULT_NAMESPACE, NAME_RULE, check_name, is_name, shown
 
 if TYPE_CHECKING:
@@ -214,14 +214,14 @@ class Store:
         key = self.canonical(name)
         opened: Collection | ShardedCollection
         if self._bucket is None and (self.path_for(name) / SHARDING).exists():
-            opened = self._sharded(name).open()
+            opened = ShardedCollection.open(self._sharded(name))
         else:
             try:
                 opened = Collection(self.path_for(name), name=key, remote=self._remote(name))
             except NotFoundError:
                 if self._bucket is None or self._shard_count(name) is None:
                     raise
-                opened = self._sharded(name).open()
+                opened = ShardedCollection.open(self._sharded(name))
         with self._lock:
             return self._open.setdefault(key, opened)
 
@@ -252,7 +252,7 @@ class Store:
                 self.path_for(name), config, meta=meta, name=key, exist_ok=exist_ok, remote=self._remote(name)
             )
         else:
-            created = self._sharded(name).create(config, shards=count, meta=meta, exist_ok=exist_ok)
+            created = ShardedCollection.create(self._sharded(name), config, shards=count, meta=meta, exist_ok=exist_ok)
         with self._lock:
             return self._open.setdefault(key, created)
 
