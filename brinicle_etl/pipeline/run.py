@@ -35,7 +35,7 @@ from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, i
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.store.rows import HASH, KEY, ROW_ID, TEXT_HASH
 from brinicle_etl.store.shards import ShardedCollection, shard_of
-from brinicle_etl.store.writer import Transaction
+from brinicle_etl.store.writer import Transaction, unwind
 
 __all__ = ["IngestResult", "Progress", "ingest", "model_registry", "run_ingest"]
 
@@ -334,9 +334,11 @@ class _Run:
             if published:
                 tx.prepare(meta={**col.meta, **(options.meta or {}), "schema": self.sch.to_dict()})
             self.timings["commit"] = time.perf_counter() - t
-        except BaseException:
-            held.close()
-            undo.close()
+        except BaseException as exc:
+            try:
+                unwind(held, exc)  # a full disk is reported as such
+            finally:
+                undo.close()
             raise
         return _PreparedRun(self, held, undo, tx, plan, embedded=embedded, created=created, published=published)
 

@@ -24,7 +24,7 @@ from brinicle_etl.store.manifest import Manifest
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.staging import StagingLog, encode_keys
 from brinicle_etl.store.validate import as_matrix, as_vector
-from brinicle_etl.store.writer import Transaction, WriteResult
+from brinicle_etl.store.writer import Transaction, WriteResult, unwind
 from brinicle_etl.types import HnswParams, Wait, WriteMode
 
 __all__ = ["check_binary_rows", "SESSION_LOG", "BinaryIngest", "Sessions"]
@@ -161,8 +161,8 @@ class Sessions:
             log = self.require(snap, "ingest_batch")
             start = log.end
             append(log)
-        except BaseException:
-            stack.close()
+        except BaseException as exc:
+            unwind(stack, exc)
             raise
         return StagedRows(self, stack, log, start, count)
 
@@ -220,8 +220,8 @@ class Sessions:
             except (ConflictError, InputError):
                 self.end_session(log)
                 raise
-        except BaseException:
-            stack.close()
+        except BaseException as exc:
+            unwind(stack, exc)
             raise
         return PreparedFinalize(self, stack, tx, log)
 

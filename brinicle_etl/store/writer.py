@@ -320,6 +320,13 @@ class PreparedTransaction:
         self._stack.close()
 
 
+def unwind(stack: contextlib.ExitStack, error: BaseException) -> None:
+    """Close ``stack`` because of ``error``, letting its context managers see the error (and
+    translate it: a full disk becomes a DiskFullError, raised from here); else returns, and
+    the caller re-raises ``error``."""
+    stack.__exit__(type(error), error, error.__traceback__)
+
+
 def prepare_in(
     transaction: contextlib.AbstractContextManager[Transaction],
     body: Callable[[Transaction], None],
@@ -332,8 +339,8 @@ def prepare_in(
     try:
         body(tx)
         tx.prepare(meta=meta)
-    except BaseException:
-        stack.close()
+    except BaseException as exc:
+        unwind(stack, exc)
         raise
     return PreparedTransaction(stack, tx)
 
