@@ -18,12 +18,14 @@ __all__ = [
     "LocalFile",
     "atomic_write_bytes",
     "disk_full_is_an_error",
+    "exclusive",
     "free_bytes",
     "fsync_dir",
     "fsync_file",
     "is_no_space",
     "no_space_error",
     "pwrite_all",
+    "user_cache_dir",
 ]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -83,6 +85,21 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+def user_cache_dir() -> Path:
+    """The package's folder in the user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``):
+    object-store caches, exported embedding models."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brinicle-etl"
+
+
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if needed) across processes."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def free_bytes(directory: Path) -> int:
@@ -151,7 +168,5 @@ class LocalFile:
     def update(self, change: Callable[[bytes | None], bytes]) -> None:
         """Replace the content with ``change(current)``; two processes updating at once
         each see the other's change."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with exclusive(self.path.with_name(self.path.name + ".lock")):
             self.write(change(self.read()))

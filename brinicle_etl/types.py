@@ -30,6 +30,9 @@ __all__ = [
     "ConflictOn",
     "ConflictPolicy",
     "DuplicatePolicy",
+    "EmbedBackend",
+    "EmbedDevice",
+    "EmbedPrecision",
     "NO_KEY",
     "Wait",
     "HnswParams",
@@ -58,6 +61,15 @@ ConflictPolicy = Literal["error", "update", "skip"]
 
 DuplicatePolicy = Literal["error", "keep_last"]
 """What an ingest does with a key repeated within its own source."""
+
+EmbedBackend = Literal["auto", "torch", "openvino", "onnx"]
+"""What runs an embedding model: ``auto`` picks the fastest that passes the quality gate."""
+
+EmbedPrecision = Literal["auto", "f32", "bf16", "fp16", "int8"]
+"""The arithmetic an embedding model runs in; ``int8`` is only used when asked for."""
+
+EmbedDevice = Literal["auto", "cpu", "cuda"]
+"""Where an embedding model runs; ``auto`` is a CUDA GPU when torch sees one, else the CPU."""
 
 Wait = bool | float
 """For the writer lock: False fails at once if another writer holds it, True waits as long as

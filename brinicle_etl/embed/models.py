@@ -18,9 +18,10 @@ from typing import Literal, Protocol
 from brinicle_etl._fs import LocalFile
 from brinicle_etl.embed.base import Embedder
 from brinicle_etl.embed.hashing import HashEmbedder
+from brinicle_etl.embed.runtime import EmbedOptions
 from brinicle_etl.embed.sentence import SentenceTransformerEmbedder
 from brinicle_etl.errors import ConfigError, MissingExtraError, UnknownModelError
-from brinicle_etl.types import DIM, check_choice, shown
+from brinicle_etl.types import DIM, EmbedBackend, EmbedDevice, EmbedPrecision, check_choice, shown
 
 __all__ = ["DEFAULT_MODEL", "ModelKind", "ModelRegistry", "ModelSpec"]
 
@@ -32,7 +33,9 @@ _HASH_ID = re.compile(r"hash-(\d{1,6})")
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """``path`` is a sentence-transformers model name or a local directory."""
+    """``path`` is a sentence-transformers model name or a local directory. ``backend``,
+    ``precision`` and ``device`` say what may run it (see :mod:`brinicle_etl.embed.runtime`);
+    a schema or an ingest may narrow them."""
 
     id: str
     dim: int
@@ -40,9 +43,13 @@ class ModelSpec:
     path: str | None = None
     normalize: bool = True
     batch_size: int = 32
+    backend: EmbedBackend = "auto"
+    precision: EmbedPrecision = "auto"
+    device: EmbedDevice = "auto"
 
     def __post_init__(self) -> None:
         check_choice("model kind", self.kind, ModelKind)
+        EmbedOptions(backend=self.backend, precision=self.precision, device=self.device)
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", self.id):
             raise ConfigError(f"model id {self.id!r} must be 1-100 letters, digits, '_', '.' or '-'")
         DIM.check(self.dim, name=f"model {self.id!r}: dim")
@@ -116,12 +123,17 @@ class ModelRegistry:
         # A read-modify-write that sees a concurrent one (from another process or machine).
         self.file.update(added)
         with self._lock:
-            self._embedders.pop(spec.id, None)
+            for key in [k for k in self._embedders if k.split("\x1f")[0] == spec.id]:
+                del self._embedders[key]
 
-    def embedder(self, model_id: str) -> Embedder:
-        """The model's embedder; cheap to call, the model itself loads on first use."""
+    def embedder(
+        self, model_id: str, *, backend: EmbedBackend | None = None, precision: EmbedPrecision | None = None
+    ) -> Embedder:
+        """The model's embedder; cheap to call, the model itself loads on first use.
+        ``backend`` and ``precision``, when given, replace the registry entry's."""
+        key = f"{model_id}\x1f{backend}\x1f{precision}"
         with self._lock:
-            cached = self._embedders.get(model_id)
+            cached = self._embedders.get(key)
         if cached is not None:
             return cached
         spec = self.get(model_id)
@@ -130,8 +142,16 @@ class ModelRegistry:
             embedder = HashEmbedder(spec.dim, model_id=spec.id)
         else:
             path = _bundled_path() if spec.path == BUNDLED else (spec.path or spec.id)
+            options = EmbedOptions(
+                backend=backend or spec.backend, precision=precision or spec.precision, device=spec.device
+            )
             embedder = SentenceTransformerEmbedder(
-                path, dim=spec.dim, model_id=spec.id, normalize=spec.normalize, batch_size=spec.batch_size
+                path,
+                dim=spec.dim,
+                model_id=spec.id,
+                normalize=spec.normalize,
+                batch_size=spec.batch_size,
+                options=options,
             )
         with self._lock:
-            return self._embedders.setdefault(model_id, embedder)
+            return self._embedders.setdefault(key, embedder)

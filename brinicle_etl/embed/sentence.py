@@ -1,52 +1,30 @@
-"""sentence-transformers models, loaded on first use and cached per process."""
+"""sentence-transformers models, run on the fastest path that keeps their quality.
+
+The model loads, and its path is chosen (:func:`brinicle_etl.embed.runtime.choose`), on the
+first ``embed_batch``; both are kept for the process.
+"""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
-from brinicle_etl.errors import ConfigError, MissingExtraError
+from brinicle_etl.embed.engines import load_model
+from brinicle_etl.embed.quality import Quality
+from brinicle_etl.embed.runtime import Chosen, EmbedOptions, EmbedPath, candidates, choose, model_cache_dir
 
 __all__ = ["SentenceTransformerEmbedder"]
 
-_models: dict[tuple[str, str], Any] = {}
+_chosen: dict[tuple[str, EmbedOptions, int, bool], Chosen] = {}
 _lock = threading.Lock()
 
 
-def _load(name_or_path: str, device: str) -> Any:
-    with _lock:
-        key = (name_or_path, device)
-        if key not in _models:
-            # Never reach out to a model hub from a pipeline (models are local files), and keep
-            # the loaders' progress bars out of pipeline and CLI output.
-            for name, value in (
-                ("HF_HUB_OFFLINE", "1"),
-                ("TRANSFORMERS_OFFLINE", "1"),
-                ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                ("TRANSFORMERS_VERBOSITY", "error"),
-            ):
-                os.environ.setdefault(name, value)
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:
-                raise MissingExtraError(
-                    "embedding text needs sentence-transformers: pip install 'brinicle-etl[embed]'"
-                ) from exc
-            try:
-                _models[key] = SentenceTransformer(name_or_path, device=device)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot load embedding model {name_or_path!r}: {exc}; check the model id or path"
-                ) from exc
-        return _models[key]
-
-
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model; the model loads on the first ``embed_batch``."""
+    """A sentence-transformers model; ``options`` say which backend, precision and device may
+    run it (each ``auto`` by default)."""
 
     def __init__(
         self,
@@ -56,22 +34,41 @@ class SentenceTransformerEmbedder:
         model_id: str | None = None,
         normalize: bool = True,
         batch_size: int = 32,
-        device: str = "cpu",
+        options: EmbedOptions | None = None,
+        cache_dir: Path | None = None,
     ):
         self.name_or_path = name_or_path
         self.dim = dim
         self.model_id = model_id or name_or_path
         self.normalize = normalize
         self.batch_size = batch_size
-        self.device = device
+        self.options = options or EmbedOptions()
+        self._cache_dir = cache_dir
+
+    def _chosen(self) -> Chosen:
+        key = (self.name_or_path, self.options, self.batch_size, self.normalize)
+        with _lock:
+            chosen = _chosen.get(key)
+            if chosen is None:
+                model = load_model(self.name_or_path, candidates(self.options)[0].device)
+                chosen = _chosen[key] = choose(
+                    model,
+                    self.options,
+                    model_dir=self._cache_dir or model_cache_dir(self.name_or_path),
+                    batch_size=self.batch_size,
+                    normalize=self.normalize,
+                )
+            return chosen
+
+    @property
+    def path(self) -> EmbedPath:
+        """The backend, precision and device that run the model here (chosen on first use)."""
+        return self._chosen().path
+
+    @property
+    def quality(self) -> Quality | None:
+        """The chosen path's measured quality against float32 (None: it is float32)."""
+        return self._chosen().quality
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        model = _load(self.name_or_path, self.device)
-        vectors = model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=self.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return self._chosen().engine.encode(list(texts))

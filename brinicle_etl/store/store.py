@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
-from brinicle_etl._fs import LocalFile
+from brinicle_etl._fs import LocalFile, user_cache_dir
 from brinicle_etl.errors import AlreadyExistsError, ConfigError, NotFoundError
 from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig, ConfigSettings
@@ -71,8 +71,7 @@ def default_cache_dir(url: str, endpoint: str = "") -> Path:
     """Where a store on object storage keeps its local copies, by default: one folder per
     store URL and endpoint (two services may have buckets of the same name) under the
     user's cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "brinicle-etl" / hashlib.sha256(f"{url}\n{endpoint}".encode()).hexdigest()[:16]
+    return user_cache_dir() / hashlib.sha256(f"{url}\n{endpoint}".encode()).hexdigest()[:16]
 
 
 def parse_name(name: str) -> tuple[str, str]:
