@@ -20,7 +20,16 @@ from typing import Any, TextIO, get_args
 
 from brinicle_etl.errors import BrinicleError, ConfigError, InputError
 from brinicle_etl.store import Store, default_store_path
-from brinicle_etl.types import ConflictPolicy, DuplicatePolicy, HnswParams, Metric, VectorDType, WriteMode
+from brinicle_etl.types import (
+    ConflictPolicy,
+    DuplicatePolicy,
+    EmbedBackend,
+    EmbedPrecision,
+    HnswParams,
+    Metric,
+    VectorDType,
+    WriteMode,
+)
 
 __all__ = ["main"]
 
@@ -119,6 +128,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         template=args.template,
         vector_col=args.vector_col,
         model=args.model,
+        backend=args.embed_backend,
+        precision=args.embed_precision,
         dim=args.dim,
         separator=args.separator,
         metric=args.metric,
@@ -144,7 +155,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         out.write(
             f"rows: {result.rows_read:,} read, {result.rows_inserted:,} inserted, {result.rows_updated:,} updated, "
             f"{result.rows_skipped:,} skipped, {result.rows_unchanged:,} unchanged, {result.rows_deleted:,} deleted; "
-            f"{result.rows_embedded:,} embedded\n"
+            f"{result.rows_embedded:,} embedded{f' with {result.embedding}' if result.embedding else ''}\n"
         )
         if result.conflicts:
             shown = ", ".join(map(str, result.conflicts[:10]))
@@ -420,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="text template over columns, e.g. '{title}: {description}'")
     p.add_argument("--vector-col", help="column of precomputed vectors (JSON arrays in CSV)")
     p.add_argument("--model", help="embedding model id (default all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--embed-backend",
+        choices=get_args(EmbedBackend),
+        help="what runs the model (default auto: the fastest that passes)",
+    )
+    p.add_argument("--embed-precision", choices=get_args(EmbedPrecision), help="its arithmetic (default auto)")
     p.add_argument("--schema", help="template schema as JSON, or @file.json")
     p.add_argument("--template-name", help="use, or save under this name, the schema template")
     p.add_argument("--dim", type=int, help="vector dimension (checked against the vectors)")

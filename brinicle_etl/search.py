@@ -129,14 +129,15 @@ def embed_query(collection: AnyCollection, queries: Sequence[str], registry: Mod
     if empty is not None:
         where = "" if len(queries) == 1 else f" (query {empty + 1} of {len(queries)})"
         raise InputError(f"search: the query text is empty{where}; give words to search for, or a vector")
-    schema = collection.meta.get("schema")
-    model = TemplateSchema.from_dict(schema).model if schema else None
-    if model is None:
+    schema = TemplateSchema.from_dict(collection.meta["schema"]) if "schema" in collection.meta else None
+    model = schema.model if schema is not None else None
+    if schema is None or model is None:
         raise ConfigError(
             f"collection {collection.name!r} has no embedding model (its vectors were not generated from text); "
             "search it with a vector"
         )
-    embedder = (registry or ModelRegistry()).embedder(model)
+    # The path the rows were embedded with, so a query and its rows are embedded alike.
+    embedder = (registry or ModelRegistry()).embedder(model, backend=schema.backend, precision=schema.precision)
     return embedder.embed_batch(list(queries))
 
 

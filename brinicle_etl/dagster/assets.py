@@ -111,6 +111,8 @@ def materialization_metadata(result: IngestResult, store: Store, recall: float |
         metadata["recall_at_10"] = dg.MetadataValue.float(round(recall, 4))
     if result.inferred:
         metadata["inferred"] = result.inferred
+    if result.embedding:
+        metadata["embedding"] = result.embedding
     return metadata
 
 

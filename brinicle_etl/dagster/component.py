@@ -26,7 +26,7 @@ import dagster as dg
 from brinicle_etl.dagster.assets import BrinicleResource, collection_asset
 from brinicle_etl.store import default_store_location
 from brinicle_etl.store.remote import is_remote
-from brinicle_etl.types import ConflictPolicy, Metric, VectorDType, WriteMode
+from brinicle_etl.types import ConflictPolicy, EmbedBackend, EmbedPrecision, Metric, VectorDType, WriteMode
 
 __all__ = ["BrinicleCollectionComponent", "store_resource"]
 
@@ -74,6 +74,8 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
     template: str | None = None
     vector_col: str | None = None
     embedding_model: str | None = None
+    embedding_backend: EmbedBackend | None = None
+    embedding_precision: EmbedPrecision | None = None
     dtype: VectorDType = "bf16"
     metric: Metric = "cosine"
     group_name: str | None = None
@@ -100,6 +102,8 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
             template=self.template,
             vector_col=self.vector_col,
             model=self.embedding_model,
+            backend=self.embedding_backend,
+            precision=self.embedding_precision,
             dtype=self.dtype,
             metric=self.metric,
             group_name=self.group_name,

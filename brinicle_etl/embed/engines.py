@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,7 +136,7 @@ class OpenVinoEngine:
         ov = _import("openvino", "openvino")
         self._ov = ov
         self._tokens = _Tokenized(model, batch_size)
-        self._dim = int(model.get_sentence_embedding_dimension())
+        self._dim = _dimension(model)
         self._normalize = normalize
         xml = _export(model, self._tokens.names, cache_dir / "openvino", _save_openvino, "model.xml")
         core = ov.Core()
@@ -176,13 +177,19 @@ class OnnxEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self._dim = int(model.get_sentence_embedding_dimension())
+        self._dim = _dimension(model)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self._dim), dtype=np.float32)
         for rows, feed in self._tokens.batches(texts):
             out[rows] = self._session.run(None, feed)[0]
         return _unit(out, self._normalize)
+
+
+def _dimension(model: Any) -> int:
+    # sentence-transformers 6 renamed the method; older releases have only the old name.
+    method = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(method())
 
 
 def _import(module: str, extra: str) -> Any:
@@ -229,7 +236,9 @@ def _export(model: Any, names: list[str], folder: Path, save: Any, file: str) ->
     target = folder / file
     if target.exists():
         return target
-    with exclusive(folder.parent / f".{folder.name}.lock"):
+    with exclusive(folder.parent / f".{folder.name}.lock"), warnings.catch_warnings():
+        # Tracing notes values it fixes (the mask's length equals the tokens'), true for any input.
+        warnings.simplefilter("ignore")
         if target.exists():
             return target
         partial = folder.with_name(f"{folder.name}.partial")

@@ -21,6 +21,8 @@ from brinicle_etl.store.sharding import MAX_SHARDS, check_shards
 from brinicle_etl.types import (
     ConflictOn,
     ConflictPolicy,
+    EmbedBackend,
+    EmbedPrecision,
     HnswParams,
     Metric,
     VectorDType,
@@ -51,8 +53,14 @@ class SchemaSpec:
     template: str | None = None
     vector_col: str | None = None
     model: str | None = None
+    backend: EmbedBackend | None = None
+    precision: EmbedPrecision | None = None
 
     def __post_init__(self) -> None:
+        if self.backend is not None:
+            check_choice("backend", self.backend, EmbedBackend)
+        if self.precision is not None:
+            check_choice("precision", self.precision, EmbedPrecision)
         if self.template_name is not None:
             check_name(self.template_name, "template_name")  # saved after the write: refused before
         if self.semantic_fields is not None and not isinstance(self.semantic_fields, tuple):
@@ -66,6 +74,8 @@ class SchemaSpec:
             "template": self.template,
             "vector_col": self.vector_col,
             "model": self.model,
+            "backend": self.backend,
+            "precision": self.precision,
         }
         return {k: v for k, v in given.items() if v is not None}
 
@@ -114,6 +124,8 @@ class IngestArgs(TypedDict, total=False):
     template: str | None
     vector_col: str | None
     model: str | None
+    backend: EmbedBackend | None
+    precision: EmbedPrecision | None
     dim: int | None
     metric: Metric
     dtype: VectorDType
@@ -205,6 +217,9 @@ class IngestResult:
     """False when the source changed nothing: no new generation was published."""
     shard: int | None = None
     """The shard written, when one shard of a sharded collection was."""
+    embedding: str | None = None
+    """What embedded the rows, ``backend/precision/device`` (e.g. ``openvino/bf16/cpu``), with
+    its measured quality against float32 when it is not float32; None when nothing was embedded."""
     shards: tuple[IngestResult, ...] = ()
     """Each shard's result, when every shard of a sharded collection was written (the counts
     above are their totals, ``generation`` the sum of the shards' generations, as the
@@ -239,6 +254,7 @@ class IngestResult:
             timings=timings,
             shard=None,
             shards=tuple(results),
+            embedding=next((r.embedding for r in results if r.embedding), None),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,6 +280,7 @@ class IngestResult:
             "published": self.published,
             "schema": self.schema.to_dict(),
             "inferred": self.inferred,
+            "embedding": self.embedding,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             **({"shard": self.shard} if self.shard is not None else {}),
             **({"shards": [r.to_dict() for r in self.shards]} if self.shards else {}),

@@ -13,6 +13,7 @@ entry points that already hold options call :func:`run_ingest`, the one implemen
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Unpack, cast
+from typing import Any, Unpack, cast
 
 import numpy as np
 import polars as pl
@@ -75,6 +76,8 @@ def _resolve_schema(
 ) -> tuple[TemplateSchema, Inferred | None]:
     spec = options.schema
     overrides = spec.overrides() | ({"model": model} if model is not None else {})
+    # What runs the model may change at any ingest: it never changes what is embedded.
+    runtime: dict[str, Any] = {name: overrides.pop(name) for name in ("backend", "precision") if name in overrides}
     mode, batch_rows, schema, template_name = options.mode, options.batch_rows, spec.schema, spec.template_name
     if existing is not None and mode != "build":
         stored = TemplateSchema.from_dict(existing.meta["schema"])
@@ -85,7 +88,7 @@ def _resolve_schema(
                     f"collection {existing.name!r} has {name}={getattr(stored, name)!r}, not {want!r}; "
                     "an existing collection keeps its schema (use mode='build' to replace it)"
                 )
-        return stored, None
+        return dataclasses.replace(stored, **runtime), None
 
     base: TemplateSchema | None = None
     if isinstance(schema, TemplateSchema):
@@ -103,6 +106,7 @@ def _resolve_schema(
         for name in ("primary_key", "semantic_fields", "template", "vector_col", "model"):
             if name not in given and getattr(base, name):
                 given[name] = getattr(base, name)
+        runtime = {"backend": base.backend, "precision": base.precision, **runtime}
     sample = next(source.batches(batch_rows=min(batch_rows, 10_000)), None)
     frame = sample.frame if sample is not None else pl.DataFrame(schema={c: pl.String for c in source.columns})
     if "semantic_fields" in given:
@@ -114,6 +118,7 @@ def _resolve_schema(
         inferred_schema = TemplateSchema.from_dict({**inferred_schema.to_dict(), "columns": base.columns})
     if inferred_schema.vector_source == "generated" and inferred_schema.model is None:
         inferred_schema = TemplateSchema.from_dict({**inferred_schema.to_dict(), "model": DEFAULT_MODEL})
+    inferred_schema = dataclasses.replace(inferred_schema, **runtime)
     if inferred.notes:
         log.info("inferred from %s: %s", source.description, inferred)
     return inferred_schema, inferred
@@ -282,7 +287,7 @@ class _Run:
         self.sch.check_source(list(self.src.columns), self.src.description)
         if self.sch.vector_source == "generated" and embedder is None:
             assert self.sch.model is not None
-            embedder = store.models.embedder(self.sch.model)
+            embedder = store.models.embedder(self.sch.model, backend=self.sch.backend, precision=self.sch.precision)
         self.embedder = embedder
         self.dim = _vector_dim(self.sch, embedder, self.existing, self.src, options.new.dim, options.batch_rows)
         if self.sch.vector_source == "precomputed" and self.sch.model is not None:
@@ -372,6 +377,7 @@ class _Run:
             schema=self.sch,
             inferred=str(self.inferred) if self.inferred is not None and self.inferred.notes else None,
             timings=self.timings,
+            embedding=_embedding(self.embedder) if embedded else None,
         )
         log.info(
             "ingested %s into %s%s: %d inserted, %d updated, %d skipped, %d unchanged, %d deleted, %d embedded",
@@ -584,6 +590,14 @@ class _ShardRows:
         selected = np.zeros(len(mine), dtype=bool)
         selected[np.flatnonzero(mine)[picked]] = True
         return window, picked, selected
+
+
+def _embedding(embedder: Embedder | None) -> str | None:
+    """What embedded the rows, for a model run on a chosen path: the path, and its quality."""
+    path, quality = getattr(embedder, "path", None), getattr(embedder, "quality", None)
+    if path is None:
+        return None
+    return f"{path} ({quality})" if quality is not None else str(path)
 
 
 def _vector_dim(

@@ -19,7 +19,7 @@ import polars as pl
 
 from brinicle_etl.errors import ConfigError, InputError
 from brinicle_etl.store.rows import RESERVED_COLUMNS
-from brinicle_etl.types import VectorSource
+from brinicle_etl.types import EmbedBackend, EmbedPrecision, VectorSource, check_choice
 
 __all__ = [
     "RESERVED_COLUMNS",
@@ -76,7 +76,10 @@ class TemplateSchema:
     values one per line). ``vector_col``: a column of precomputed vectors (JSON arrays
     in CSV, list or array columns in Parquet); it is not stored with the row.
     ``columns``: column name -> type (string, int64, float64, bool, date, datetime).
-    ``model``: the embedding model id used for ``semantic_fields``.
+    ``model``: the embedding model id used for ``semantic_fields``. ``backend`` and
+    ``precision``: what may run it (None: the model registry entry's, ``auto`` by default);
+    they may change without re-embedding anything (every path that runs passes the quality
+    gate against float32, so old and new vectors agree within it).
     """
 
     primary_key: str | None = None
@@ -85,9 +88,15 @@ class TemplateSchema:
     vector_col: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     model: str | None = None
+    backend: EmbedBackend | None = None
+    precision: EmbedPrecision | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "semantic_fields", tuple(self.semantic_fields))
+        if self.backend is not None:
+            check_choice("backend", self.backend, EmbedBackend)
+        if self.precision is not None:
+            check_choice("precision", self.precision, EmbedPrecision)
         for name, kind in self.columns.items():
             if kind not in _TYPES:
                 raise ConfigError(f"column {name!r} has type {kind!r}; types are {', '.join(repr(t) for t in _TYPES)}")
@@ -119,14 +128,14 @@ class TemplateSchema:
             "vector_col": self.vector_col,
             "columns": dict(self.columns),
             "model": self.model,
-        }
+        } | {name: value for name, value in (("backend", self.backend), ("precision", self.precision)) if value}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TemplateSchema:
-        known = {"primary_key", "semantic_fields", "template", "vector_col", "columns", "model"}
+        known = {"primary_key", "semantic_fields", "template", "vector_col", "columns", "model", "backend", "precision"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"template schema has unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -140,6 +149,8 @@ class TemplateSchema:
             vector_col=data.get("vector_col"),
             columns=dict(data.get("columns") or {}),
             model=data.get("model"),
+            backend=data.get("backend"),
+            precision=data.get("precision"),
         )
 
     @classmethod
