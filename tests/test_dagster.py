@@ -251,6 +251,9 @@ def test_pipelines_load_like_dagster_dev_and_the_sample_job_runs(
     assert set(defs.resources) == {"brinicle_store"}  # readable, not brinicle_<hash>
     result = defs.resolve_job_def("catalogue_job").execute_in_process()
     assert result.success
+    # What embedded the rows shows in the asset's metadata (backend/precision/device, and quality).
+    built = result.asset_materializations_for_node("catalogue")[0]
+    assert str(built.metadata["embedding"].value).split(" ")[0].endswith("/cpu")
     smoke = result.asset_materializations_for_node("catalogue_smoke_test")[0]
     assert "Waterproof Hiking Boots" in str(smoke.metadata["top_titles"].value)
     assert len(Store(tmp_path / "store").open("shop/products")) == 300

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from brinicle_etl import Store, ingest
+from brinicle_etl import ConfigError, Store, ingest
 from brinicle_etl.search import search
 from tests.conftest import REPO
 
@@ -55,6 +56,24 @@ def test_precomputed_vectors_from_the_same_model_answer_text_queries(tmp_path: P
     assert all("Waterproof Hiking Boots" in h.row["title"] for h in hits)
 
 
+def test_the_embedding_path_is_reported_kept_and_changed_without_re_embedding(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    first = ingest(SAMPLE / "products.csv", "shop/products", store=store, backend="torch", precision="bf16")
+    assert first.embedding is not None and first.embedding.startswith("torch/bf16/cpu (cosine 0.99")
+    assert (first.schema.backend, first.schema.precision) == ("torch", "bf16")
+    # A query is embedded on the collection's path: the registry's embedder for that path runs it.
+    hits = search("shop/products", "waterproof boots for hiking in the rain", 3, store=store)
+    assert all("Waterproof Hiking Boots" in h.row["title"] for h in hits)
+    used = store.models.embedder("all-MiniLM-L6-v2", backend="torch", precision="bf16")
+    assert str(getattr(used, "path", "")) == "torch/bf16/cpu"
+    # Another path later: nothing is embedded again (the vectors agree within the gate), the schema follows.
+    again = ingest(SAMPLE / "products.csv", "shop/products", store=store, backend="torch", precision="f32")
+    assert (again.rows_unchanged, again.rows_embedded, again.embedding) == (300, 0, None)
+    assert Store(store.root).open("shop/products").meta["schema"]["precision"] == "f32"
+    with pytest.raises(ConfigError, match="precision must be one of 'auto', 'f32', 'bf16', 'fp16', 'int8'; got 'f8'"):
+        ingest(SAMPLE / "products.csv", "shop/products", store=store, precision="f8")  # type: ignore[arg-type]
+
+
 def test_readme_demo_commands(tmp_path: Path) -> None:
     """The commands `make demo` runs, as a user would type them."""
     env = {**os.environ, "BRINICLE_STORE": str(tmp_path / "store")}
@@ -67,6 +86,8 @@ def test_readme_demo_commands(tmp_path: Path) -> None:
 
     out = run("ingest", "sample_data/products.csv", "--collection", "shop/products", "--mode", "build")
     assert "rows: 300 read, 300 inserted" in out
+    # The rows line says what embedded them, with its quality against float32 unless it is float32.
+    assert re.search(r"; 300 embedded with \w+/\w+/cpu( \(cosine 0\.99\d+, recall@10 [01]\.\d+\))?$", out, re.M)
     out = run(
         "ingest",
         "sample_data/products_day2.csv",

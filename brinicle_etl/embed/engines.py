@@ -83,6 +83,8 @@ class TorchEngine:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
+        if not len(texts):
+            return np.empty((0, _dimension(self._model)), dtype=np.float32)
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if self._dtype is not None:
             autocast = torch.autocast(self._device, dtype=self._dtype)

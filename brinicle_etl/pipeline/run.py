@@ -335,7 +335,10 @@ class _Run:
                 tx.delete(plan.deletes)
             # Nothing to write, delete or record: publish nothing, the generation stays.
             changed = bool(plan.write.any() or len(plan.deletes))
-            published = created or options.mode == "build" or options.meta is not None or changed
+            # A new backend or precision for the model changes only the schema: recorded, so
+            # queries follow it.
+            restated = col.meta.get("schema") != self.sch.to_dict()
+            published = created or options.mode == "build" or options.meta is not None or changed or restated
             if published:
                 tx.prepare(meta={**col.meta, **(options.meta or {}), "schema": self.sch.to_dict()})
             self.timings["commit"] = time.perf_counter() - t
