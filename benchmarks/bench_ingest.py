@@ -90,9 +90,9 @@ def embedding_throughput(texts: list[str], rounds: int = 2) -> dict[str, float]:
 
     embedder = ModelRegistry().embedder("all-MiniLM-L6-v2")
     embedder.embed_batch(texts[:64])  # load the model outside the timings
-    from brinicle_etl.embed.sentence import _load
+    from brinicle_etl.embed.engines import load_model
 
-    model = _load(embedder.name_or_path, "cpu")  # type: ignore[attr-defined]
+    model = load_model(embedder.name_or_path, "cpu")  # type: ignore[attr-defined]
     frame = pl.DataFrame({"id": list(range(len(texts))), "text": texts})
     bare, pipeline = [], []
     for _ in range(rounds):
