@@ -27,7 +27,7 @@ def paths(*names: str) -> list[str]:
     ("bf16", "options", "expected"),
     [
         (True, EmbedOptions(), paths("openvino/bf16/cpu", "torch/bf16/cpu", "torch/f32/cpu")),
-        (False, EmbedOptions(), paths("torch/f32/cpu")),
+        (False, EmbedOptions(), paths("openvino/f32/cpu", "torch/f32/cpu")),
         (False, EmbedOptions(backend="openvino"), paths("openvino/bf16/cpu", "openvino/f32/cpu")),
         (True, EmbedOptions(precision="f32"), paths("openvino/f32/cpu", "onnx/f32/cpu", "torch/f32/cpu")),
         (True, EmbedOptions(precision="int8"), paths("onnx/int8/cpu")),
@@ -84,6 +84,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         noise = state["noise"].get(str(path))
         if noise is None:
             raise MissingExtraError(f"{path.backend} is not installed")
+        if noise == "crash":
+            raise RuntimeError("Exception from src/frontends: unsupported operation aten::weird\nat line 3")
         return FakeEngine(reference, noise, state["calls"], str(path))
 
     monkeypatch.setattr(runtime, "_engine", engine)
@@ -113,6 +115,30 @@ def test_auto_skips_a_backend_that_is_not_installed(fake: dict[str, Any], tmp_pa
     assert str(pick(EmbedOptions(), tmp_path).path) == "torch/bf16/cpu"
     with pytest.raises(MissingExtraError, match="openvino is not installed"):
         pick(EmbedOptions(backend="openvino"), tmp_path)
+
+
+def test_a_path_whose_export_fails_is_skipped_or_named(fake: dict[str, Any], tmp_path: Path) -> None:
+    fake["noise"] = {"openvino/bf16/cpu": "crash", "torch/bf16/cpu": 1e-4}
+    assert str(pick(EmbedOptions(), tmp_path).path) == "torch/bf16/cpu"
+    with pytest.raises(ConfigError) as caught:
+        pick(EmbedOptions(backend="openvino", precision="bf16"), tmp_path)
+    assert str(caught.value) == (
+        "embedding path openvino/bf16/cpu cannot run this model: Exception from src/frontends: unsupported "
+        "operation aten::weird; leave backend at 'auto' to use another path"
+    )
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_when_no_path_runs_the_error_lists_why_each_did_not(fake: dict[str, Any], tmp_path: Path) -> None:
+    fake["noise"] = {"openvino/bf16/cpu": "crash", "torch/bf16/cpu": 0.5}
+    with pytest.raises(ConfigError) as caught:
+        pick(EmbedOptions(precision="bf16"), tmp_path)
+    assert re.fullmatch(
+        r"no embedding path for backend='auto', precision='bf16' runs here: openvino/bf16/cpu: Exception "
+        r"from src/frontends: unsupported operation aten::weird; torch/bf16/cpu: fails the quality gate "
+        r"\(mean cosine to f32 0\.\d{5} \(needs 0\.999\), recall@10 against f32 0\.\d{3} \(needs 0\.99\)\)",
+        str(caught.value),
+    )
 
 
 def test_float32_is_the_reference_and_is_never_measured(fake: dict[str, Any], tmp_path: Path) -> None:

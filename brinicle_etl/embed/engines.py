@@ -100,26 +100,36 @@ class TorchEngine:
 
 
 class _Tokenized:
-    """Texts cut into batches of similar length (less padding), tokenized as the model does."""
+    """Texts tokenized as the model does, in one call, then cut into batches of texts of the
+    same token count (sorted), padded to the longest in each: almost no padding is computed."""
 
     def __init__(self, model: Any, batch_size: int):
         self._tokenizer = model.tokenizer
         self._max_length = int(model.max_seq_length or 512)
         self._batch_size = batch_size
+        self._pad = int(self._tokenizer.pad_token_id or 0)
         self.names: list[str] = list(self._tokenizer.model_input_names)
 
     def batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        if not len(texts):
+            return
+        encoded = self._tokenizer(list(texts), truncation=True, max_length=self._max_length)
+        ids: list[list[int]] = encoded["input_ids"]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable")
         for start in range(0, len(texts), self._batch_size):
             rows = order[start : start + self._batch_size]
-            encoded = self._tokenizer(
-                [texts[i] for i in rows.tolist()],
-                padding=True,
-                truncation=True,
-                max_length=self._max_length,
-                return_tensors="np",
-            )
-            yield rows, {name: np.asarray(encoded[name], dtype=np.int64) for name in self.names}
+            width = int(lengths[rows].max())
+            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in self.names}
+            feed["input_ids"].fill(self._pad)
+            for i, row in enumerate(rows.tolist()):
+                n = int(lengths[row])
+                feed["input_ids"][i, :n] = ids[row]
+                if "attention_mask" in feed:
+                    feed["attention_mask"][i, :n] = 1
+                if "token_type_ids" in feed:
+                    feed["token_type_ids"][i, :n] = encoded["token_type_ids"][row]
+            yield rows, feed
 
 
 def _unit(vectors: np.ndarray, normalize: bool) -> np.ndarray:
@@ -215,7 +225,7 @@ def _graph(model: Any, names: list[str]) -> Any:
 
     unknown = set(names) - set(_GRAPH_INPUTS)
     if unknown:
-        raise MissingExtraError(f"exporting a model whose tokenizer gives {sorted(unknown)} is not supported")
+        raise ConfigError(f"exporting a model whose tokenizer gives {sorted(unknown)} is not supported")
 
     class Sentence(torch.nn.Module):
         def __init__(self) -> None:

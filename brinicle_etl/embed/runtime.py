@@ -6,7 +6,7 @@
 - a CUDA GPU (when torch sees one): torch in fp16, else float32;
 - a CPU with bf16 arithmetic (AVX512-BF16 or AMX): OpenVINO in bf16 (when the ``openvino``
   extra is installed), else torch in bf16, else float32;
-- any other CPU: torch in float32, as before (the other paths were not faster there).
+- any other CPU: OpenVINO in float32 (when installed), else torch in float32.
 
 ``int8`` is never chosen by ``auto``; asked for, it runs and reports its measured quality.
 Another path asked for explicitly runs only if it passes the gate, else the error says what
@@ -32,7 +32,7 @@ import numpy as np
 from brinicle_etl._fs import LocalFile, user_cache_dir
 from brinicle_etl.embed.engines import EXPORT_VERSION, Engine, OnnxEngine, OpenVinoEngine, TorchEngine
 from brinicle_etl.embed.quality import Quality, check_texts, measure
-from brinicle_etl.errors import ConfigError, MissingExtraError
+from brinicle_etl.errors import BrinicleError, ConfigError
 from brinicle_etl.types import EmbedBackend, EmbedDevice, EmbedPrecision, check_choice
 
 __all__ = ["REFERENCE", "Chosen", "EmbedOptions", "EmbedPath", "candidates", "choose", "cpu_has_bf16"]
@@ -110,7 +110,7 @@ def candidates(options: EmbedOptions) -> list[EmbedPath]:
     if device == "cuda":
         table = [("torch", "fp16"), ("torch", "bf16"), ("torch", "f32")]
     elif options.backend == "auto" and options.precision == "auto":
-        table = [("openvino", "bf16"), ("torch", "bf16")] if cpu_has_bf16() else []
+        table = [("openvino", "bf16"), ("torch", "bf16")] if cpu_has_bf16() else [("openvino", "f32")]
         table.append(("torch", "f32"))
     else:
         table = [("openvino", "bf16"), ("torch", "bf16"), ("openvino", "f32"), ("onnx", "f32"), ("torch", "f32")]
@@ -132,13 +132,21 @@ def choose(model: Any, options: EmbedOptions, *, model_dir: Path, batch_size: in
     """The first of :func:`candidates` that can run here and passes the gate (or, ``int8``,
     was asked for)."""
     verdicts = _Verdicts(model_dir)
+    skipped: list[str] = []
     for path in candidates(options):
         try:
             engine = _engine(model, path, model_dir=model_dir, batch_size=batch_size, normalize=normalize)
-        except MissingExtraError as exc:
+        except Exception as exc:  # not installed, or an export or compile this model does not survive
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if options.backend != "auto":
-                raise
-            log.info("embedding path %s skipped: %s", path, exc)
+                if isinstance(exc, BrinicleError):
+                    raise
+                raise ConfigError(
+                    f"embedding path {path} cannot run this model: {reason}; "
+                    "leave backend at 'auto' to use another path"
+                ) from exc
+            log.info("embedding path %s skipped: %s", path, reason)
+            skipped.append(f"{path}: {reason}")
             continue
         if path.backend == "torch" and path.precision == "f32":
             return Chosen(path, engine, None)
@@ -155,7 +163,11 @@ def choose(model: Any, options: EmbedOptions, *, model_dir: Path, batch_size: in
                 "leave backend and precision at 'auto' to use the fastest path that passes"
             )
         log.info("embedding path %s skipped: fails the quality gate (%s)", path, quality.why())
-    raise ConfigError(f"no embedding path for backend={options.backend!r}, precision={options.precision!r} works here")
+        skipped.append(f"{path}: fails the quality gate ({quality.why()})")
+    raise ConfigError(
+        f"no embedding path for backend={options.backend!r}, precision={options.precision!r} runs here: "
+        + "; ".join(skipped)
+    )
 
 
 def _engine(model: Any, path: EmbedPath, *, model_dir: Path, batch_size: int, normalize: bool) -> Engine:
@@ -218,7 +230,10 @@ class _Verdicts:
         def add(raw: bytes | None) -> bytes:
             return json.dumps({**_parse(raw), key: quality.to_dict()}, indent=2).encode()
 
-        self._file.update(add)
+        try:
+            self._file.update(add)
+        except OSError as exc:  # a cache that cannot be written: measured again next time
+            log.warning("cannot keep the quality gate's verdict in %s: %s", self._file, exc)
         return quality
 
     def _read(self) -> dict[str, Any]:
