@@ -25,7 +25,8 @@ def test_keyword_options_land_in_their_groups() -> None:
 
 def test_an_unknown_option_is_refused_with_the_valid_names(tmp_path: Path) -> None:
     frame = pl.DataFrame({"id": [1], "v": [[0.1, 0.2]]})
-    with pytest.raises(ConfigError, match=r"^unknown ingest option\(s\) 'primry_key'; valid: batch_rows, conflict_on,"):
+    valid = r"valid: backend, batch_rows, conflict_on,"
+    with pytest.raises(ConfigError, match=rf"^unknown ingest option\(s\) 'primry_key'; {valid}"):
         ingest(frame, "db/ns", store=tmp_path, primry_key="id")  # type: ignore[call-arg]
     assert not (tmp_path / "db").exists()
 

@@ -25,6 +25,7 @@ from brinicle_etl import (
     InputError,
     LockedError,
     NotFoundError,
+    PublishConflictError,
     StateError,
     Store,
     ingest,
@@ -323,13 +324,79 @@ def test_a_shard_that_fails_to_publish_is_named_and_a_rerun_completes_the_write(
         col.write(keys, x)
     assert str(caught.value) == (
         "in 'db/ns': shard 1: the disk is full (shard(s) [0, 2] were published and the others were not; "
-        "run the same write again to bring them up to date)"
+        "run it again to complete it)"
     )
     owner = shard_of(keys, 3)
     assert len(col) == int((owner != 1).sum())
     monkeypatch.undo()
     result = col.write(keys, x)
     assert (result.inserted, result.updated, len(col)) == (int((owner == 1).sum()), int((owner != 1).sum()), 60)
+
+
+def test_another_machine_publishing_first_is_reported_with_its_generation(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    col = store.create("db/ns", dim=DIM, shards=2)
+    assert isinstance(col, ShardedCollection)
+
+    def raced(manifest: object) -> None:
+        raise PublishConflictError("generation 1 of 'db/ns/shard-0000' was published by another writer", generation=1)
+
+    monkeypatch.setattr(col.shard(0), "_publish", raced)
+    with pytest.raises(PublishConflictError) as caught:
+        col.write(keys_of(20), clustered(20, DIM, seed=3), mode="insert")
+    assert caught.value.generation == 1
+    assert str(caught.value) == (
+        "in 'db/ns': shard 0: generation 1 of 'db/ns/shard-0000' was published by another writer "
+        "(shard(s) [1] were published and the others were not; run it again with mode='upsert' to complete it)"
+    )
+
+
+def test_an_error_outside_the_tree_keeps_its_class_and_gets_the_story_as_a_note(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    col = store.create("db/ns", dim=DIM, shards=2)
+    assert isinstance(col, ShardedCollection)
+
+    def broken(manifest: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(col.shard(1), "_publish", broken)
+    with pytest.raises(OSError, match="Input/output error") as caught:
+        col.write(keys_of(20), clustered(20, DIM, seed=3))
+    assert caught.value.__notes__ == [
+        "in 'db/ns': shard 1: [Errno 5] Input/output error (shard(s) [0] were published and the others were not; "
+        "run it again to complete it)"
+    ]
+
+
+def test_a_finalize_cut_short_is_completed_by_finalizing_again(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    col = store.create("db/ns", dim=DIM, shards=3)
+    assert isinstance(col, ShardedCollection)
+    col.init("upsert")
+    col.ingest_batch(keys_of(60), clustered(60, DIM, seed=4))
+
+    def full_disk(manifest: object) -> None:
+        raise DiskFullError("the disk is full", path="/")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(col.shard(2)._sessions, "_publish", full_disk)
+        with pytest.raises(DiskFullError, match=r"call finalize\(\) again to apply the others"):
+            col.finalize()
+    assert [s.status().session_mode for s in col.shards] == [None, None, "upsert"]
+    assert col.finalize().inserted == int((shard_of(keys_of(60), 3) == 2).sum())
+    assert len(col) == 60
+    with pytest.raises(StateError, match="finalize: no pending ingest session on 'db/ns'; call init"):
+        col.finalize()
+
+
+def test_a_failed_first_ingest_of_every_shard_leaves_no_collection(store: Store) -> None:
+    bad = pl.DataFrame({"id": ["1", "2", "2"], "title": ["a", "b", "c"]})  # a key twice: refused
+    with pytest.raises(InputError, match="duplicate primary key 'id'"):
+        ingest(bad, "db/ns", store=store, model="hash-32", primary_key="id", shards=3)
+    assert not Store(store.root).exists("db/ns") and Store(store.root).names() == []
+    good = ingest(bad.unique("id"), "db/ns", store=store, model="hash-32", primary_key="id", shards=2)
+    assert good.rows_inserted == 2
 
 
 def test_delete_routes_keys_and_lists_the_missing_in_the_order_given(store: Store) -> None:
@@ -390,13 +457,16 @@ def test_a_batch_with_one_shard_busy_stages_nothing_anywhere(store: Store) -> No
             col.ingest_batch(keys_of(30), clustered(30, DIM, seed=8), wait=False)
         rows = np.zeros(30, dtype=[("id", "S8"), ("v", "<f4", (DIM,))])
         rows["id"] = [k.encode() for k in keys_of(30)]
-        with col.ingest_binary(id_width=8) as batch:
-            batch.feed(rows.tobytes())
-            with pytest.raises(LockedError):
-                batch.finish(wait=False)
+        batch = col.ingest_binary(id_width=8)
+        batch.feed(rows.tobytes())
+        with pytest.raises(LockedError):
+            batch.finish(wait=False)
+        assert col.status().staged_count == 0
     finally:
         busy.shard(1).release_writer_lock()
-    assert col.status().staged_count == 0
+    assert batch.finish(wait=False) == 30  # a busy shard keeps the batch: it may be retried
+    assert col.abort() == 30 and col.status().staged_count == 0
+    col.init("upsert")
     assert col.ingest_batch(keys_of(30), clustered(30, DIM, seed=8)) == 30
     assert col.finalize().inserted == 30 and len(col) == 30
 

@@ -18,7 +18,7 @@ from brinicle_etl.embed.runtime import Chosen, EmbedOptions, EmbedPath, candidat
 
 __all__ = ["SentenceTransformerEmbedder"]
 
-_chosen: dict[tuple[str, EmbedOptions, int, bool], Chosen] = {}
+_chosen: dict[tuple[str, EmbedOptions, int, bool, Path | None], Chosen] = {}
 _lock = threading.Lock()
 
 
@@ -46,7 +46,7 @@ class SentenceTransformerEmbedder:
         self._cache_dir = cache_dir
 
     def _chosen(self) -> Chosen:
-        key = (self.name_or_path, self.options, self.batch_size, self.normalize)
+        key = (self.name_or_path, self.options, self.batch_size, self.normalize, self._cache_dir)
         with _lock:
             chosen = _chosen.get(key)
             if chosen is None:

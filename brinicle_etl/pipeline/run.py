@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors, vector_digest
-from brinicle_etl.errors import ConfigError, InputError
+from brinicle_etl.errors import AlreadyExistsError, ConfigError, InputError
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult, Progress
 from brinicle_etl.pipeline.plan import Hasher, Plan, Planner
 from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
@@ -193,15 +193,19 @@ def run_ingest(
     name = st.canonical(collection)
     existing = st.open(name) if st.exists(name) else None
     count = _shard_count(name, existing, options)
+    created = False
     if count == 1 and not isinstance(existing, ShardedCollection):
         return _Run(source, name, st, options, embedder, progress).run()
     if not isinstance(existing, ShardedCollection):
         # The first run creates every shard (of N steps starting at once, each may: one makes
         # the collection, the others find it), then each writes its own.
         probe = _Run(source, name, st, options, embedder, progress)
-        existing = cast(
-            ShardedCollection, st.create(name, config=options.new.config(probe.dim), shards=count, exist_ok=True)
-        )
+        config = options.new.config(probe.dim)
+        try:
+            existing = cast(ShardedCollection, st.create(name, config=config, shards=count))
+            created = True
+        except AlreadyExistsError:
+            existing = cast(ShardedCollection, st.create(name, config=config, shards=count, exist_ok=True))
     sharded = existing
 
     def run(i: int, _shard: Collection) -> _PreparedRun:
@@ -212,7 +216,17 @@ def run_ingest(
     # Every shard: prepared in parallel, bounded by the cores (embedding and HNSW builds
     # release the GIL), then published; an error anywhere before publication writes nothing.
     steps = {i: partial(run, i) for i in range(count)}
-    results = sharded.together(steps, wait=options.wait, workers=min(count, os.cpu_count() or 1))
+    try:
+        results = sharded.together(
+            steps,
+            wait=options.wait,
+            again="run the same ingest again to complete it",
+            workers=min(count, os.cpu_count() or 1),
+        )
+    except BaseException:
+        if created and not any(sharded.generations()):
+            st.drop(name)  # created by this run, which wrote nothing: as for one collection, none is left
+        raise
     return IngestResult.combined(list(results.values()))
 
 
@@ -275,8 +289,9 @@ class _Run:
         if holder is None and shard is not None and "schema" in shard[0].meta:
             holder = shard[0]
         self.sch, self.inferred = _resolve_schema(store, holder, self.src, options, model)
-        stored = self.target.meta.get("schema") if options.shard is not None and self.target is not None else None
-        if stored is not None and TemplateSchema.from_dict(stored) != self.sch:
+        single_build = options.shard is not None and options.mode == "build" and self.target is not None
+        stored = self.target.meta.get("schema") if single_build and self.target is not None else None
+        if stored is not None and not _same_table(TemplateSchema.from_dict(stored), self.sch):
             # A build may change the schema; the other shards keep theirs until built too.
             log.warning(
                 "%s shard %s: the build changes the schema; the other shards keep the old one until "
@@ -593,6 +608,11 @@ class _ShardRows:
         selected = np.zeros(len(mine), dtype=bool)
         selected[np.flatnonzero(mine)[picked]] = True
         return window, picked, selected
+
+
+def _same_table(a: TemplateSchema, b: TemplateSchema) -> bool:
+    """Whether two schemas map a table alike (what runs the model aside)."""
+    return dataclasses.replace(a, backend=None, precision=None) == dataclasses.replace(b, backend=None, precision=None)
 
 
 def _embedding(embedder: Embedder | None) -> str | None:

@@ -531,13 +531,18 @@ class Collection:
         object is dropped): the writes made through this object in between do not take it
         again, and every other writer waits. brinicle's session (init ... finalize) as one
         writer's turn. Returns whether it took the lock now (False: already held)."""
+        if self._held is not None:
+            return False
+        # The file lock is waited for outside the mutex: other threads' writes through this
+        # object keep failing fast (or waiting) as they asked, not behind this wait.
+        held = ExitStack()
+        held.enter_context(writer_lock(self.directory, wait=wait, name=self.name))
         with self._held_mutex:
-            if self._held is not None:
-                return False
-            held = ExitStack()
-            held.enter_context(writer_lock(self.directory, wait=wait, name=self.name))
-            self._held = held
-            return True
+            if self._held is None:
+                self._held = held
+                return True
+        held.close()  # another thread of this object took it meanwhile
+        return False
 
     def release_writer_lock(self) -> None:
         # After any write another thread is making under the held lock, never during it.

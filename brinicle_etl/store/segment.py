@@ -209,7 +209,15 @@ class _Views(Generic[V]):
             with self._lock:
                 fresh = self._opened < self._most
                 self._opened += fresh
-            view = self._open_view() if fresh else self._idle.get()
+            if not fresh:
+                view = self._idle.get()
+            else:
+                try:
+                    view = self._open_view()
+                except BaseException:
+                    with self._lock:  # its place in the pool is free again
+                        self._opened -= 1
+                    raise
         try:
             yield view
         finally:

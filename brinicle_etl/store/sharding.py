@@ -17,7 +17,6 @@ published, and the error says which; running the same write again completes it.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -39,6 +38,7 @@ from brinicle_etl.errors import (
     ConflictError,
     CorruptCollectionError,
     InputError,
+    LockedError,
     NotFoundError,
     PublishConflictError,
     StateError,
@@ -165,7 +165,8 @@ class ShardedPlace:
 
     def drop(self, *, wait: Wait = False) -> None:
         """The shards, then ``sharding.json``: a drop cut short leaves a collection that still
-        exists and can be dropped again."""
+        exists and can be dropped again (``ShardedCollection.destroy`` is the drop of a whole
+        collection, every shard's lock taken first; this one also finishes a drop cut short)."""
         for i in range(self.count() or 0):
             remote = self.remote_for(i)
             if remote is None and not (self.shard_path(i) / MANIFEST).exists():
@@ -219,26 +220,39 @@ class Done(Generic[R]):
         pass
 
 
-def prepare_then_publish(name: str, steps: Sequence[tuple[int, Callable[[], Prepared[R]]]], pool: Executor) -> list[R]:
+def prepare_then_publish(
+    name: str, steps: Sequence[tuple[int, Callable[[], Prepared[R]]]], pool: Executor, *, again: str
+) -> list[R]:
     """Run each shard's step (``(shard, prepare)``) in ``pool``; once every one is prepared,
     publish them all; if any failed, abort them all and raise (see the module's notes).
-    Results come in the order of ``steps``."""
+    ``again`` says how to complete the write if publication fails part way. Results come in
+    the order of ``steps``."""
     futures = [pool.submit(prepare) for _shard, prepare in steps]
-    wait_all(futures)
+    try:
+        wait_all(futures)
+    except BaseException:  # an interrupt: no shard publishes, and none keeps its lock
+        for future in futures:
+            future.cancel()
+        wait_all(futures)
+        _abort_all([f.result() for f in futures if not f.cancelled() and f.exception() is None], refused=False)
+        raise
     failed = {shard: f.exception() for (shard, _p), f in zip(steps, futures, strict=True) if f.exception()}
     prepared = [(shard, f.result()) for (shard, _p), f in zip(steps, futures, strict=True) if not f.exception()]
     if failed:
-        refused = any(_refuses(e) for e in failed.values() if e is not None)
-        for _shard, done in prepared:
-            with suppress(Exception):
-                done.abort(refused=refused)
-        raise shards_failed(name, failed, published=[])
+        _abort_all([done for _shard, done in prepared], refused=any(map(_refuses, failed.values())))
+        raise shards_failed(name, failed, published=[], again=again)
     published = list(pool.map(lambda item: _publish(item[1]), prepared))
     failed = {shard: r for (shard, _d), r in zip(prepared, published, strict=True) if isinstance(r, BaseException)}
     if failed:
         ok = [shard for (shard, _d), r in zip(prepared, published, strict=True) if not isinstance(r, BaseException)]
-        raise shards_failed(name, failed, published=ok)
+        raise shards_failed(name, failed, published=ok, again=again)
     return published  # type: ignore[return-value]
+
+
+def _abort_all(prepared: Iterable[Prepared[Any]], *, refused: bool) -> None:
+    for done in prepared:
+        with suppress(Exception):
+            done.abort(refused=refused)
 
 
 def _publish(prepared: Prepared[R]) -> R | BaseException:
@@ -248,27 +262,38 @@ def _publish(prepared: Prepared[R]) -> R | BaseException:
         return exc
 
 
-def _refuses(error: BaseException) -> bool:
+def _refuses(error: BaseException | None) -> bool:
     """Whether ``error`` says the write can never apply, as against a shard that was busy or failed."""
     return isinstance(error, ConflictError | InputError) and not isinstance(error, PublishConflictError)
 
 
-def shards_failed(name: str, errors: dict[int, BaseException | None], *, published: Sequence[int]) -> BaseException:
+def shards_failed(
+    name: str, errors: Mapping[int, BaseException | None], *, published: Sequence[int], again: str
+) -> BaseException:
     """One error for the shards that failed, of the first one's kind (so callers and the HTTP
-    status see what went wrong), naming every failed shard and what became of the others."""
+    status see what went wrong), naming every failed shard (shards that failed alike
+    together) and what became of the others."""
     failed = {shard: e for shard, e in sorted(errors.items()) if e is not None}
     first = next(iter(failed.values()))
-    if not isinstance(first, BrinicleError):
-        return first  # not ours to reword: a bug or an interrupt travels as it is
-    parts = "; ".join(f"shard {shard}: {error}" for shard, error in failed.items())
+    alike: dict[str, list[int]] = {}
+    for shard, error in failed.items():
+        alike.setdefault(str(error), []).append(shard)
+    parts = "; ".join(
+        f"{'shard' if len(shards) == 1 else 'shards'} {', '.join(map(str, shards))}: {message}"
+        for message, shards in alike.items()
+    )
     if published:
-        tail = (
-            f"shard(s) {list(published)} were published and the others were not; "
-            "run the same write again to bring them up to date"
-        )
+        tail = f"shard(s) {list(published)} were published and the others were not; {again}"
     else:
         tail = "no shard was written"
-    combined = copy.copy(first)
+    if not isinstance(first, BrinicleError):
+        # Not ours to reword (a bug, an OS error, an interrupt): it travels as it is, with a note.
+        first.add_note(f"in {name!r}: {parts} ({tail})")
+        return first
+    # A copy of the first error with the whole story: its class and fields, a new message
+    # (built without the constructor, whose keyword-only fields differ from class to class).
+    combined = type(first).__new__(type(first))
+    combined.__dict__.update(first.__dict__)
     combined.args = (f"in {name!r}: {parts} ({tail})",)
     if isinstance(combined, ConflictError):
         combined.keys = [k for e in failed.values() if isinstance(e, ConflictError) for k in e.keys]
@@ -317,13 +342,19 @@ class ShardedBinaryIngest:
             part.write(rows[owner == i])
 
     def finish(self, *, wait: Wait = True) -> int:
+        """Stage every shard's rows at once; on any error nothing is staged and the batch is
+        over, except when a shard was busy (LockedError): then it may be retried."""
         try:
             self._reader.check_aligned()
             steps = {i: partial(_stage, part, wait) for i, part in self._parts.items()}
             self._together(steps, wait)
-            return self._reader.seen
-        finally:
+        except LockedError:
+            raise
+        except BaseException:
             self.abort()
+            raise
+        self.abort()
+        return self._reader.seen
 
     def abort(self) -> None:
         self._reader.close()

@@ -177,7 +177,7 @@ class ShardedCollection:
         failed = {i: f.exception() for i, f in enumerate(futures) if f.exception() is not None}
         if failed:
             done = [i for i in range(len(futures)) if i not in failed]
-            raise shards_failed(self.name, failed, published=done)
+            raise shards_failed(self.name, failed, published=done, again="run it again for the others")
         return [f.result() for f in futures]
 
     def _routed(self, keys: pa.Array) -> dict[int, np.ndarray]:
@@ -197,18 +197,24 @@ class ShardedCollection:
             yield
 
     def together(
-        self, steps: Mapping[int, Callable[[Collection], Prepared[T]]], *, wait: Wait, workers: int | None = None
+        self,
+        steps: Mapping[int, Callable[[Collection], Prepared[T]]],
+        *,
+        wait: Wait,
+        again: str = "run the same write again to complete it",
+        workers: int | None = None,
     ) -> dict[int, T]:
         """Several shards' writes as one (:func:`~brinicle_etl.store.sharding.prepare_then_publish`):
         ``steps`` maps a shard to the step that prepares its write; the shards' writer locks
-        are all taken first, in shard order. ``workers``: how many prepare at once (default:
-        one per shard, up to 32)."""
+        are all taken first, in shard order. ``again``: how to complete the write if its
+        publication fails part way. ``workers``: how many prepare at once (default: one per
+        shard, up to 32)."""
         with self._holding(steps, wait), ExitStack() as stack:
             pool = self._write_pool
             if workers is not None:
                 pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-step"))
             work = [(i, partial(step, self.shards[i])) for i, step in steps.items()]
-            results = prepare_then_publish(self.name, work, pool)
+            results = prepare_then_publish(self.name, work, pool, again=again)
         return dict(zip(steps, results, strict=True))
 
     # ---- what it is ----------------------------------------------------------------
@@ -480,7 +486,8 @@ class ShardedCollection:
                 progress=None if summed is None else summed.for_shard(i),
             )
 
-        results = self.together({i: partial(step, i) for i in sorted(touched)}, wait=wait)
+        again = "run it again with mode='upsert' to complete it" if mode == "insert" else "run it again to complete it"
+        results = self.together({i: partial(step, i) for i in sorted(touched)}, wait=wait, again=again)
         return _summed(mode, list(results.values()), self.generation)
 
     def delete(self, keys: Any, *, return_not_found: bool = False, wait: Wait = False) -> DeleteResult:
@@ -500,7 +507,9 @@ class ShardedCollection:
             return _Deleted(prepared)
 
         routed = self._routed(key_array)
-        deleted = self.together({i: partial(step, i, p) for i, p in routed.items()}, wait=wait)
+        deleted = self.together(
+            {i: partial(step, i, p) for i, p in routed.items()}, wait=wait, again="delete the same keys again"
+        )
         not_found = None
         if return_not_found:
             gone = {k for keys_ in missing.values() for k in keys_}
@@ -589,14 +598,25 @@ class ShardedCollection:
             i: partial(stage_batch, key_array.take(pa.array(p)).to_pylist(), matrix[p], wait)
             for i, p in self._routed(key_array).items()
         }
-        self.together(steps, wait=wait)
+        self.together(
+            steps,
+            wait=wait,
+            again=_STAGED_AGAIN,
+        )
         return len(key_array)
 
     def ingest_binary(self, *, id_width: int = 32) -> ShardedBinaryIngest:
         """Binary rows (see :meth:`Collection.ingest_binary`), checked and routed to their shards
         as they arrive, staged at :meth:`ShardedBinaryIngest.finish` in every shard as one."""
         return ShardedBinaryIngest(
-            self.shards, lambda steps, wait: self.together(steps, wait=wait), name=self.name, id_width=id_width
+            self.shards,
+            lambda steps, wait: self.together(
+                steps,
+                wait=wait,
+                again=_STAGED_AGAIN,
+            ),
+            name=self.name,
+            id_width=id_width,
         )
 
     def finalize(
@@ -604,9 +624,15 @@ class ShardedCollection:
     ) -> WriteResult:
         """Apply every shard's session as one (see :mod:`~brinicle_etl.store.sharding`): a
         session one shard refuses (an insert of an existing id) ends on every shard with
-        nothing applied."""
+        nothing applied. The shards whose session was applied by a finalize whose publication
+        failed part way are left as they are: calling this again applies the others."""
+        pending = [i for i, status in enumerate(self._each(Collection.status)) if status.session_mode is not None]
+        if not pending:
+            raise StateError(f"finalize: no pending ingest session on {self.name!r}; call init() first")
         results = self.together(
-            {i: lambda s: s.prepare_finalize(params, wait=wait) for i in range(len(self.shards))}, wait=wait
+            {i: lambda s: s.prepare_finalize(params, wait=wait) for i in pending},
+            wait=wait,
+            again="call finalize() again to apply the others",
         )
         if optimize:
             self.optimize(wait=wait)
@@ -616,6 +642,9 @@ class ShardedCollection:
     def abort(self, *, wait: Wait = True) -> int:
         with self._holding(range(len(self.shards)), wait):
             return sum(self._each_write(lambda s: s.abort()))
+
+
+_STAGED_AGAIN = "the published shards keep the rows staged: abort() the session and send the batch in a new one"
 
 
 class _Deleted:

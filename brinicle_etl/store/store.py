@@ -319,5 +319,12 @@ class Store:
         if self._shard_count(name) is None:
             Collection(self.path_for(name), name=key, remote=self._remote(name)).destroy(wait=wait)
         else:
-            self._sharded(name).drop(wait=wait)
+            place = self._sharded(name)
+            try:
+                opened = ShardedCollection.open(place)
+                len(opened)  # every shard is there: a busy one leaves the whole collection as it was
+            except NotFoundError:
+                place.drop(wait=wait)  # a drop cut short: finish it
+            else:
+                opened.destroy(wait=wait)
         self.forget(name)

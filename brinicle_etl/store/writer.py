@@ -205,6 +205,8 @@ class Transaction:
 
     def commit(self, *, meta: dict[str, object] | None = None, session_id: str | None = None) -> WriteResult:
         """Publish the new generation (preparing it first, unless :meth:`prepare` did)."""
+        if self._done:
+            raise StateError(f"{self.op}: this transaction is already committed or rolled back")
         if self._prepared is None:
             self.prepare(meta=meta, session_id=session_id)
         elif meta is not None or session_id is not None:
