@@ -8,6 +8,7 @@ ingested). Distances follow usearch's convention, smaller is nearer: ``cosine`` 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,12 @@ import numpy as np
 import polars as pl
 
 from brinicle_etl.embed import ModelRegistry
-from brinicle_etl.errors import ConfigError, InputError
+from brinicle_etl.errors import ConfigError, InputError, MissingExtraError
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import AnyCollection, Collection, ShardedCollection, Store
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
+
+log = logging.getLogger("brinicle_etl.search")
 
 __all__ = ["SearchHit", "allowed_row_ids", "embed_query", "filter_expression", "search", "search_batch"]
 
@@ -137,8 +140,24 @@ def embed_query(collection: AnyCollection, queries: Sequence[str], registry: Mod
             "search it with a vector"
         )
     # The path the rows were embedded with, so a query and its rows are embedded alike.
-    embedder = (registry or ModelRegistry()).embedder(model, backend=schema.backend, precision=schema.precision)
-    return embedder.embed_batch(list(queries))
+    registry = registry or ModelRegistry()
+    embedder = registry.embedder(model, backend=schema.backend, precision=schema.precision)
+    try:
+        return embedder.embed_batch(list(queries))
+    except (MissingExtraError, ConfigError) as exc:
+        if schema.backend is None and schema.precision is None:
+            raise
+        # Rows embedded on a path this machine cannot run (another machine's extra, fp16 on
+        # its GPU): every gated path agrees within the gate, so auto's path serves the query.
+        log.warning(
+            "collection %r: its embedding path (backend %s, precision %s) cannot run here (%s); "
+            "queries are embedded on the path auto picks",
+            collection.name,
+            schema.backend,
+            schema.precision,
+            exc,
+        )
+        return registry.embedder(model).embed_batch(list(queries))
 
 
 def _as_queries(

@@ -110,3 +110,17 @@ def test_readme_demo_commands(tmp_path: Path) -> None:
     assert lines[0].split()[:3] == ["distance", "product_id", "title"]
     assert len(lines) == 7
     assert all("Waterproof Hiking Boots" in line for line in lines[2:])
+
+
+def test_a_collection_whose_path_cannot_run_here_is_queried_on_the_auto_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "store")
+    ingest(SAMPLE / "products.csv", "shop/products", store=store)
+    col = store.open("shop/products")
+    # As if built on a GPU machine in fp16: this CPU cannot run that path.
+    col.set_meta({**col.meta, "schema": {**col.meta["schema"], "backend": "torch", "precision": "fp16"}})
+    with caplog.at_level("WARNING", logger="brinicle_etl.search"):
+        hits = search("shop/products", "waterproof boots for hiking in the rain", 3, store=Store(store.root))
+    assert all("Waterproof Hiking Boots" in h.row["title"] for h in hits)
+    assert "its embedding path (backend torch, precision fp16) cannot run here" in caplog.text

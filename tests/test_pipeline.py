@@ -548,3 +548,35 @@ def test_a_shard_written_first_takes_the_schema_its_siblings_have(store: Store, 
     # Shard 1's first run is told nothing about the schema: it takes shard 0's.
     ingest(frame, "shop/sharded", store=store, embedder=counting, shard=1)
     assert col.shard(1).meta["schema"] == col.shard(0).meta["schema"]
+
+
+def test_changing_precision_to_or_from_int8_takes_a_build(store: Store) -> None:
+    frame = pl.DataFrame({"id": ["1", "2"], "title": ["a red kettle", "a blue mug"]})
+    first = ingest(frame, "db/ns", store=store, model="hash-32", primary_key="id", precision="int8")
+    assert first.schema.precision == "int8"
+    with pytest.raises(ConfigError) as caught:
+        ingest(frame, "db/ns", store=store, precision="f32")
+    assert str(caught.value) == (
+        "collection 'db/ns': changing precision to or from 'int8' re-embeds every row (int8 vectors do not agree "
+        "with the others within the quality gate); ingest with mode='build'"
+    )
+    # A build re-embeds every row: int8 counts as another model in the text hash.
+    rebuilt = ingest(frame, "db/ns", store=store, model="hash-32", precision="f32", mode="build")
+    assert (rebuilt.rows_embedded, rebuilt.schema.precision) == (2, "f32")
+    # Between gated paths the change re-embeds nothing.
+    again = ingest(frame, "db/ns", store=store, precision="bf16")
+    assert (again.rows_embedded, again.schema.precision, again.published) == (0, "bf16", True)
+
+
+def test_a_build_with_another_model_of_the_same_dim_re_embeds_every_row(store: Store) -> None:
+    from brinicle_etl.embed import ModelSpec
+    from brinicle_etl.pipeline import model_registry
+
+    model_registry(store).register(ModelSpec(id="other-hash", dim=32, kind="hash"))
+    frame = pl.DataFrame({"id": ["1", "2", "3"], "title": ["a red kettle", "a blue mug", "a tent"]})
+    ingest(frame, "db/ns", store=store, model="hash-32", primary_key="id")
+    rebuilt = ingest(frame, "db/ns", store=store, model="other-hash", primary_key="id", mode="build")
+    # Same rows, another model: no vector of the old model is carried over.
+    assert (rebuilt.rows_unchanged, rebuilt.rows_embedded) == (0, 3)
+    again = ingest(frame, "db/ns", store=store, model="other-hash", primary_key="id", mode="build")
+    assert (again.rows_unchanged, again.rows_embedded) == (3, 0)

@@ -19,6 +19,7 @@ from brinicle_etl.embed.runtime import Chosen, EmbedOptions, EmbedPath, candidat
 __all__ = ["SentenceTransformerEmbedder"]
 
 _chosen: dict[tuple[str, EmbedOptions, int, bool, Path | None], Chosen] = {}
+_locks: dict[tuple[str, EmbedOptions, int, bool, Path | None], threading.Lock] = {}
 _lock = threading.Lock()
 
 
@@ -47,7 +48,14 @@ class SentenceTransformerEmbedder:
 
     def _chosen(self) -> Chosen:
         key = (self.name_or_path, self.options, self.batch_size, self.normalize, self._cache_dir)
+        chosen = _chosen.get(key)
+        if chosen is not None:
+            return chosen
         with _lock:
+            # One lock per model and options: a first use exporting and measuring one model
+            # (seconds) does not hold up the queries of another.
+            key_lock = _locks.setdefault(key, threading.Lock())
+        with key_lock:
             chosen = _chosen.get(key)
             if chosen is None:
                 model = load_model(self.name_or_path, candidates(self.options)[0].device)

@@ -180,7 +180,7 @@ class Planner:
             SELECT k.pos,
                    coalesce(e._row_id::BIGINT, -1) AS old,
                    CASE WHEN e._key IS NULL THEN {NEW}
-                        WHEN e._hash = k.h THEN {UNCHANGED}
+                        WHEN e._hash = k.h AND (k.th IS NULL OR e._text_hash = k.th) THEN {UNCHANGED}
                         WHEN k.th IS NOT NULL AND e._text_hash = k.th THEN {CHANGED_SAME_TEXT}
                         ELSE {CHANGED} END AS kind
             FROM {source} k LEFT JOIN existing e ON e._key = k.key

@@ -81,6 +81,12 @@ def _resolve_schema(
     mode, batch_rows, schema, template_name = options.mode, options.batch_rows, spec.schema, spec.template_name
     if existing is not None and mode != "build":
         stored = TemplateSchema.from_dict(existing.meta["schema"])
+        precision = runtime.get("precision", stored.precision)
+        if precision != stored.precision and "int8" in (precision, stored.precision):
+            raise ConfigError(
+                f"collection {existing.name!r}: changing precision to or from 'int8' re-embeds every row "
+                "(int8 vectors do not agree with the others within the quality gate); ingest with mode='build'"
+            )
         for name, value in overrides.items():
             want = tuple(value) if isinstance(value, list | tuple) else value
             if want != getattr(stored, name):
@@ -689,5 +695,7 @@ def _hash_inputs(
     if sch.vector_source == "generated":
         assert embedder is not None
         # The model is part of what was embedded: another model's vector is never carried over.
-        text = (embedder.model_id + "\x1f") + render_text(typed, sch)
+        # So is int8, the one path that does not pass the quality gate: it counts as another model.
+        model = embedder.model_id + ("\x1fint8" if sch.precision == "int8" else "")
+        text = (model + "\x1f") + render_text(typed, sch)
     return frame, columns, text

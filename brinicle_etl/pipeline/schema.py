@@ -78,8 +78,8 @@ class TemplateSchema:
     ``columns``: column name -> type (string, int64, float64, bool, date, datetime).
     ``model``: the embedding model id used for ``semantic_fields``. ``backend`` and
     ``precision``: what may run it (None: the model registry entry's, ``auto`` by default);
-    they may change without re-embedding anything (every path that runs passes the quality
-    gate against float32, so old and new vectors agree within it).
+    they may change without re-embedding anything (every gated path agrees with float32
+    within the quality gate), except to or from ``int8``, which counts as another model.
     """
 
     primary_key: str | None = None
