@@ -120,8 +120,8 @@ def allowed_row_ids(collection: AnyCollection, spec: Mapping[str, Any]) -> np.nd
 
 def _resolve(collection: AnyCollection | str, store: Store | str | None) -> tuple[AnyCollection, Store | None]:
     if isinstance(collection, Collection | ShardedCollection):
-        return collection, store if isinstance(store, Store) else (Store(store) if store is not None else None)
-    st = store if isinstance(store, Store) else Store(store)
+        return collection, store if isinstance(store, Store) else (Store.shared(store) if store is not None else None)
+    st = store if isinstance(store, Store) else Store.shared(store)
     return st.open(collection), st
 
 

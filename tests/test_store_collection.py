@@ -677,3 +677,32 @@ def test_sampled_recall_against_exact_search(col: Collection) -> None:
 
 def test_recall_of_an_empty_collection_is_one(col: Collection) -> None:
     assert col.recall() == 1.0
+
+
+def test_rows_of_hits_come_from_every_row_file_in_the_order_asked(store: Store) -> None:
+    import pyarrow as pa
+
+    col = store.create("db/rows", dim=DIM)
+    x = clustered(90, DIM, seed=21)
+    for start in (0, 30, 60):  # three writes: three row files
+        part = range(start, start + 30)
+        col.write([f"k{i}" for i in part], x[start : start + 30], rows=pa.table({"n": list(part)}))
+    col.write(["k5", "k70"], x[[5, 70]], rows=pa.table({"n": [1005, 1070]}))  # a fourth, replacing two rows
+    snap = col.snapshot()
+    live = snap.rows(["n"])
+    by_key = dict(zip(live.column("_key").to_pylist(), live.column("n").to_pylist(), strict=True))
+    rng = np.random.default_rng(3)
+    ids = live.column("_row_id").to_numpy()[rng.permutation(live.num_rows)[:25]]
+    got = snap.rows_at(ids, ["_key", "n"])
+    expected = live.take(pa.array(np.searchsorted(live.column("_row_id").to_numpy(), ids)))
+    assert got.column("_key").to_pylist() == expected.column("_key").to_pylist()
+    assert got.column("n").to_pylist() == [by_key[k] for k in got.column("_key").to_pylist()]
+    table = col.search_table(x[[5, 40, 70]], 5, columns=None)
+    for key, n in zip(table.column("_key").to_pylist(), table.column("n").to_pylist(), strict=True):
+        assert by_key[key] == n
+    assert by_key["k5"] == 1005 and by_key["k70"] == 1070
+
+
+def test_a_store_by_location_is_one_object_per_process(tmp_path: Path) -> None:
+    assert Store.shared(tmp_path / "s") is Store.shared(str(tmp_path / "s") + "/")
+    assert Store.shared(tmp_path / "s") is not Store.shared(tmp_path / "t")

@@ -61,7 +61,11 @@ class RowCache:
     def get(self, directory: Path, names: list[str], *, full: bool = False) -> list[pa.Table]:
         with self._lock:
             missing = [n for n in names if (n, full) not in self._tables]
-        loaded = {(n, full): read_rows(directory / n, None if full else [ROW_ID, KEY]) for n in missing}
+        # One chunk per file: taking rows by position from it costs the rows taken, where a
+        # table of many chunks is concatenated first (the whole file, for every search).
+        loaded = {
+            (n, full): read_rows(directory / n, None if full else [ROW_ID, KEY]).combine_chunks() for n in missing
+        }
         with self._lock:
             self._tables.update(loaded)
             for stale in [k for k in self._tables if k[0] not in names]:
@@ -87,7 +91,7 @@ class Snapshot:
         ]
         self._row_cache = row_cache
         self._ids: IdMap | None = None
-        self._all_rows: pa.Table | None = None
+        self._row_parts: tuple[list[pa.Table], np.ndarray] | None = None
         self._rows_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -117,17 +121,32 @@ class Snapshot:
         return ids
 
     def rows_at(self, row_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
-        """The rows with these row ids (which must exist), in that order."""
+        """The rows with these row ids (which must exist), in that order: taken from the row
+        files they are in, in time proportional to how many are asked for."""
         with self._rows_lock:
-            if self._all_rows is None:
+            if self._row_parts is None:
                 parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows], full=True)
-                self._all_rows = (
-                    pa.concat_tables(parts, promote_options="default")
-                    if parts
-                    else pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
-                )
-        table = self._all_rows if columns is None else self._all_rows.select(columns)
-        return table.take(pa.array(self.ids.positions(row_ids)))
+                starts = np.cumsum([0] + [p.num_rows for p in parts[:-1]]) if parts else np.zeros(0, np.int64)
+                self._row_parts = (parts, np.asarray(starts, dtype=np.int64))
+        parts, starts = self._row_parts
+        if not parts:
+            return pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
+        if not len(row_ids):
+            first = parts[0] if columns is None else parts[0].select(columns)
+            return first.slice(0, 0)
+        positions = np.asarray(self.ids.positions(np.asarray(row_ids, dtype=np.uint64)), dtype=np.int64)
+        which = np.searchsorted(starts, positions, side="right") - 1
+        pieces, order = [], []
+        for part in np.unique(which).tolist():
+            picked = np.flatnonzero(which == part)
+            table = parts[part] if columns is None else parts[part].select(columns)
+            pieces.append(table.take(pa.array(positions[picked] - starts[part])))
+            order.append(picked)
+        if len(pieces) == 1:
+            return pieces[0]
+        # Back in the order asked: piece by piece, then each row to its place.
+        table = pa.concat_tables(pieces, promote_options="default")
+        return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
     def vectors(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored vectors (float32) of ``row_ids``, and which of them have one."""

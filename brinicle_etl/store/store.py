@@ -94,6 +94,10 @@ SHARED = "_brinicle/"
 """The store's own files on object storage (``.brinicle/`` locally); not a collection name."""
 
 
+_shared: dict[str, Store] = {}
+_shared_lock = threading.Lock()
+
+
 class Store:
     """Collections under one directory, or on object storage (``s3://bucket/prefix``).
     Opening the same name twice returns the same object.
@@ -126,6 +130,20 @@ class Store:
         self._open: dict[str, Collection | ShardedCollection] = {}
         self._lock = threading.Lock()
         self._models: ModelRegistry | None = None
+
+    @classmethod
+    def shared(cls, root: str | os.PathLike[str] | None = None) -> Store:
+        """The process's one :class:`Store` for ``root`` (default ``$BRINICLE_STORE``, else
+        ``./brinicle_store``): what ``search("db/ns", ..., store="dir")`` and ``ingest(...,
+        store="dir")`` use, so a call by name costs what a call on an opened collection does
+        (each open collection still notices new generations, by a stat per call)."""
+        location = os.fspath(root) if root is not None else default_store_location()
+        key = location.rstrip("/") if is_remote(location) else os.path.abspath(location)
+        with _shared_lock:
+            store = _shared.get(key)
+            if store is None:
+                store = _shared[key] = cls(location)
+            return store
 
     def __repr__(self) -> str:
         return f"<Store {self.url or str(self.root)!r}>"
