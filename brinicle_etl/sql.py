@@ -21,6 +21,10 @@ macros over vectorised Arrow UDFs; register them on every connection that needs 
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import json
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,17 +49,54 @@ ARROW = func.PythonUDFType.ARROW
 # Distances are DOUBLE holding each float32's shortest decimal (0.2101, not 0.21010000407...),
 # so round(_distance, 3) and plain output print as a reader expects.
 _HIT = pa.struct([("key", pa.string()), ("distance", pa.float64())])
-# brinicle_search joins hits to rows by where they are stored; users see keys only.
-_HIT_ROW = pa.struct([*_HIT, (ROW_ID, pa.uint64())])
+# brinicle_search gets each hit with its row as JSON, typed back by json_transform with the
+# collection's row type (a constant per query, as DuckDB folds it at bind time): the rows of the
+# hits only, never a scan of the row files.
+_HIT_ROW = pa.struct([*_HIT, ("row", pa.string())])
 _HITS = pa.list_(_HIT)
 _HIDDEN = "(" + ", ".join(f"'{c}'" for c in RESERVED_COLUMNS if c != KEY) + ")"
 
 
-def _hit_type(*, row_id: bool = False) -> Any:
+def _hit_type(*, row: bool = False) -> Any:
     fields = {"key": duckdb.sqltype("VARCHAR"), "distance": duckdb.sqltype("DOUBLE")}
-    if row_id:
-        fields[ROW_ID] = duckdb.sqltype("UBIGINT")
+    if row:
+        fields["row"] = duckdb.sqltype("VARCHAR")
     return duckdb.struct_type(fields)
+
+
+def _duck_type(kind: pa.DataType) -> Any:
+    """The DuckDB type json_transform gives a value of Arrow type ``kind``, as a JSON structure."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "VARCHAR"
+    if pa.types.is_boolean(kind):
+        return "BOOLEAN"
+    if pa.types.is_integer(kind):
+        name = {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}[kind.bit_width]
+        return name if pa.types.is_signed_integer(kind) else "U" + name
+    if pa.types.is_floating(kind):
+        return "DOUBLE" if kind.bit_width == 64 else "FLOAT"
+    if pa.types.is_date(kind):
+        return "DATE"
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMPTZ" if kind.tz else "TIMESTAMP"
+    if pa.types.is_decimal(kind):
+        return f"DECIMAL({kind.precision},{kind.scale})"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_duck_type(kind.value_type)]
+    return "JSON"
+
+
+def _json_value(value: Any) -> Any:
+    """A row value as JSON takes it: dates and times in ISO form, NaN and infinities as DuckDB spells them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
 
 
 class _Functions:
@@ -66,6 +107,7 @@ class _Functions:
         self.registry = registry
         self._cursor = cursor
         self._cursor_lock = threading.Lock()
+        self._row_types: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def _collection(self, name: str) -> AnyCollection:
         return self.store.open(name)
@@ -81,6 +123,25 @@ class _Functions:
     def dead(self, names: pa.Array) -> pa.Array:
         out = [self._collection(n).deleted_row_ids() for n in names.to_pylist()]
         return pa.array([d.tolist() for d in out], pa.list_(pa.uint64()))
+
+    def row_type(self, names: pa.Array) -> pa.Array:
+        """Each collection's row as a JSON structure for json_transform: the key, the distance,
+        then every column of its row files (their union, in file order)."""
+        return pa.array([json.dumps(self._row_type(self._collection(n))) for n in names.to_pylist()], pa.string())
+
+    def _row_type(self, col: AnyCollection) -> dict[str, Any]:
+        files = tuple(str(p) for p in col.row_files())
+        cached = self._row_types.get(files)
+        if cached is None:
+            shape: dict[str, Any] = {"_key": "VARCHAR", "_distance": "DOUBLE"}
+            for path in files:
+                for field in pq.read_schema(path):
+                    if field.name not in RESERVED_COLUMNS:
+                        shape.setdefault(field.name, _duck_type(field.type))
+            if len(self._row_types) > 256:
+                self._row_types.clear()
+            cached = self._row_types[files] = shape
+        return cached
 
     def _empty_rows(self) -> Path:
         """A Parquet file with no rows, for a collection that has none yet (read_parquet needs a file)."""
@@ -148,12 +209,14 @@ class _Functions:
             else:
                 matrix = _vectors(queries, rows, col.dim)
             allowed = self._allowed_rows(col, predicate) if predicate.strip() else None
-            table = col.search_table(matrix, k, allow_row_ids=allowed)
+            table = col.search_table(matrix, k, allow_row_ids=allowed, columns=None if row_ids else ())
             counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
             fields = _HIT_ROW if row_ids else _HIT
-            columns = [table.column(c).combine_chunks() for c in (KEY, "distance", ROW_ID)[: len(fields)]]
+            columns = [table.column(c).combine_chunks() for c in (KEY, "distance")]
             columns[1] = pa.array(_printable(columns[1].to_numpy()))
+            if row_ids:
+                columns.append(_rows_as_json(table, columns[1]))
             hits = pa.StructArray.from_arrays(columns, fields=list(fields))
             parts.append(pa.ListArray.from_arrays(pa.array(offsets), hits))
             order[rows] = np.arange(done, done + len(rows))
@@ -184,6 +247,20 @@ class _Functions:
             for pos, i in enumerate(rows):
                 out[i] = vectors[pos].tolist()
         return pa.array(out, pa.list_(pa.float32()))
+
+
+def _rows_as_json(table: pa.Table, distances: pa.Array) -> pa.Array:
+    """Each hit's row as a JSON object: its key, its distance and its columns."""
+    payload = [c for c in table.column_names[5:] if c not in RESERVED_COLUMNS]
+    keys, far = table.column(KEY).to_pylist(), distances.to_pylist()
+    rows = table.select(payload).to_pylist()
+    return pa.array(
+        [
+            json.dumps({"_key": key, "_distance": d, **{n: _json_value(v) for n, v in row.items()}})
+            for key, d, row in zip(keys, far, rows, strict=True)
+        ],
+        pa.string(),
+    )
 
 
 def _printable(distances: np.ndarray) -> np.ndarray:
@@ -263,9 +340,10 @@ def register(
     # No parameter types: DuckDB then passes any type (the query is text or a list of numbers).
     con.create_function("__brinicle_search", fns.search, None, hits, type=ARROW)
     con.create_function(
-        "__brinicle_search_rows", fns.search_rows, None, duckdb.list_type(_hit_type(row_id=True)), type=ARROW
+        "__brinicle_search_rows", fns.search_rows, None, duckdb.list_type(_hit_type(row=True)), type=ARROW
     )
     con.create_function("brinicle_embed", fns.embed, [varchar, varchar], floats, type=ARROW)
+    con.create_function("__brinicle_row_type", fns.row_type, [varchar], varchar, type=ARROW, side_effects=False)
     for statement in _MACROS:
         con.execute(statement)
     return con
@@ -286,15 +364,11 @@ _MACROS = [
     CREATE OR REPLACE TEMP MACRO brinicle_search_ids(c, q, k := 10, filter := NULL) AS
         __brinicle_search(c, q, k, coalesce(filter, ''))
     """,
-    # Hits are live rows, so the join reads the row files by row id, without the tombstone check.
+    # The hits come with their rows (as JSON, typed back here): no row file is scanned.
     """
     CREATE OR REPLACE TEMP MACRO brinicle_search(c, q, k := 10, filter := NULL) AS TABLE
-        SELECT h.key AS _key, h.distance AS _distance, r.* EXCLUDE (_key, _row_id)
+        SELECT unnest(json_transform(h.row, __brinicle_row_type(c)))
         FROM (SELECT unnest(__brinicle_search_rows(c, q, k, coalesce(filter, '')), recursive := true)) AS h
-        LEFT JOIN (
-            SELECT COLUMNS(lambda x: x NOT IN ('_hash', '_text_hash'))
-            FROM read_parquet(__brinicle_files(c), union_by_name := true)
-        ) AS r ON r._row_id = h._row_id
         ORDER BY h.distance, h.key
     """,
 ]

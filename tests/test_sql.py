@@ -297,3 +297,34 @@ def test_a_sharded_collection_in_sql(tmp_path: Path) -> None:
     assert sorted(r[0] for r in hits.fetchall()) == ["1", "3", "4", "5", "6"]
     sharded_con.close()
     plain_con.close()
+
+
+def test_search_rows_keep_every_type_as_brinicle_rows_has_it(tmp_path: Path) -> None:
+    import datetime
+
+    frame = pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "n": [1, None, 3],
+            "x": [1.5, float("nan"), float("-inf")],
+            "ok": [True, False, None],
+            "day": [datetime.date(2024, 1, 2), None, datetime.date(1999, 12, 31)],
+            "at": [datetime.datetime(2024, 1, 2, 3, 4, 5, 123456), None, datetime.datetime(2000, 1, 1)],
+            "s": ['ünï "q" \\ x', None, "z"],
+            "v": [[0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0.2, 0.3, 0.1]],
+        }
+    )
+    ingest(frame, "db/types", store=tmp_path / "store", vector_col="v", primary_key="id")
+    con = connect(tmp_path / "store")
+    found = con.execute("SELECT * FROM brinicle_search('db/types', [0.1, 0.2, 0.3]::FLOAT[], k := 3)")
+    columns = [d[0] for d in found.description]
+    types = [str(d[1]) for d in found.description][2:]
+    hits = found.fetchall()
+    stored = con.execute("SELECT * FROM brinicle_rows('db/types')")
+    assert columns == ["_key", "_distance", *[d[0] for d in stored.description][1:]]
+    assert types == ["VARCHAR", "BIGINT", "DOUBLE", "BOOLEAN", "DATE", "TIMESTAMP", "VARCHAR"]
+    rows = {r[0]: r[1:] for r in stored.fetchall()}
+    assert sorted(h[0] for h in hits) == ["a", "b", "c"]
+    for hit in hits:
+        # repr: NaN equals itself there, and 1 and 1.0 or a date and a datetime do not
+        assert repr(hit[2:]) == repr(rows[hit[0]])
