@@ -692,11 +692,12 @@ def test_rows_of_hits_come_from_every_row_file_in_the_order_asked(store: Store) 
     live = snap.rows(["n"])
     by_key = dict(zip(live.column("_key").to_pylist(), live.column("n").to_pylist(), strict=True))
     rng = np.random.default_rng(3)
-    ids = live.column("_row_id").to_numpy()[rng.permutation(live.num_rows)[:25]]
-    got = snap.rows_at(ids, ["_key", "n"])
-    expected = live.take(pa.array(np.searchsorted(live.column("_row_id").to_numpy(), ids)))
-    assert got.column("_key").to_pylist() == expected.column("_key").to_pylist()
-    assert got.column("n").to_pylist() == [by_key[k] for k in got.column("_key").to_pylist()]
+    for count in (25, live.num_rows):  # a search's few rows (by slices), a batch's many (by takes)
+        ids = live.column("_row_id").to_numpy()[rng.permutation(live.num_rows)[:count]]
+        got = snap.rows_at(ids, ["_key", "n"])
+        expected = live.take(pa.array(np.searchsorted(live.column("_row_id").to_numpy(), ids)))
+        assert got.column("_key").to_pylist() == expected.column("_key").to_pylist()
+        assert got.column("n").to_pylist() == [by_key[k] for k in got.column("_key").to_pylist()]
     table = col.search_table(x[[5, 40, 70]], 5, columns=None)
     for key, n in zip(table.column("_key").to_pylist(), table.column("n").to_pylist(), strict=True):
         assert by_key[key] == n
