@@ -81,6 +81,8 @@ def _duck_type(kind: pa.DataType) -> Any:
         return "TIMESTAMPTZ" if kind.tz else "TIMESTAMP"
     if pa.types.is_decimal(kind):
         return f"DECIMAL({kind.precision},{kind.scale})"
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        return "VARCHAR"  # bytes travel as hex text (JSON has no bytes)
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         return [_duck_type(kind.value_type)]
     return "JSON"
@@ -94,6 +96,8 @@ def _json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
         return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, list):
         return [_json_value(v) for v in value]
     return value
