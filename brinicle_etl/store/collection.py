@@ -30,7 +30,6 @@ from brinicle_etl.errors import (
     AlreadyExistsError,
     BusyError,
     ConfigError,
-    InputError,
     NotFoundError,
     ObjectStoreError,
 )
@@ -49,7 +48,7 @@ from brinicle_etl.store.remote import DEFAULT_RETENTION_SECONDS, RemoteCollectio
 from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, PreparedFinalize, RowSpool, Sessions, StagedRows
 from brinicle_etl.store.snapshot import RowCache, Snapshot
-from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
+from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, PreparedTransaction, Transaction, WriteResult, compact, prepare_in
 from brinicle_etl.types import BuildProgress, Hit, HnswParams, K, Metric, VectorDType, Wait, WriteMode, check_choice
 
@@ -632,14 +631,7 @@ class Collection:
         """:meth:`write` up to publication: checked, written, holding the writer lock until
         ``publish()`` or ``abort()`` (several shards written as one)."""
         check_choice("mode", mode, WriteMode)
-        key_array = as_keys(keys, "write")
-        matrix = None
-        if vectors is not None:
-            matrix = as_matrix(vectors, self.dim, "write", key_array)
-            if len(matrix) != len(key_array):
-                raise InputError(f"write: {len(key_array)} ids but {len(matrix)} vectors")
-        if rows is not None and rows.num_rows != len(key_array):
-            raise InputError(f"write: {len(key_array)} ids but {rows.num_rows} rows")
+        key_array, matrix = as_write(keys, vectors, rows, self.dim, "write")
         delete_array = as_keys(delete, "write") if delete is not None else None
 
         def body(tx: Transaction) -> None:

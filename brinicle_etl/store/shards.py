@@ -62,7 +62,7 @@ from brinicle_etl.store.sharding import (
     stage_batch,
 )
 from brinicle_etl.store.snapshot import Snapshot
-from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, check_ef, check_k
+from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, prepare_in
 from brinicle_etl.types import BuildProgress, Hit, HnswParams, Wait, WriteMode, check_choice
 
@@ -460,12 +460,7 @@ class ShardedCollection:
         each publishes (see :mod:`~brinicle_etl.store.sharding`). ``build`` replaces every
         shard (a shard given no rows is emptied); ``meta`` is set on every shard."""
         check_choice("mode", mode, WriteMode)
-        key_array = as_keys(keys, "write")
-        matrix = as_matrix(vectors, self.dim, "write", key_array) if vectors is not None else None
-        if matrix is not None and len(matrix) != len(key_array):
-            raise InputError(f"write: {len(key_array)} ids but {len(matrix)} vectors")
-        if rows is not None and rows.num_rows != len(key_array):
-            raise InputError(f"write: {len(key_array)} ids but {rows.num_rows} rows")
+        key_array, matrix = as_write(keys, vectors, rows, self.dim, "write")
         delete_array = as_keys(delete, "write") if delete is not None else pa.array([], pa.string())
         writes, deletes = self._routed(key_array), self._routed(delete_array)
         touched = range(len(self.shards)) if mode == "build" or meta is not None else writes.keys() | deletes.keys()

@@ -73,6 +73,20 @@ def as_keys(keys: Any, op: str) -> pa.Array:
     return pa.array(items, type=pa.string())
 
 
+def as_write(keys: Any, vectors: Any, rows: pa.Table | None, dim: int, op: str) -> tuple[pa.Array, np.ndarray | None]:
+    """The keys of a write and their vectors (None: rows stored without vectors), checked
+    against each other and against ``rows``."""
+    key_array = as_keys(keys, op)
+    matrix = None
+    if vectors is not None:
+        matrix = as_matrix(vectors, dim, op, key_array)
+        if len(matrix) != len(key_array):
+            raise InputError(f"{op}: {len(key_array)} ids but {len(matrix)} vectors")
+    if rows is not None and rows.num_rows != len(key_array):
+        raise InputError(f"{op}: {len(key_array)} ids but {rows.num_rows} rows")
+    return key_array, matrix
+
+
 def check_k(k: object, op: str) -> int:
     return K.check(k, name=f"{op}: k")
 
