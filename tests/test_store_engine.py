@@ -7,7 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ brinicle = pytest.importorskip("brinicle")
 DIM = 16
 
 
-def scenario(engine_cls: type, path: Path, n_shards: int = 1) -> list[object]:
+def scenario(engine_cls: Callable[..., Any], path: Path, n_shards: int = 1) -> list[object]:
     """A brinicle user's script; returns everything it observed."""
     x = clustered(600, DIM, seed=11, normalize=False)
     seen: list[object] = []
@@ -52,17 +54,34 @@ def scenario(engine_cls: type, path: Path, n_shards: int = 1) -> list[object]:
     return seen
 
 
-def test_same_script_same_answers_as_brinicle(tmp_path: Path) -> None:
+def same_answers(ours: object, theirs: object, *, rel: float) -> bool:
+    """Equal, but for distances within ``rel`` of each other (bf16 vectors give distances to
+    about three significant digits)."""
+    if isinstance(ours, float) and isinstance(theirs, float):
+        return ours == pytest.approx(theirs, rel=rel, abs=rel)
+    if isinstance(ours, list | tuple) and isinstance(theirs, list | tuple):
+        return len(ours) == len(theirs) and all(same_answers(a, b, rel=rel) for a, b in zip(ours, theirs, strict=True))
+    return ours == theirs
+
+
+@pytest.mark.parametrize("dtype", ["f32", None])
+def test_same_script_same_answers_as_brinicle(tmp_path: Path, dtype: str | None) -> None:
+    """With ``dtype="f32"`` the same answers to the last digit; by default (bf16, faster) the same
+    ids, and distances within 1%."""
     (tmp_path / "theirs").mkdir()
     theirs = scenario(brinicle.VectorEngine, tmp_path / "theirs" / "idx")
-    ours = scenario(VectorEngine, tmp_path / "ours")
-    assert ours == theirs
+    ours = scenario(VectorEngine if dtype is None else partial(VectorEngine, dtype=dtype), tmp_path / "ours")
+    if dtype == "f32":
+        assert ours == theirs
+    else:
+        assert VectorEngine(str(tmp_path / "ours"), 0).collection.config.dtype == "bf16"
+        assert same_answers(ours, theirs, rel=0.01), (ours, theirs)
 
 
 def test_an_index_with_shards_answers_as_one(tmp_path: Path) -> None:
     (tmp_path / "theirs").mkdir()
     theirs = scenario(brinicle.VectorEngine, tmp_path / "theirs" / "idx")
-    ours = scenario(VectorEngine, tmp_path / "ours", n_shards=3)
+    ours = scenario(partial(VectorEngine, dtype="f32"), tmp_path / "ours", n_shards=3)
     assert ours == theirs
     assert VectorEngine(str(tmp_path / "ours"), 0).n_shards == 3
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [

@@ -28,6 +28,7 @@ from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Store
 from brinicle_etl.types import (
+    DEFAULT_DTYPE,
     DEFAULT_NAMESPACE,
     RNG_SEED,
     ConflictPolicy,
@@ -56,7 +57,7 @@ def collection_name(db_name: str | None, namespace: str | None) -> str:
 
 def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
     if value is None or not value.strip():
-        return "bf16", "cosine"
+        return DEFAULT_DTYPE, "cosine"
     text = value.strip()
     if text.startswith("{"):
         try:
@@ -66,7 +67,7 @@ def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
         unknown = set(data) - {"dtype", "metric"}
         if unknown:
             raise ConfigError(f"dtype_config has unknown key(s) {sorted(unknown)}; use 'dtype' and 'metric'")
-        dtype = check_choice("dtype_config dtype", data.get("dtype", "bf16"), VectorDType)
+        dtype = check_choice("dtype_config dtype", data.get("dtype", DEFAULT_DTYPE), VectorDType)
         metric = check_choice("dtype_config metric", data.get("metric", "cosine"), Metric)
         return dtype, metric
     return check_choice("dtype_config", text, VectorDType), "cosine"

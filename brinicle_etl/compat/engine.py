@@ -34,11 +34,13 @@ from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
 from brinicle_etl.store.sharding import SHARDING, ShardedPlace
 from brinicle_etl.store.shards import ShardedCollection
-from brinicle_etl.types import HnswParams, Metric, VectorDType
+from brinicle_etl.types import DEFAULT_DTYPE, DEFAULT_SYNC_WINDOW, SYNC_WINDOW, HnswParams, Metric, VectorDType
 
 __all__ = ["VectorEngine"]
 
 _DIST_FUNCS: dict[str, Metric] = {"l2": "l2sq", "cosine_distance": "cosine", "dot_product_distance": "ip"}
+
+_INF = float("inf")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,10 +87,17 @@ class VectorEngine:
         dist_func: str = "l2",
         n_shards: int = 1,
         *,
-        dtype: VectorDType = "f32",
+        dtype: VectorDType = DEFAULT_DTYPE,
         lock_timeout: float = 600.0,
+        sync_window: float | None = DEFAULT_SYNC_WINDOW,
     ):
         self._wait = lock_timeout
+        if sync_window is not None:
+            try:
+                SYNC_WINDOW.check(sync_window)
+            except ConfigError as exc:
+                raise ValueError(f"{exc}, or None to sync every ingest call") from exc
+        self._sync_window = sync_window
         if not 0 < delta_ratio <= 0.5:
             raise ValueError("delta_ratio must be in range (0, 0.5]")
         if n_shards < 1:
@@ -154,7 +163,12 @@ class VectorEngine:
 
     @_translated
     def ingest(self, external_id: str, vec: Any) -> None:
-        self._col.ingest(external_id, vec, wait=self._wait)
+        self._col.ingest(external_id, vec, wait=self._wait, sync_window=self._sync_window)
+
+    @_translated
+    def flush(self) -> None:
+        """Write the ``ingest`` calls not synced yet (``sync_window``) to disk now."""
+        self._col.flush(wait=self._wait)
 
     @_translated
     def ingest_batch(self, external_ids: Sequence[str], vectors: Any) -> int:
@@ -202,14 +216,16 @@ class VectorEngine:
 
     @_translated
     def search(self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1) -> list[str]:
-        return [key for key, _ in self.search_with_distance(q, k, efs, threshold, n_jobs)]
+        hits = self._col.search(q, k, ef=efs)
+        if threshold == _INF:
+            return [hit[0] for hit in hits]
+        return [hit[0] for hit in hits if hit[1] <= threshold]
 
     @_translated
     def search_with_distance(
         self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1
     ) -> list[tuple[str, float]]:
-        hits = self._col.search(np.asarray(q, dtype=np.float32), k, ef=efs)
-        return [(h.id, h.distance) for h in hits if h.distance <= threshold]
+        return [(h.id, h.distance) for h in self._col.search(q, k, ef=efs) if h.distance <= threshold]
 
     @_translated
     def search_batch(

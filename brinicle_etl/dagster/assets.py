@@ -20,7 +20,7 @@ from brinicle_etl.errors import BrinicleError, ConflictError
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult
 from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.store import DEFAULT_STORE_DIR, ShardedCollection, Store
-from brinicle_etl.types import HnswParams, Metric, VectorDType
+from brinicle_etl.types import DEFAULT_DTYPE, HnswParams, Metric, VectorDType
 
 __all__ = ["BrinicleResource", "collection_asset", "materialization_metadata"]
 
@@ -44,7 +44,7 @@ class BrinicleResource(dg.ConfigurableResource):
         default=DEFAULT_STORE_DIR,
         description="The store directory, or s3://bucket/prefix (credentials from the AWS_* variables).",
     )
-    dtype: VectorDType = Field(default="bf16", description="Vector dtype of new collections.")
+    dtype: VectorDType = Field(default=DEFAULT_DTYPE, description="Vector dtype of new collections.")
     metric: Metric = Field(default="cosine", description="Distance of new collections.")
     M: int = Field(default=16, description="HNSW connectivity of new collections.")
     ef_construction: int = Field(default=200, description="HNSW build beam width of new collections.")

@@ -26,7 +26,15 @@ import dagster as dg
 from brinicle_etl.dagster.assets import BrinicleResource, collection_asset
 from brinicle_etl.store import default_store_location
 from brinicle_etl.store.remote import is_remote
-from brinicle_etl.types import ConflictPolicy, EmbedBackend, EmbedPrecision, Metric, VectorDType, WriteMode
+from brinicle_etl.types import (
+    DEFAULT_DTYPE,
+    ConflictPolicy,
+    EmbedBackend,
+    EmbedPrecision,
+    Metric,
+    VectorDType,
+    WriteMode,
+)
 
 __all__ = ["BrinicleCollectionComponent", "store_resource"]
 
@@ -76,7 +84,7 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
     embedding_model: str | None = None
     embedding_backend: EmbedBackend | None = None
     embedding_precision: EmbedPrecision | None = None
-    dtype: VectorDType = "bf16"
+    dtype: VectorDType = DEFAULT_DTYPE
     metric: Metric = "cosine"
     group_name: str | None = None
     recall_threshold: float = 0.9

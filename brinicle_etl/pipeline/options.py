@@ -19,6 +19,7 @@ from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.store.sharding import MAX_SHARDS, check_shards
 from brinicle_etl.types import (
+    DEFAULT_DTYPE,
     ConflictOn,
     ConflictPolicy,
     EmbedBackend,
@@ -88,7 +89,7 @@ class NewCollection:
 
     dim: int | None = None
     metric: Metric = "cosine"
-    dtype: VectorDType = "bf16"
+    dtype: VectorDType = DEFAULT_DTYPE
     params: HnswParams | None = None
     delta_ratio: float = 0.10
     shards: int | None = None

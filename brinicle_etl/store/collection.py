@@ -50,7 +50,19 @@ from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, PreparedFinal
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, PreparedTransaction, Transaction, WriteResult, compact, prepare_in
-from brinicle_etl.types import BuildProgress, Hit, HnswParams, K, Metric, VectorDType, Wait, WriteMode, check_choice
+from brinicle_etl.types import (
+    EF,
+    BuildProgress,
+    Hit,
+    HnswParams,
+    K,
+    Metric,
+    VectorDType,
+    Wait,
+    WriteMode,
+    check_choice,
+    hits,
+)
 
 __all__ = ["Collection", "CollectionStatus"]
 
@@ -299,7 +311,7 @@ class Collection:
             needs_rebuild=m.needs_rebuild,
             has_index=m.main is not None,
             session_mode=pending.header.mode if pending else None,
-            staged_count=pending.count if pending else 0,
+            staged_count=(pending.count if pending else 0) + self._sessions.group.pending,
         )
 
     @_retry_on_vanished
@@ -315,8 +327,10 @@ class Collection:
             k = check_k(k, "search")
         if allow is not None:
             return self.search_batch(q.reshape(1, -1), k, ef=ef, threads=1, allow=allow)[0]
-        row_ids, dists = snap.search_one(q, k, ef=check_ef(ef))
-        return list(map(Hit, snap.ids.keys_for(row_ids), dists.tolist()))
+        if ef is not None and (type(ef) is not int or not 1 <= ef <= EF.high):
+            ef = check_ef(ef)
+        row_ids, dists = snap.search_one(q, k, ef=ef)
+        return hits(snap.ids.keys_for(row_ids), dists)
 
     def _allowed(self, snap: Snapshot, allow: Any, allow_row_ids: np.ndarray | None) -> np.ndarray | None:
         if allow is not None:
@@ -342,7 +356,7 @@ class Collection:
         out: list[list[Hit]] = []
         pos = 0
         for i, n in enumerate(counts.tolist()):
-            out.append(list(map(Hit, flat_keys[pos : pos + n], dists[i, :n].tolist())))
+            out.append(hits(flat_keys[pos : pos + n], dists[i, :n]))
             pos += n
         return out
 
@@ -480,9 +494,18 @@ class Collection:
         """Start an ingest session; nothing is visible until :meth:`finalize`."""
         self._sessions.init(mode, wait=wait)
 
-    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
-        """Stage one vector; it is on disk when this returns."""
-        self._sessions.ingest(key, vector, wait=wait)
+    def ingest(self, key: str, vector: Any, *, wait: Wait = True, sync_window: float | None = None) -> None:
+        """Stage one vector; it is on disk when this returns.
+
+        ``sync_window`` (seconds): while this object holds the writer lock
+        (:meth:`hold_writer_lock`, as ``VectorEngine`` does from ``init`` to ``finalize``),
+        the vector may instead be grouped with other calls and be on disk within that many
+        seconds (see :mod:`brinicle_etl.store.grouped`); :meth:`flush` writes the group now."""
+        self._sessions.ingest(key, vector, wait=wait, sync_window=sync_window)
+
+    def flush(self, *, wait: Wait = True) -> None:
+        """Write grouped single-vector ingests (``sync_window``) to the session log now."""
+        self._sessions.flush(wait=wait)
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
         """Stage many vectors in one durable append; returns how many."""
@@ -539,11 +562,17 @@ class Collection:
         with self._held_mutex:
             if self._held is None:
                 self._held = held
+                self._sessions.open_group()
                 return True
         held.close()  # another thread of this object took it meanwhile
         return False
 
     def release_writer_lock(self) -> None:
+        """Let the writer lock go, once grouped ingests are written (if that fails, it raises
+        and the lock stays held: nothing staged is left without its writer)."""
+        if self._held is None:
+            return
+        self._sessions.close_group()
         # After any write another thread is making under the held lock, never during it.
         with self._held_mutex:
             held, self._held = self._held, None
@@ -713,6 +742,7 @@ class Collection:
             if self._remote is not None:
                 self._remote.destroy()
             os.replace(self.directory, trash)
+            self._sessions.group.discard()
         self.release_writer_lock()
         shutil.rmtree(trash, ignore_errors=True)
 

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
-from brinicle_etl.types import DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
+from brinicle_etl.types import DEFAULT_DTYPE, DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
 
 __all__ = [
     "CollectionConfig",
@@ -47,7 +47,7 @@ class CollectionConfig:
 
     dim: int
     metric: Metric = "cosine"
-    dtype: VectorDType = "bf16"
+    dtype: VectorDType = DEFAULT_DTYPE
     params: HnswParams = field(default_factory=HnswParams)
     delta_ratio: float = 0.10
 

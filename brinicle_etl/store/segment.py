@@ -203,25 +203,32 @@ class _Views(Generic[V]):
 
     @contextmanager
     def lend(self) -> Iterator[V]:
-        try:
-            view = self._idle.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                fresh = self._opened < self._most
-                self._opened += fresh
-            if not fresh:
-                view = self._idle.get()
-            else:
-                try:
-                    view = self._open_view()
-                except BaseException:
-                    with self._lock:  # its place in the pool is free again
-                        self._opened -= 1
-                    raise
+        view = self.take()
         try:
             yield view
         finally:
             self._idle.put(view)
+
+    def take(self) -> V:
+        """A view for this thread alone; hand it back with :meth:`give_back`."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            fresh = self._opened < self._most
+            self._opened += fresh
+        if not fresh:
+            return self._idle.get()
+        try:
+            return self._open_view()
+        except BaseException:
+            with self._lock:  # its place in the pool is free again
+                self._opened -= 1
+            raise
+
+    def give_back(self, view: V) -> None:
+        self._idle.put(view)
 
 
 class Segment:
@@ -245,12 +252,18 @@ class Segment:
             return _search_many(index, queries, count, exact=exact, threads=threads)
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """One query's valid matches: (keys, distances)."""
-        with self._views.lend() as index:
+        """One query's valid matches: (keys, distances). The path of every single search, so
+        written out by hand: a view taken from the pool without a context manager, and the
+        compiled search called directly (together ~5 µs of a 40-100 µs query)."""
+        views = self._views
+        index = views.take()
+        try:
             want_ef = ef or self._ef
             if index.expansion_search != want_ef:
                 index.expansion_search = want_ef
             keys, dists, counts = _search_many(index, query.reshape(1, -1), count, exact=False, threads=1)
+        finally:
+            views.give_back(index)
         n = int(counts[0])
         return keys[0, :n], dists[0, :n]
 

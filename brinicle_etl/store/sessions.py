@@ -20,12 +20,13 @@ import numpy as np
 
 from brinicle_etl._fs import disk_full_is_an_error, pwrite_all
 from brinicle_etl.errors import ConfigError, ConflictError, InputError, LockedError, StateError
+from brinicle_etl.store.grouped import Group
 from brinicle_etl.store.manifest import Manifest
 from brinicle_etl.store.snapshot import Snapshot
-from brinicle_etl.store.staging import StagingLog, encode_keys
+from brinicle_etl.store.staging import StagingLog, encode_key, encode_keys, key_block
 from brinicle_etl.store.validate import as_matrix, as_vector
 from brinicle_etl.store.writer import Transaction, WriteResult, unwind
-from brinicle_etl.types import HnswParams, Wait, WriteMode
+from brinicle_etl.types import SYNC_WINDOW, HnswParams, Wait, WriteMode
 
 __all__ = ["check_binary_rows", "SESSION_LOG", "BinaryIngest", "Sessions"]
 
@@ -65,6 +66,43 @@ class Sessions:
         # Whether the local log is known to equal the mirrored one (only this object appends
         # to it while it holds the lock); unknown at first and after any failure.
         self._in_step = False
+        self.group = Group(self.flush)
+        """Single-vector ingests not synced yet (see :mod:`brinicle_etl.store.grouped`)."""
+
+    def open_group(self) -> None:
+        """The collection now holds its writer lock: single-vector ingests may be grouped."""
+        self._log = None  # known again only once read under this lock
+        self.group.open()
+
+    def close_group(self) -> None:
+        """The collection is letting its writer lock go: write what is grouped first."""
+        self.group.close()
+        self.flush()
+
+    def flush(self, *, wait: Wait = True) -> None:
+        """Write the grouped single-vector ingests to the session log now, durably."""
+        if self.group.pending:
+            with self.writing(wait) as snap:
+                self._write_group(snap)
+
+    def _write_group(self, snap: Snapshot) -> None:
+        """Under the writer lock, before anything else touches the session: append the group."""
+        taken = self.group.take()
+        if taken is None:
+            return
+        try:
+            log = self.require(snap, "ingest")
+            if log.header.id != taken.session_id:  # cannot happen while the lock is held throughout
+                raise StateError(
+                    f"ingest: {len(taken.keys)} grouped vectors belong to session {taken.session_id}, "
+                    f"but the pending session on {self.name!r} is {log.header.id}"
+                )
+            block, matrix = key_block(taken.keys), np.stack(taken.vectors)
+            self._mirrored(log, lambda: log.append(block, matrix))
+        except BaseException:
+            self.group.restore(taken)
+            raise
+        self.group.written()
 
     @property
     def dim(self) -> int:
@@ -128,12 +166,23 @@ class Sessions:
                     raise
             self._log = log
 
-    def ingest(self, key: str, vector: Any, *, wait: Wait) -> None:
+    def ingest(self, key: str, vector: Any, *, wait: Wait, sync_window: float | None = None) -> None:
         v = as_vector(vector, self.dim, "ingest")
-        block = encode_keys([key], "ingest")
+        encoded = encode_key(key, "ingest")
+        if sync_window is not None:
+            SYNC_WINDOW.check(sync_window)
+            log = self._log
+            if log is not None:
+                # A copy: the caller may reuse its array once the call returns.
+                full = self.group.add(log.header.id, encoded, np.array(v, dtype=np.float32), sync_window)
+                if full is not None:
+                    if full:
+                        self.flush(wait=wait)
+                    return
         with self.writing(wait) as snap:
+            self._write_group(snap)
             log = self.require(snap, "ingest")
-            self._mirrored(log, lambda: log.append(block, v.reshape(1, -1)))
+            self._mirrored(log, lambda: log.append(key_block([encoded]), v.reshape(1, -1)))
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> int:
         return self.stage_batch(keys, vectors, wait=wait).publish()
@@ -158,6 +207,7 @@ class Sessions:
         stack = ExitStack()
         snap = stack.enter_context(self.writing(wait))
         try:
+            self._write_group(snap)
             log = self.require(snap, "ingest_batch")
             start = log.end
             append(log)
@@ -202,6 +252,7 @@ class Sessions:
         stack = ExitStack()
         snap = stack.enter_context(self.writing(wait))
         try:
+            self._write_group(snap)
             if self._mirror is not None:
                 self._in_step = False  # read what every machine appended...
             log = self.require(snap, "finalize")
@@ -226,6 +277,7 @@ class Sessions:
         return PreparedFinalize(self, stack, tx, log)
 
     def end_session(self, log: StagingLog) -> None:
+        self.group.discard()
         if self._mirror is not None:
             self._mirror.finish_staged(log.header.id)
         log.discard()
@@ -234,7 +286,7 @@ class Sessions:
     def abort(self, *, wait: Wait) -> int:
         with self.writing(wait) as snap:
             log = self.require(snap, "abort")
-            dropped = log.count
+            dropped = log.count + self.group.pending
             self.end_session(log)
         return dropped
 

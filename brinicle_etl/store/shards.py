@@ -64,7 +64,7 @@ from brinicle_etl.store.sharding import (
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, prepare_in
-from brinicle_etl.types import BuildProgress, Hit, HnswParams, Wait, WriteMode, check_choice
+from brinicle_etl.types import BuildProgress, Hit, HnswParams, Wait, WriteMode, check_choice, hits
 
 __all__ = [
     "MAX_SHARDS",
@@ -335,7 +335,7 @@ class ShardedCollection:
         flat = dists[valid].tolist()
         out, start = [], 0
         for n in counts.tolist():
-            out.append(list(map(Hit, keys[start : start + n], flat[start : start + n])))
+            out.append(hits(keys[start : start + n], flat[start : start + n]))
             start += n
         return out
 
@@ -577,10 +577,14 @@ class ShardedCollection:
             for shard in self.shards:
                 shard.init(mode)
 
-    def ingest(self, key: str, vector: Any, *, wait: Wait = True) -> None:
+    def ingest(self, key: str, vector: Any, *, wait: Wait = True, sync_window: float | None = None) -> None:
         self.shards[int(shard_of([as_keys([key], "ingest")[0].as_py()], len(self.shards))[0])].ingest(
-            key, vector, wait=wait
+            key, vector, wait=wait, sync_window=sync_window
         )
+
+    def flush(self, *, wait: Wait = True) -> None:
+        for shard in self.shards:
+            shard.flush(wait=wait)
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait = True) -> int:
         """Stage many vectors, each in its shard's session, as one: every row is checked, and

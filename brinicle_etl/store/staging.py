@@ -34,7 +34,7 @@ from brinicle_etl._fs import fsync_dir, pwrite_all
 from brinicle_etl.errors import CorruptCollectionError, InputError
 from brinicle_etl.types import WriteMode
 
-__all__ = ["SessionHeader", "StagingLog", "encode_keys"]
+__all__ = ["SessionHeader", "StagingLog", "encode_key", "encode_keys", "key_block"]
 
 _MAGIC = b"BRSESS01"
 _RECORD = struct.Struct("<4sIQI")
@@ -52,18 +52,25 @@ class SessionHeader:
     created_at: float
 
 
-def encode_keys(keys: list[str], op: str) -> bytes:
-    """Length-prefixed UTF-8 block; rejects keys that are not text."""
-    encoded = []
-    for i, key in enumerate(keys):
-        if not isinstance(key, str):
-            raise InputError(f"{op}: id at position {i} must be a string, got {type(key).__name__}")
-        try:
-            encoded.append(key.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise InputError(f"{op}: id at position {i} is not valid Unicode text ({exc.reason})") from exc
+def encode_key(key: object, op: str, position: int = 0) -> bytes:
+    """One key's UTF-8 bytes; rejects a key that is not text."""
+    if not isinstance(key, str):
+        raise InputError(f"{op}: id at position {position} must be a string, got {type(key).__name__}")
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{op}: id at position {position} is not valid Unicode text ({exc.reason})") from exc
+
+
+def key_block(encoded: list[bytes]) -> bytes:
+    """Length-prefixed block of encoded keys (see :func:`encode_key`)."""
     lengths = np.fromiter((len(b) for b in encoded), dtype="<u4", count=len(encoded))
     return lengths.tobytes() + b"".join(encoded)
+
+
+def encode_keys(keys: list[str], op: str) -> bytes:
+    """Length-prefixed UTF-8 block; rejects keys that are not text."""
+    return key_block([encode_key(key, op, i) for i, key in enumerate(keys)])
 
 
 def _decode_keys(block: bytes, n: int) -> pa.Array:
