@@ -455,6 +455,40 @@ def main() -> None:
                 with ctx.Pool(1) as pool:
                     r["peak_rss"] = pool.apply(peak_rss, (r,))
     datasets.write_report(args.out, report(results, args, started))
+    plot(results, args.out.with_suffix(".png"))
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Recall@10 against single-thread QPS over the ef sweep: one curve per engine and dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(r["dataset"] for r in results))
+    fig, axes = plt.subplots(1, len(sets), figsize=(7 * len(sets), 5), squeeze=False)
+    styles = {"ours": "-", "usearch": "--", "usearch on our file": ":", "hnswlib": "-.", "faiss": "-."}
+    for ax, dataset in zip(axes[0], sets, strict=True):
+        for r in results:
+            if r["dataset"] != dataset or not r["sweep"]:
+                continue
+            label = r["engine"] if r["engine"] in ("hnswlib", "faiss") else f"{r['engine']} {r.get('dtype', 'f32')}"
+            ax.plot(
+                [s["recall"] for s in r["sweep"]],
+                [s["qps"] for s in r["sweep"]],
+                styles.get(r["engine"], "-"),
+                marker="o" if r["engine"] == "ours" else ".",
+                linewidth=2.2 if r["engine"] == "ours" else 1.2,
+                label=label,
+            )
+        ax.axvline(TARGET_RECALL, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("queries/s, one thread")
+        ax.set_yscale("log")
+        ax.set_title(f"{dataset}: recall against speed (up and right is better)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

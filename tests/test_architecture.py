@@ -165,5 +165,5 @@ def test_no_function_takes_more_than_ten_parameters() -> None:
     """Named parameters, not counting ``self``; a ``**options`` typed by a TypedDict counts as
     the one options object it is."""
     found = long_signatures()
-    assert found["brinicle_etl.compat.engine.VectorEngine.__init__"] == 12  # the scan sees signatures
+    assert found["brinicle_etl.compat.engine.VectorEngine.__init__"] == 13  # the scan sees signatures
     assert set(found) <= LONG_SIGNATURES_ALLOWED, {k: v for k, v in found.items() if k not in LONG_SIGNATURES_ALLOWED}
