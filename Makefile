@@ -64,9 +64,12 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
+	$(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e '.[all,dev,bench]'
 	$(BIN)/python benchmarks/bench_store.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_sql.py
+	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_peers.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache .mypy_cache .ruff_cache

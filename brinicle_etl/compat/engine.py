@@ -12,6 +12,10 @@ brinicle) until no other writer holds the index, and this engine then holds it u
 ``delete_items``, ``rebuild_compact`` and ``optimize_graph`` wait their turn too. Searches
 never wait.
 
+While it holds the index, single ``ingest`` calls are synced in groups, within
+``sync_window`` seconds (see :mod:`brinicle_etl.store.grouped`; ``sync_window=None`` syncs
+each call); ``ingest_batch`` and ``finalize`` are durable when they return.
+
 Where brinicle loses data or is surprising, this keeps the data: a staged session
 survives ``close()`` and a crash, insert of an existing id is refused at
 ``finalize`` instead of creating a duplicate, and insert into an empty index builds it.
