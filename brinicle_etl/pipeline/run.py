@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -27,15 +26,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors, vector_digest
+from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors
 from brinicle_etl.errors import AlreadyExistsError, ConfigError, InputError
+from brinicle_etl.pipeline.batches import ShardRows, batch_keys, hash_inputs, where_selected
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult, Progress
 from brinicle_etl.pipeline.plan import Hasher, Plan, Planner
 from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
 from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.store.rows import HASH, KEY, ROW_ID, TEXT_HASH
-from brinicle_etl.store.shards import ShardedCollection, shard_of
+from brinicle_etl.store.shards import ShardedCollection
 from brinicle_etl.store.writer import Transaction, unwind
 
 __all__ = ["IngestResult", "Progress", "ingest", "model_registry", "run_ingest"]
@@ -271,7 +271,7 @@ class _Run:
         self.src = open_source(source, format=options.format, separator=options.separator)
         # A shard's run: only the rows whose key belongs to it, into it; a shard nothing was
         # ingested into yet (no schema) is filled as a new collection would be.
-        self.shard = _ShardRows(len(shard[0].shards), shard[1]) if shard is not None else None
+        self.shard = ShardRows(len(shard[0].shards), shard[1]) if shard is not None else None
         self.target = shard[0].shard(shard[1]) if shard is not None else None
         self.existing: Collection | None
         if self.target is not None:
@@ -448,11 +448,11 @@ class _Run:
             for batch in src.batches(batch_rows=batch_rows):
                 if self.shard is not None and sch.primary_key:
                     key_frame = cast_frame(batch.frame, sch, batch.where, only=[sch.primary_key])
-                    batch, _mine = self.shard.keep(batch, _keys(key_frame, sch, None, batch))
+                    batch, _mine = self.shard.keep(batch, batch_keys(key_frame, sch, None, batch))
                 typed = cast_frame(batch.frame, sch, batch.where)
-                frame, columns, text = _hash_inputs(batch, typed, sch, embedder)
+                frame, columns, text = hash_inputs(batch, typed, sch, embedder)
                 row_hash, text_hash = hasher(frame, columns, text)
-                keys = _keys(typed, sch, row_hash, batch)
+                keys = batch_keys(typed, sch, row_hash, batch)
                 if self.shard is not None and not sch.primary_key:
                     batch, mine = self.shard.keep(batch, keys)
                     keys, row_hash = keys.filter(mine), row_hash.filter(mine)
@@ -488,7 +488,8 @@ class _Run:
         to_embed = int(plan.embed.sum()) if sch.vector_source == "generated" else 0
         hasher = Hasher()
         try:
-            for batch in src.batches(batch_rows=batch_rows):
+            # Nothing to write (a re-ingest of an unchanged export): no second read of the source.
+            for batch in src.batches(batch_rows=batch_rows) if to_write else ():
                 # window: this batch's rows in the plan; picked: those of them written;
                 # selected: the same rows among the batch's (all of them, unless a shard's run).
                 if self.shard is not None:
@@ -499,9 +500,9 @@ class _Run:
                 if not picked.any():
                     continue
                 raw = batch.frame.filter(pl.Series(selected))
-                where = _where_selected(batch, selected)
+                where = where_selected(batch, selected)
                 typed = cast_frame(raw, sch, where)
-                frame, columns, text = _hash_inputs(Batch(raw, 0, batch.origin, 0), typed, sch, embedder)
+                frame, columns, text = hash_inputs(Batch(raw, 0, batch.origin, 0), typed, sch, embedder)
                 row_hash, text_hash = hasher(frame, columns, text)
                 keys = plan.keys[window].filter(pa.array(picked))
                 vectors: np.ndarray | None = None
@@ -581,41 +582,6 @@ class _PreparedRun:
         self._undo.close()
 
 
-class _ShardRows:
-    """One shard's rows of the source. The plan numbers them on their own (0, 1, ... over
-    the shard's rows); the first pass records which source rows they are, for the second."""
-
-    def __init__(self, count: int, index: int):
-        self.count, self.index = count, index
-        self._mine: list[np.ndarray] = []
-        self._kept = 0
-        self._position: np.ndarray | None = None  # source row -> plan position of the next kept row
-
-    def keep(self, batch: Batch, keys: pa.Array) -> tuple[Batch, pa.Array]:
-        """The batch narrowed to this shard's rows, numbered as the plan numbers them, and the mask."""
-        mine = shard_of(keys.to_pylist(), self.count) == self.index
-        self._mine.append(mine)
-        picked = np.flatnonzero(mine)
-        narrowed = Batch(batch.frame.filter(pl.Series(mine)), self._kept, batch.origin, batch.origin_offset, picked)
-        self._kept += len(picked)
-        return narrowed, pa.array(mine)
-
-    def select(self, batch: Batch, write: np.ndarray) -> tuple[slice, np.ndarray, np.ndarray]:
-        """For a batch of the second pass: its window of the plan, which rows of the window
-        are written, and which of the batch's rows those are."""
-        if self._position is None:
-            mine = np.concatenate(self._mine) if self._mine else np.zeros(0, dtype=bool)
-            self._mine = [mine]
-            self._position = np.concatenate([[0], np.cumsum(mine)])
-        end = batch.offset + len(batch.frame)
-        mine = self._mine[0][batch.offset : end]
-        window = slice(int(self._position[batch.offset]), int(self._position[end]))
-        picked = write[window]
-        selected = np.zeros(len(mine), dtype=bool)
-        selected[np.flatnonzero(mine)[picked]] = True
-        return window, picked, selected
-
-
 def _same_table(a: TemplateSchema, b: TemplateSchema) -> bool:
     """Whether two schemas map a table alike (what runs the model aside)."""
     return dataclasses.replace(a, backend=None, precision=None) == dataclasses.replace(b, backend=None, precision=None)
@@ -660,42 +626,3 @@ def _vector_dim(
             )
         raise InputError(f"dimension mismatch: dim={dim} was given, the vectors have {found} values")
     return found
-
-
-def _where_selected(batch: Batch, selected: np.ndarray) -> Callable[[int], str]:
-    """Names row ``i`` of the selected rows of ``batch`` by its place in the source."""
-    positions = np.flatnonzero(selected)
-    return lambda i: batch.where(int(positions[i]))
-
-
-def _keys(typed: pl.DataFrame, sch: TemplateSchema, row_hash: pa.Array | None, batch: Batch) -> pa.Array:
-    if sch.primary_key is None:
-        assert row_hash is not None
-        return row_hash
-    values = typed[sch.primary_key]
-    if values.null_count():
-        i = int(values.is_null().arg_max())  # type: ignore[arg-type]
-        raise InputError(f"{batch.where(i)}: primary key {sch.primary_key!r} is missing")
-    return values.cast(pl.String).to_arrow().cast(pa.string())
-
-
-def _hash_inputs(
-    batch: Batch, typed: pl.DataFrame, sch: TemplateSchema, embedder: Embedder | None
-) -> tuple[pl.DataFrame, list[str], pl.Series | None]:
-    frame = typed
-    columns = list(sch.columns)
-    if sch.vector_col is not None:
-        vectors = batch.frame[sch.vector_col]
-        if vectors.dtype != pl.String:
-            # Arrays of floats: hash their bytes rather than their printed form (and check them early).
-            vectors = vector_digest(parse_vectors(vectors, dim=None, where=batch.where))
-        frame = frame.with_columns(vectors.alias(sch.vector_col))
-        columns.append(sch.vector_col)
-    text = None
-    if sch.vector_source == "generated":
-        assert embedder is not None
-        # The model is part of what was embedded: another model's vector is never carried over.
-        # So is int8, the one path that does not pass the quality gate: it counts as another model.
-        model = embedder.model_id + ("\x1fint8" if sch.precision == "int8" else "")
-        text = (model + "\x1f") + render_text(typed, sch)
-    return frame, columns, text

@@ -1,0 +1,92 @@
+"""What each pass of an ingest does with a batch of the source: its keys, what its row hash
+covers, and which rows a shard's run keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from brinicle_etl.embed import Embedder, parse_vectors, vector_digest
+from brinicle_etl.errors import InputError
+from brinicle_etl.pipeline.read import Batch
+from brinicle_etl.pipeline.schema import TemplateSchema, render_text
+from brinicle_etl.store.shards import shard_of
+
+__all__ = ["ShardRows", "batch_keys", "hash_inputs", "where_selected"]
+
+
+class ShardRows:
+    """One shard's rows of the source. The plan numbers them on their own (0, 1, ... over
+    the shard's rows); the first pass records which source rows they are, for the second."""
+
+    def __init__(self, count: int, index: int):
+        self.count, self.index = count, index
+        self._mine: list[np.ndarray] = []
+        self._kept = 0
+        self._position: np.ndarray | None = None  # source row -> plan position of the next kept row
+
+    def keep(self, batch: Batch, keys: pa.Array) -> tuple[Batch, pa.Array]:
+        """The batch narrowed to this shard's rows, numbered as the plan numbers them, and the mask."""
+        mine = shard_of(keys.to_pylist(), self.count) == self.index
+        self._mine.append(mine)
+        picked = np.flatnonzero(mine)
+        narrowed = Batch(batch.frame.filter(pl.Series(mine)), self._kept, batch.origin, batch.origin_offset, picked)
+        self._kept += len(picked)
+        return narrowed, pa.array(mine)
+
+    def select(self, batch: Batch, write: np.ndarray) -> tuple[slice, np.ndarray, np.ndarray]:
+        """For a batch of the second pass: its window of the plan, which rows of the window
+        are written, and which of the batch's rows those are."""
+        if self._position is None:
+            mine = np.concatenate(self._mine) if self._mine else np.zeros(0, dtype=bool)
+            self._mine = [mine]
+            self._position = np.concatenate([[0], np.cumsum(mine)])
+        end = batch.offset + len(batch.frame)
+        mine = self._mine[0][batch.offset : end]
+        window = slice(int(self._position[batch.offset]), int(self._position[end]))
+        picked = write[window]
+        selected = np.zeros(len(mine), dtype=bool)
+        selected[np.flatnonzero(mine)[picked]] = True
+        return window, picked, selected
+
+
+def where_selected(batch: Batch, selected: np.ndarray) -> Callable[[int], str]:
+    """Names row ``i`` of the selected rows of ``batch`` by its place in the source."""
+    positions = np.flatnonzero(selected)
+    return lambda i: batch.where(int(positions[i]))
+
+
+def batch_keys(typed: pl.DataFrame, sch: TemplateSchema, row_hash: pa.Array | None, batch: Batch) -> pa.Array:
+    if sch.primary_key is None:
+        assert row_hash is not None
+        return row_hash
+    values = typed[sch.primary_key]
+    if values.null_count():
+        i = int(values.is_null().arg_max())  # type: ignore[arg-type]
+        raise InputError(f"{batch.where(i)}: primary key {sch.primary_key!r} is missing")
+    return values.cast(pl.String).to_arrow().cast(pa.string())
+
+
+def hash_inputs(
+    batch: Batch, typed: pl.DataFrame, sch: TemplateSchema, embedder: Embedder | None
+) -> tuple[pl.DataFrame, list[str], pl.Series | None]:
+    frame = typed
+    columns = list(sch.columns)
+    if sch.vector_col is not None:
+        vectors = batch.frame[sch.vector_col]
+        if vectors.dtype != pl.String:
+            # Arrays of floats: hash their bytes rather than their printed form (and check them early).
+            vectors = vector_digest(parse_vectors(vectors, dim=None, where=batch.where))
+        frame = frame.with_columns(vectors.alias(sch.vector_col))
+        columns.append(sch.vector_col)
+    text = None
+    if sch.vector_source == "generated":
+        assert embedder is not None
+        # The model is part of what was embedded: another model's vector is never carried over.
+        # So is int8, the one path that does not pass the quality gate: it counts as another model.
+        model = embedder.model_id + ("\x1fint8" if sch.precision == "int8" else "")
+        text = (model + "\x1f") + render_text(typed, sch)
+    return frame, columns, text
