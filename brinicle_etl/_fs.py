@@ -76,7 +76,10 @@ def disk_full_is_an_error(path: Path, cleanup: Callable[[], object] | None = Non
         if cleanup is not None:
             with suppress(OSError):
                 cleanup()
-        raise no_space_error(path) from exc
+        error = no_space_error(path)
+        for note in getattr(exc, "__notes__", ()):  # what the write was doing, said on the way
+            error.add_note(note)
+        raise error from exc
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TextIO, get_args
 from brinicle_etl.errors import BrinicleError, ConfigError, InputError
 from brinicle_etl.store import Store, default_store_path
 from brinicle_etl.types import (
+    DEFAULT_DTYPE,
     ConflictPolicy,
     DuplicatePolicy,
     EmbedBackend,
@@ -444,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--separator", metavar="CHAR", help="CSV delimiter (default: tab for .tsv, else the header's , TAB ; or |)"
     )
     p.add_argument("--metric", choices=get_args(Metric), default="cosine")
-    p.add_argument("--dtype", choices=get_args(VectorDType), default="bf16")
+    p.add_argument("--dtype", choices=get_args(VectorDType), default=DEFAULT_DTYPE)
     p.add_argument("--M", type=int, default=16, help="HNSW connectivity")
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef-search", type=int, default=64)

@@ -214,18 +214,17 @@ class Seconds:
     name: str
     high: float
 
-    def check(self, value: object, *, name: str | None = None) -> float:
+    def check(self, value: object) -> float:
         """``value`` as a float if it is a number of seconds in range, else ConfigError giving it."""
         if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not 0 < value <= self.high:
-            raise ConfigError(
-                f"{name or self.name} must be seconds above 0 and at most {self.high:g}; got {shown(value)}"
-            )
+            raise ConfigError(f"{self.name} must be seconds above 0 and at most {self.high:g}; got {shown(value)}")
         return float(value)
 
 
 SYNC_WINDOW = Seconds("sync_window", 60.0)
 """How long a grouped single-vector ingest may wait for its sync (see store/grouped.py)."""
 DEFAULT_SYNC_WINDOW = 1.0
+"""``VectorEngine``'s: its single ``ingest`` calls are on disk within a second."""
 DELTA_RATIO_MIN = 1e-6
 """brinicle's range is (0, 0.5]; below 1e-6 a single delete asks for a rebuild in any
 collection of under a million rows, so smaller values (5e-324...) are refused as typos."""

@@ -7,15 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from brinicle_etl import Collection, ConfigError, DiskFullError, Store, VectorEngine
+from brinicle_etl import Collection, ConfigError, DiskFullError, StateError, Store, VectorEngine
 from brinicle_etl.store.grouped import GROUP_ROWS
 from brinicle_etl.store.staging import StagingLog
+from brinicle_etl.store.writer import Transaction
 from tests.conftest import clustered
 
 DIM = 8
@@ -63,7 +65,7 @@ def test_a_full_group_is_written_at_once(held: Collection) -> None:
     x = clustered(GROUP_ROWS + 5, DIM, seed=4)
     for i, v in enumerate(x):
         held.ingest(f"n{i}", v, sync_window=60)
-    assert logged(held) == GROUP_ROWS
+    assert logged(held) == GROUP_ROWS + 1  # the call that found the group full wrote it, then itself
     assert held.status().staged_count == GROUP_ROWS + 5
 
 
@@ -111,30 +113,126 @@ def test_letting_the_lock_go_writes_the_group(held: Collection) -> None:
     assert logged(held) == 1
 
 
-def test_a_failed_background_write_is_raised_by_the_next_call_and_loses_nothing(
-    held: Collection, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def full_disk_for(monkeypatch: pytest.MonkeyPatch, times: int) -> dict[str, int]:
+    """The next ``times`` appends to a session log fail as on a full disk."""
     real = StagingLog.append
-    failing = {"left": 2}
+    failing = {"left": times}
 
-    def full_disk(self: StagingLog, block: bytes, vectors: np.ndarray) -> None:
+    def append(self: StagingLog, block: bytes, vectors: np.ndarray) -> None:
         if failing["left"]:
             failing["left"] -= 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
         real(self, block, vectors)
 
-    monkeypatch.setattr(StagingLog, "append", full_disk)
+    monkeypatch.setattr(StagingLog, "append", append)
+    return failing
+
+
+def test_a_failed_background_write_is_raised_by_the_next_call_and_loses_nothing(
+    held: Collection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = full_disk_for(monkeypatch, 2)
     x = clustered(3, DIM, seed=11)
     held.ingest("a", x[0], sync_window=0.05)
     deadline = time.monotonic() + 10
-    while not held._sessions.group.failed and time.monotonic() < deadline:
+    while not caplog.records and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert held._sessions.group.failed  # the background write hit the full disk
-    with pytest.raises(DiskFullError):
+    assert failing["left"] == 1  # the background write hit the full disk...
+    assert caplog.records[0].getMessage() == "writing 1 grouped ingest calls failed; the next call retries"
+    with pytest.raises(DiskFullError) as err:
         held.ingest("b", x[1], sync_window=0.05)  # written in the caller's thread: fails again
+    assert "(while writing 1 earlier ingest calls, grouped, to the session log)" in err.value.__notes__
     held.ingest("c", x[2], sync_window=0.05)  # space again: "a" first, then "c"
     held.finalize()
     assert sorted(k for k in held.keys() if not k.startswith("old")) == ["a", "c"]
+
+
+def test_a_full_group_that_cannot_be_written_does_not_keep_the_failed_call(
+    held: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = clustered(GROUP_ROWS + 1, DIM, seed=12)
+    for i in range(GROUP_ROWS):
+        held.ingest(f"n{i}", x[i], sync_window=60)
+    full_disk_for(monkeypatch, 1)
+    with pytest.raises(DiskFullError):
+        held.ingest("last", x[-1], sync_window=60)
+    held.ingest("last", x[-1], sync_window=60)  # the retry a user makes: not a repeated id
+    held.finalize()
+    assert len(held) == 50 + GROUP_ROWS + 1
+
+
+def test_a_call_racing_finalize_is_refused_not_dropped(held: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread's ingest during finalize waits for it and is told the session is over."""
+    held.ingest("a", clustered(1, DIM, seed=13)[0], sync_window=60)
+    started = threading.Event()
+    real = Transaction.prepare
+
+    def slow_prepare(self: Transaction, **kwargs: object) -> object:
+        started.set()
+        time.sleep(0.5)
+        return real(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Transaction, "prepare", slow_prepare)
+    outcome: list[BaseException | None] = []
+
+    def late() -> None:
+        started.wait(10)
+        try:
+            held.ingest("late", clustered(1, DIM, seed=14)[0], sync_window=60)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=late)
+    thread.start()
+    held.finalize()
+    thread.join(10)
+    assert isinstance(outcome[0], StateError)
+    assert str(outcome[0]) == "ingest: no pending ingest session on 'g/default'; call init() first"
+    assert "a" in held and "late" not in held
+    assert held.status().staged_count == 0
+
+
+def test_dropping_the_collection_drops_the_group(held: Collection) -> None:
+    held.ingest("a", clustered(1, DIM, seed=15)[0], sync_window=60)
+    held.destroy()
+    assert not held.directory.exists()
+
+
+def test_a_sharded_engine_groups_per_shard_and_writes_on_close(tmp_path: Path) -> None:
+    engine = VectorEngine(tmp_path / "e", DIM, n_shards=2, sync_window=60)
+    engine.init("build")
+    x = clustered(20, DIM, seed=16)
+    for i, v in enumerate(x):
+        engine.ingest(f"k{i}", v)
+    shards = engine.collection.shards  # type: ignore[union-attr]
+    assert [logged(s) for s in shards] == [0, 0]
+    assert engine.collection.status().staged_count == 20
+    engine.close()
+    assert sum(logged(s) for s in shards) == 20
+    reopened = VectorEngine(tmp_path / "e")
+    reopened.finalize()
+    assert reopened.collection.status().live_count == 20
+
+
+def test_the_engine_groups_by_default_and_writes_at_exit(tmp_path: Path) -> None:
+    script = (
+        "import sys, numpy as np\n"
+        "from brinicle_etl import VectorEngine\n"
+        "e = VectorEngine(sys.argv[1], 8)\n"
+        "e.init('build')\n"
+        "for i in range(25):\n"
+        "    e.ingest(f'k{i}', np.full(8, i + 1, np.float32))\n"
+        "print(e.collection.status().staged_count, flush=True)\n"
+        "from brinicle_etl.store.staging import StagingLog\n"
+        "log = StagingLog.open(e.collection.directory / 'session.log')\n"
+        "print(log.count, flush=True)\n"  # grouped: nothing synced yet
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "e")], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["25", "0"]
+    assert logged(Collection(tmp_path / "e")) == 25  # written at interpreter exit
 
 
 def test_sync_window_is_checked(store: Store, tmp_path: Path) -> None:
@@ -143,7 +241,7 @@ def test_sync_window_is_checked(store: Store, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         col.ingest("a", np.ones(DIM), sync_window=0)
     assert str(err.value) == "sync_window must be seconds above 0 and at most 60; got 0"
-    with pytest.raises(ValueError) as bad:
+    with pytest.raises(ValueError, match=r"^sync_window must be") as bad:
         VectorEngine(tmp_path / "e", DIM, sync_window=120)
     assert str(bad.value) == (
         "sync_window must be seconds above 0 and at most 60; got 120, or None to sync every ingest call"
@@ -168,12 +266,12 @@ while True:
 """
 
 
-@pytest.mark.parametrize("window", ["0.2", "none"])
+@pytest.mark.parametrize("window", ["0.3", "none"])
 def test_sigkill_loses_only_the_last_window(tmp_path: Path, window: str) -> None:
     """Killed at random moments: every call acknowledged more than the window (plus the time a
     sync takes on a loaded machine) before the kill is on disk; with no window, every one."""
     rng = np.random.default_rng(17)
-    slack = 0.8
+    slack = 0.4  # the sync itself, on a loaded machine
     for attempt in range(3):
         path = tmp_path / f"e{attempt}"
         proc = subprocess.Popen(

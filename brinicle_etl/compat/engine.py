@@ -44,8 +44,6 @@ __all__ = ["VectorEngine"]
 
 _DIST_FUNCS: dict[str, Metric] = {"l2": "l2sq", "cosine_distance": "cosine", "dot_product_distance": "ip"}
 
-_INF = float("inf")
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -220,16 +218,14 @@ class VectorEngine:
 
     @_translated
     def search(self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1) -> list[str]:
-        hits = self._col.search(q, k, ef=efs)
-        if threshold == _INF:
-            return [hit[0] for hit in hits]
-        return [hit[0] for hit in hits if hit[1] <= threshold]
+        return [hit[0] for hit in self._col.search(np.asarray(q, dtype=np.float32), k, ef=efs) if hit[1] <= threshold]
 
     @_translated
     def search_with_distance(
         self, q: Any, k: int = 10, efs: int = 64, threshold: float = float("inf"), n_jobs: int = 1
     ) -> list[tuple[str, float]]:
-        return [(h.id, h.distance) for h in self._col.search(q, k, ef=efs) if h.distance <= threshold]
+        hits = self._col.search(np.asarray(q, dtype=np.float32), k, ef=efs)
+        return [(h.id, h.distance) for h in hits if h.distance <= threshold]
 
     @_translated
     def search_batch(
@@ -246,8 +242,10 @@ class VectorEngine:
     def optimize_graph(self) -> None:
         self._col.optimize(wait=self._wait)
 
+    @_translated
     def close(self) -> None:
-        """Let other writers go; a pending session stays staged on disk (``finalize`` it later)."""
+        """Write what is grouped, then let other writers go; a pending session stays staged on
+        disk (``finalize`` it later)."""
         self._col.release_writer_lock()
 
     @_translated

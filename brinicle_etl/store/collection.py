@@ -32,6 +32,7 @@ from brinicle_etl.errors import (
     ConfigError,
     NotFoundError,
     ObjectStoreError,
+    StateError,
 )
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
@@ -327,7 +328,7 @@ class Collection:
             k = check_k(k, "search")
         if allow is not None:
             return self.search_batch(q.reshape(1, -1), k, ef=ef, threads=1, allow=allow)[0]
-        if ef is not None and (type(ef) is not int or not 1 <= ef <= EF.high):
+        if ef is not None and ef not in EF:
             ef = check_ef(ef)
         row_ids, dists = snap.search_one(q, k, ef=ef)
         return hits(snap.ids.keys_for(row_ids), dists)
@@ -495,7 +496,7 @@ class Collection:
         self._sessions.init(mode, wait=wait)
 
     def ingest(self, key: str, vector: Any, *, wait: Wait = True, sync_window: float | None = None) -> None:
-        """Stage one vector; it is on disk when this returns.
+        """Stage one vector; it is on disk when this returns, unless ``sync_window`` is given.
 
         ``sync_window`` (seconds): while this object holds the writer lock
         (:meth:`hold_writer_lock`, as ``VectorEngine`` does from ``init`` to ``finalize``),
@@ -572,9 +573,14 @@ class Collection:
         and the lock stays held: nothing staged is left without its writer)."""
         if self._held is None:
             return
-        self._sessions.close_group()
+        self._sessions.close_group()  # if this raises, the lock stays held
         # After any write another thread is making under the held lock, never during it.
         with self._held_mutex:
+            if self._sessions.group.pending:  # closed and written: only a failed write leaves rows
+                raise StateError(
+                    f"{self._sessions.group.pending} ingest calls on {self.name!r} are not written yet; "
+                    "call flush(), then let the lock go"
+                )
             held, self._held = self._held, None
         if held is not None:
             held.close()
@@ -741,8 +747,8 @@ class Collection:
         with self._lock(wait):
             if self._remote is not None:
                 self._remote.destroy()
+            self._sessions.drop_group()
             os.replace(self.directory, trash)
-            self._sessions.group.discard()
         self.release_writer_lock()
         shutil.rmtree(trash, ignore_errors=True)
 

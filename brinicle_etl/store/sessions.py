@@ -66,7 +66,7 @@ class Sessions:
         # Whether the local log is known to equal the mirrored one (only this object appends
         # to it while it holds the lock); unknown at first and after any failure.
         self._in_step = False
-        self.group = Group(self.flush)
+        self.group = Group(lambda wait: self.flush(wait=wait))
         """Single-vector ingests not synced yet (see :mod:`brinicle_etl.store.grouped`)."""
 
     def open_group(self) -> None:
@@ -78,6 +78,11 @@ class Sessions:
         """The collection is letting its writer lock go: write what is grouped first."""
         self.group.close()
         self.flush()
+
+    def drop_group(self) -> None:
+        """The collection is gone: what is grouped goes with it."""
+        self.group.close()
+        self.group.discard()
 
     def flush(self, *, wait: Wait = True) -> None:
         """Write the grouped single-vector ingests to the session log now, durably."""
@@ -92,17 +97,18 @@ class Sessions:
             return
         try:
             log = self.require(snap, "ingest")
-            if log.header.id != taken.session_id:  # cannot happen while the lock is held throughout
+            if log.header.id != taken.session_id:  # the lock was held throughout: a bug if seen
                 raise StateError(
                     f"ingest: {len(taken.keys)} grouped vectors belong to session {taken.session_id}, "
                     f"but the pending session on {self.name!r} is {log.header.id}"
                 )
             block, matrix = key_block(taken.keys), np.stack(taken.vectors)
             self._mirrored(log, lambda: log.append(block, matrix))
-        except BaseException:
+        except BaseException as exc:
             self.group.restore(taken)
+            exc.add_note(f"(while writing {len(taken.keys)} earlier ingest calls, grouped, to the session log)")
             raise
-        self.group.written()
+        self.group.written(taken)
 
     @property
     def dim(self) -> int:
@@ -165,24 +171,23 @@ class Sessions:
                     self._in_step = False
                     raise
             self._log = log
+            self.group.accept(log.header.id)
 
     def ingest(self, key: str, vector: Any, *, wait: Wait, sync_window: float | None = None) -> None:
         v = as_vector(vector, self.dim, "ingest")
         encoded = encode_key(key, "ingest")
-        if sync_window is not None:
-            SYNC_WINDOW.check(sync_window)
-            log = self._log
-            if log is not None:
-                # A copy: the caller may reuse its array once the call returns.
-                full = self.group.add(log.header.id, encoded, np.array(v, dtype=np.float32), sync_window)
-                if full is not None:
-                    if full:
-                        self.flush(wait=wait)
-                    return
+        window = SYNC_WINDOW.check(sync_window) if sync_window is not None else None
+        # On object storage another machine may finalize the session: every call is durable.
+        grouped = window is not None and self._mirror is None
+        # A copy: the caller may reuse its array once the call returns.
+        if grouped and window is not None and self.group.add(encoded, np.array(v, dtype=np.float32), window):
+            return
         with self.writing(wait) as snap:
             self._write_group(snap)
             log = self.require(snap, "ingest")
             self._mirrored(log, lambda: log.append(key_block([encoded]), v.reshape(1, -1)))
+            if grouped:
+                self.group.accept(log.header.id)  # the next calls may be grouped
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> int:
         return self.stage_batch(keys, vectors, wait=wait).publish()
@@ -252,6 +257,7 @@ class Sessions:
         stack = ExitStack()
         snap = stack.enter_context(self.writing(wait))
         try:
+            self.group.seal()  # a call racing the finalize waits for the lock, then is told
             self._write_group(snap)
             if self._mirror is not None:
                 self._in_step = False  # read what every machine appended...
@@ -285,6 +291,7 @@ class Sessions:
 
     def abort(self, *, wait: Wait) -> int:
         with self.writing(wait) as snap:
+            self.group.seal()
             log = self.require(snap, "abort")
             dropped = log.count + self.group.pending
             self.end_session(log)

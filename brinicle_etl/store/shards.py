@@ -549,9 +549,17 @@ class ShardedCollection:
         return any(took)
 
     def release_writer_lock(self) -> None:
+        """Every shard's, each once its grouped ingests are written; a shard that cannot write
+        them keeps its lock, the others still let theirs go, and the first error is raised."""
+        errors: list[BaseException] = []
         with self._spanning:
             for shard in self.shards:
-                shard.release_writer_lock()
+                try:
+                    shard.release_writer_lock()
+                except Exception as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def vacuum(self, *, retention_seconds: float = 3600.0, wait: Wait = False) -> VacuumResult:
         results = self._each(lambda s: s.vacuum(retention_seconds=retention_seconds, wait=wait))
