@@ -175,11 +175,11 @@ class Group:
                 self._flush(True)
             except Exception:
                 # Kept in memory; the next call writes them in its own thread and raises why.
+                with self._wake:
+                    self._failed = True
                 log.warning(
                     "writing %d grouped ingest calls failed; the next call retries", self.pending, exc_info=True
                 )
-                with self._wake:
-                    self._failed = True
 
     def _after_fork(self) -> None:
         """In a forked child: the rows and the lock are the parent's, not this process's."""
