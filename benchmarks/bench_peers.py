@@ -50,8 +50,8 @@ DIM, K, M, EF_CONSTRUCTION = 128, 10, 16, 200
 CATEGORIES = [f"cat{i}" for i in range(10)]
 TARGET = 0.95
 RESULTS = Path(__file__).resolve().parent / "results"
-OUR_EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256]
-LANCE_SETTINGS = [(nprobes, ef) for nprobes in (1, 2, 4) for ef in (32, 64, 128, 256, 512)]
+OUR_EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+LANCE_SETTINGS = [(nprobes, ef) for nprobes in (1, 2, 4) for ef in (32, 64, 128, 256, 512, 1024)]
 
 
 def exports(n: int, work: Path, n_queries: int) -> dict[str, Any]:
