@@ -40,6 +40,7 @@ from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import InputError
 from brinicle_etl.search import embed_query
 from brinicle_etl.store import AnyCollection, Store
+from brinicle_etl.store.collection import SEARCH_TABLE_COLUMNS
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
 from brinicle_etl.types import K
 
@@ -255,7 +256,7 @@ class _Functions:
 
 def _rows_as_json(table: pa.Table, distances: pa.Array) -> pa.Array:
     """Each hit's row as a JSON object: its key, its distance and its columns."""
-    payload = [c for c in table.column_names[5:] if c not in RESERVED_COLUMNS]
+    payload = [c for c in table.column_names[len(SEARCH_TABLE_COLUMNS) :] if c not in RESERVED_COLUMNS]
     keys, far = table.column(KEY).to_pylist(), distances.to_pylist()
     rows = table.select(payload).to_pylist()
     return pa.array(

@@ -65,7 +65,10 @@ from brinicle_etl.types import (
     hits,
 )
 
-__all__ = ["Collection", "CollectionStatus"]
+__all__ = ["SEARCH_TABLE_COLUMNS", "Collection", "CollectionStatus"]
+
+SEARCH_TABLE_COLUMNS = ("query", "rank", KEY, "distance", ROW_ID)
+"""What :meth:`Collection.search_table` puts before the rows' own columns."""
 
 log = logging.getLogger(__name__)
 
@@ -394,13 +397,14 @@ class Collection:
         # valid is a prefix of each row, so a hit's column index is its rank
         query, rank = np.nonzero(valid)
         table = pa.table(
-            {
-                "query": pa.array(query.astype(np.int64)),
-                "rank": pa.array(rank.astype(np.int64)),
-                KEY: pa.array(snap.ids.keys_for(hit_ids), pa.string()),
-                "distance": pa.array(dists[valid].astype(np.float32)),
-                ROW_ID: pa.array(hit_ids.astype(np.uint64)),
-            }
+            [
+                pa.array(query.astype(np.int64)),
+                pa.array(rank.astype(np.int64)),
+                pa.array(snap.ids.keys_for(hit_ids), pa.string()),
+                pa.array(dists[valid].astype(np.float32)),
+                pa.array(hit_ids.astype(np.uint64)),
+            ],
+            names=list(SEARCH_TABLE_COLUMNS),
         )
         if columns is None or len(columns):
             rows = snap.rows_at(hit_ids, None if columns is None else list(columns))
