@@ -134,9 +134,9 @@ class Store:
     @classmethod
     def shared(cls, root: str | os.PathLike[str] | None = None) -> Store:
         """The process's one :class:`Store` for ``root`` (default ``$BRINICLE_STORE``, else
-        ``./brinicle_store``): what ``search("db/ns", ..., store="dir")`` and ``ingest(...,
-        store="dir")`` use, so a call by name costs what a call on an opened collection does
-        (each open collection still notices new generations, by a stat per call)."""
+        ``./brinicle_store``): what ``search("db/ns", ..., store="dir")`` uses, so a search by
+        name costs what one on an opened collection does (each open collection still notices
+        new generations, by a stat per call)."""
         location = os.fspath(root) if root is not None else default_store_location()
         key = location.rstrip("/") if is_remote(location) else os.path.abspath(location)
         with _shared_lock:
