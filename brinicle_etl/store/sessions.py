@@ -177,16 +177,16 @@ class Sessions:
         v = as_vector(vector, self.dim, "ingest")
         encoded = encode_key(key, "ingest")
         window = SYNC_WINDOW.check(sync_window) if sync_window is not None else None
-        # On object storage another machine may finalize the session: every call is durable.
-        grouped = window is not None and self._mirror is None
+        if self._mirror is not None:
+            window = None  # on object storage another machine may finalize: every call is durable
         # A copy: the caller may reuse its array once the call returns.
-        if grouped and window is not None and self.group.add(encoded, np.array(v, dtype=np.float32), window):
+        if window is not None and self.group.add(encoded, np.array(v, dtype=np.float32), window):
             return
         with self.writing(wait) as snap:
             self._write_group(snap)
             log = self.require(snap, "ingest")
             self._mirrored(log, lambda: log.append(key_block([encoded]), v.reshape(1, -1)))
-            if grouped:
+            if window is not None:
                 self.group.accept(log.header.id)  # the next calls may be grouped
 
     def ingest_batch(self, keys: Sequence[str], vectors: Any, *, wait: Wait) -> int:
