@@ -38,7 +38,8 @@ V = TypeVar("V")
 
 _USEARCH_METRIC = {"cosine": "cos", "ip": "ip", "l2sq": "l2sq"}
 _ADD_CHUNK = 32_768
-_RELINK_EF = 16
+_RELINK_FIRST_EF = 4
+_RELINK_EF = 64
 _RELINK_COUNT = 4
 _RELINK_COPIES = 64
 JOINT_MAX_FILES = 64
@@ -76,30 +77,40 @@ def _relink_stranded(index: Any, keys: np.ndarray, vectors: np.ndarray) -> None:
     """Add again, alone, the nodes a concurrent ``add`` left stored but unreachable.
 
     usearch 2.x can strand a node when two threads link at once (unum-cloud/USearch#735):
-    measured here, 3-10 of 300 8-d vectors in most builds, never with one thread. A
-    stranded node cannot find itself, so a cheap search (ef 16, a quarter of the build's
-    time) finds them. It looks at a few nearest, not one, because a
-    stranded duplicate's nearest is its reachable twin at distance 0.
+    measured here, 3-10 of 300 8-d vectors in most builds, never with one thread (still so
+    in 2.26). A stranded node cannot find itself at any ``ef``, so a node that finds itself
+    in a cheap search is linked. Two passes: every node looks for itself at ef 4 (measured
+    at 100k x 128: ~15% miss, mostly hard to reach, not stranded), and only those look
+    again at ef 64, among a few nearest, because a stranded duplicate's nearest is its
+    reachable twin at distance 0. Half the time of one pass at ef 16 (~6% of the add
+    instead of ~10%), and fewer false alarms re-added one by one.
     """
-    previous = index.expansion_search
-    index.expansion_search = _RELINK_EF
-    try:
-        found = index.search(vectors, _RELINK_COUNT, threads=0)
-    finally:
-        index.expansion_search = previous
-    # one vector comes back as one row: the same shape either way
-    nearest = np.asarray(found.keys).reshape(len(keys), -1)
-    distances = np.asarray(found.distances).reshape(len(keys), -1)
+    first = _self_search(index, vectors, ef=_RELINK_FIRST_EF, count=1)
+    missed = np.flatnonzero(~(first[0][:, 0] == keys))
+    if not len(missed):
+        return
+    keys, vectors = keys[missed], vectors[missed]
+    nearest, distances = _self_search(index, vectors, ef=_RELINK_EF, count=_RELINK_COUNT)
     stranded = ~(nearest == keys[:, None]).any(axis=1)
     # Many copies of one vector never all find themselves among 4 nearest, stranded or not:
     # past a few, the copies (nearest at distance 0) are left as they are rather than re-added
     # one by one, which would cost a single-threaded build of them.
     copies = stranded & (distances[:, 0] <= 0)
-    if copies.sum() > max(_RELINK_COPIES, len(keys) // 100):
+    if copies.sum() > max(_RELINK_COPIES, len(first[0]) // 100):
         stranded &= ~copies
     if stranded.any():
         index.remove(keys[stranded])
         index.add(keys[stranded], vectors[stranded], threads=1)
+
+
+def _self_search(index: Any, vectors: np.ndarray, *, ef: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    previous = index.expansion_search
+    index.expansion_search = ef
+    try:
+        keys, distances, _ = _search_many(index, vectors, count, exact=False, threads=0)
+    finally:
+        index.expansion_search = previous
+    return keys, distances
 
 
 def _save(index: Any, path: Path) -> None:
