@@ -7,13 +7,15 @@ index is ``IVF_HNSW_SQ`` (its HNSW-type index; one IVF partition per 500k rows),
 default bf16 usearch HNSW. Each engine runs in its own fresh process, one after the other:
 
 1. first ingest: the Parquet export into a table with an index (LanceDB: ``create_table`` of
-   the read file, then ``create_index``), and raw usearch ``Index.add`` of the same vectors
-   with our params, dtype and threads: the floor for ours;
+   the read file, then ``create_index``); in our process, just before, raw usearch
+   ``Index.add`` of the same vectors with our params, dtype and threads: the floor for ours;
 2. the next export, where 10% of the rows changed (new vector and price): ours ``ingest``
-   (unchanged rows found and skipped); LanceDB ``merge_insert("id")`` of the whole export
+   (unchanged rows found and skipped), once with ``index="now"`` (indexed when it returns)
+   and once, on a copy of the first ingest's store, with ``index="background"`` (returns
+   once stored; the changed vectors are searched exactly until the background job has
+   linked them, which is timed too); LanceDB ``merge_insert("id")`` of the whole export
    and, as a user who knows what changed would, of the changed rows only; then LanceDB's
-   ``optimize()``, until which its changed rows are outside its index. Ours is indexed when
-   ``ingest`` returns;
+   ``optimize()``, until which its changed rows are outside its index;
 3. the same export again (nothing changed): ours ``ingest``, LanceDB ``merge_insert``;
 4. single-query search returning rows (id, title, price), k=10: each engine at the smallest
    setting of a sweep that reaches recall@10 >= 0.95 against exact search of the final table
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import statistics
 import sys
 import tempfile
@@ -134,8 +137,8 @@ def run_ours(work: str) -> dict[str, Any]:
     from brinicle_etl.types import HnswParams
 
     w = Path(work)
+    out: dict[str, Any] = {"engine": "brinicle-etl", "raw_add": raw_add(w)}
     store = Store(w / "ours")
-    out: dict[str, Any] = {"engine": "brinicle-etl"}
     options = {
         "primary_key": "id",
         "vector_col": "embedding",
@@ -143,15 +146,24 @@ def run_ours(work: str) -> dict[str, Any]:
     }
     out["first_ingest"], result = timed(lambda: ingest(w / "export-1.parquet", "bench/peers", store=store, **options))
     out["first_stages"] = {k: v for k, v in result.timings.items() if k != "total"}
-    out["upsert_call"], result = timed(
+    shutil.copytree(w / "ours", w / "ours-background")
+    out["upsert_call_now"], result = timed(
         lambda: ingest(w / "export-2.parquet", "bench/peers", store=store, on_conflict="update", **options)
     )
     out["upsert_counts"] = f"{result.rows_updated} updated, {result.rows_unchanged} unchanged"
-    out["upsert_indexed"] = out["upsert_call"]
     out["noop"], result = timed(
         lambda: ingest(w / "export-2.parquet", "bench/peers", store=store, on_conflict="update", **options)
     )
     assert result.rows_updated == 0, result
+    background = Store(w / "ours-background")
+    started = time.perf_counter()
+    ingest(w / "export-2.parquet", "bench/peers", store=background, on_conflict="update", index="background", **options)
+    out["upsert_call"] = time.perf_counter() - started
+    pending = background.open("bench/peers").status().pending_count
+    assert not background.open("bench/peers").index_pending(wait=True)  # waits for the job
+    out["upsert_indexed"] = time.perf_counter() - started
+    assert pending > 0 and background.open("bench/peers").status().pending_count == 0
+    shutil.rmtree(w / "ours-background")
     col = store.open("bench/peers")
     queries, truth, ftruth = (np.load(w / f) for f in ("queries.npy", "truth.npy", "ftruth.npy"))
 
@@ -172,17 +184,17 @@ def run_ours(work: str) -> dict[str, Any]:
     return out
 
 
-def run_raw(work: str) -> dict[str, Any]:
+def raw_add(work: Path) -> float:
     """Raw usearch ``Index.add`` of the first export's vectors, same params, dtype and threads
-    as our build (all cores): the floor for our first ingest."""
+    as our build (all cores): the floor for our first ingest, in our process just before it."""
     import pyarrow.parquet as pq
     from usearch.index import Index
 
-    column = pq.read_table(Path(work) / "export-1.parquet", columns=["embedding"]).column("embedding")
+    column = pq.read_table(work / "export-1.parquet", columns=["embedding"]).column("embedding")
     vectors = column.combine_chunks().flatten().to_numpy().reshape(-1, DIM)
     index = Index(ndim=DIM, metric="cos", dtype="bf16", connectivity=M, expansion_add=EF_CONSTRUCTION)
     seconds, _ = timed(lambda: index.add(np.arange(len(vectors), dtype=np.uint64), vectors, threads=0))
-    return {"engine": "usearch", "add": seconds}
+    return seconds
 
 
 def import_lancedb() -> Any:
@@ -278,7 +290,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, started: float)
         "",
         "Rows: id, title, category (10 values), price, a 128-d unit embedding (text-like, cosine), from Parquet. "
         f"HNSW M={M}, ef_construction={EF_CONSTRUCTION} on both sides; LanceDB's index `IVF_HNSW_SQ` (one IVF "
-        "partition per 500k rows), ours bf16. Each engine in its own fresh process, one after the other. "
+        "partition per 500k rows), ours bf16. Each engine in its own fresh process, one after the other; raw "
+        'usearch `Index.add` in ours, just before its first ingest; our 10% upsert once with `index="now"` and '
+        'once, on a copy of the store, with `index="background"`. '
         f"Search: {args.queries} single queries, k={K}, returning id, title and price; each engine at the fastest "
         f"setting of its sweep reaching recall@10 >= {TARGET} (ours `ef`, LanceDB `nprobes`/`ef`).",
         "",
@@ -286,7 +300,6 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, started: float)
     for size in args.sizes:
         ours = next(r for r in runs if r["rows"] == size and r["engine"] == "brinicle-etl")
         lance = next(r for r in runs if r["rows"] == size and r["engine"] == "LanceDB")
-        raw = next(r for r in runs if r["rows"] == size and r["engine"] == "usearch")
         o, t = ours["search"]["chosen"], lance["search"]["chosen"]
         of, tf = ours["filtered"]["chosen"], lance["filtered"]["chosen"]
         m = matched(ours["search"]["curve"], t["recall"])
@@ -297,15 +310,18 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, started: float)
             "|---|---|---|---|---|",
             f"| first ingest (table + index), s | {ours['first_ingest']:.1f} | {lance['first_ingest']:.1f} "
             f"| {ours['first_ingest'] / lance['first_ingest']:.2f}x | < 1x |",
-            f"| first ingest against raw usearch `Index.add` of its vectors ({raw['add']:.1f} s), speed "
-            f"| {raw['add'] / ours['first_ingest']:.2f}x | | | >= 0.9x |",
-            f"| 10% changed: the call, s | {ours['upsert_call']:.2f} (whole export) | {lance['upsert_call']:.2f} "
+            f"| first ingest against raw usearch `Index.add` of its vectors in the same process "
+            f"({ours['raw_add']:.1f} s), speed | {ours['raw_add'] / ours['first_ingest']:.2f}x | | | >= 0.9x |",
+            f'| 10% changed: the call, s | {ours["upsert_call"]:.2f} (whole export, `index="background"`), '
+            f'{ours["upsert_call_now"]:.2f} (`index="now"`, the default) | {lance["upsert_call"]:.2f} '
             f"(whole export), {lance['upsert_call_changed_only']:.2f} (changed rows only) | "
-            f"{ours['upsert_call'] / lance['upsert_call']:.1f}x (whole export), "
-            f"{ours['upsert_call'] / lance['upsert_call_changed_only']:.0f}x (changed rows only) | <= 1.5x |",
-            f"| 10% changed: until searchable through an index, s | {ours['upsert_indexed']:.2f} "
+            f"{ours['upsert_call'] / lance['upsert_call']:.2f}x (background), "
+            f"{ours['upsert_call_now'] / lance['upsert_call']:.1f}x (now) | <= 1.5x |",
+            f"| 10% changed: until searchable through an index, s | {ours['upsert_indexed']:.2f} (background), "
+            f"{ours['upsert_call_now']:.2f} (now) "
             f"| {lance['upsert_indexed']:.2f} (merge + optimize {lance['optimize']:.1f}) "
-            f"| {lance['upsert_indexed'] / ours['upsert_indexed']:.1f}x faster | >= 5x faster |",
+            f"| {lance['upsert_indexed'] / ours['upsert_indexed']:.1f}x faster (background), "
+            f"{lance['upsert_indexed'] / ours['upsert_call_now']:.1f}x (now) | >= 5x faster |",
             f"| no-op re-ingest, s | {ours['noop']:.2f} | {lance['noop']:.2f} | {ours['noop'] / lance['noop']:.2f}x "
             "| <= 1.5x |",
             f"| search with rows, p50 ms (recall@10) | {o['p50'] * 1e3:.2f} ({o['recall']:.3f}, ef {o['setting']}) "
@@ -372,12 +388,11 @@ def plot(runs: list[dict[str, Any]], sizes: list[int], path: Path) -> None:
         row[1].set_title(f"{size:,} rows: search returning rows")
         row[1].legend()
         ours = next(r for r in runs if r["rows"] == size and r["engine"] == "brinicle-etl")
-        raw = next(r for r in runs if r["rows"] == size and r["engine"] == "usearch")
         bottom = 0.0
         for stage, seconds in ours["first_stages"].items():
             row[2].bar(0, seconds, 0.6, bottom=bottom, label=stage)
             bottom += seconds
-        row[2].bar(1, raw["add"], 0.6, color="#2ca02c", label="raw usearch add")
+        row[2].bar(1, ours["raw_add"], 0.6, color="#2ca02c", label="raw usearch add")
         row[2].set_xticks([0, 1], ["brinicle-etl\nfirst ingest", "raw usearch\nIndex.add"])
         row[2].set_ylabel("seconds")
         row[2].set_title(f"{size:,} rows: first ingest by stage")
@@ -397,11 +412,11 @@ def main() -> None:
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as work:
             info = exports(size, Path(work), args.queries)
-            for runner in (run_ours, run_raw, run_lance):
+            for runner in (run_ours, run_lance):
                 result = in_child(runner, work)
                 result.update(info)
                 runs.append(result)
-                print(f"{size} {result['engine']}: {result.get('first_ingest', result.get('add')):.1f} s", flush=True)
+                print(f"{size} {result['engine']}: first ingest {result['first_ingest']:.1f} s", flush=True)
     datasets.write_report(args.out, report(runs, args, started))
     plot(runs, args.sizes, args.out.with_suffix(".png"))
 

@@ -56,7 +56,7 @@ def check_collection(
         )
     )
 
-    vectors = status.main_count + status.delta_count
+    vectors = status.main_count + status.delta_count + status.pending_count
     expects_vectors = schema is None or schema.vector_source != "none"
     outcomes.append(
         CheckOutcome(

@@ -27,6 +27,7 @@ from brinicle_etl.types import (
     EmbedBackend,
     EmbedPrecision,
     HnswParams,
+    IndexTiming,
     Metric,
     VectorDType,
     WriteMode,
@@ -122,6 +123,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         on_conflict=args.on_conflict,
         on_duplicate=args.on_duplicate,
         sync=args.sync,
+        index=args.index,
         schema=schema,
         template_name=args.template_name,
         primary_key=args.pk,
@@ -229,8 +231,9 @@ def cmd_status(args: argparse.Namespace) -> None:
         lines = [
             (
                 "rows",
-                f"{s.live_count:,} live ({s.main_count:,} in main, {s.delta_count:,} in delta; "
-                f"{s.deleted_count:,} deleted since the last build)",
+                f"{s.live_count:,} live ({s.main_count:,} in main, {s.delta_count:,} in delta"
+                + (f", {s.pending_count:,} pending" if s.pending_count else "")
+                + f"; {s.deleted_count:,} deleted since the last build)",
             ),
             ("vectors", f"{s.dim}-d {s.dtype}, {s.metric}"),
             ("index", params),
@@ -427,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-conflict", choices=get_args(ConflictPolicy), default="error")
     p.add_argument("--on-duplicate", choices=get_args(DuplicatePolicy), default="error")
     p.add_argument("--sync", action="store_true", help="delete rows whose keys are no longer in the source")
+    p.add_argument(
+        "--index",
+        choices=get_args(IndexTiming),
+        default="now",
+        help="link new vectors into the index before the result (now), or after it, before the command exits",
+    )
     p.add_argument("--pk", help="primary key column (inferred if omitted)")
     p.add_argument("--text-fields", help="comma-separated columns to embed (inferred if omitted)")
     p.add_argument("--template", help="text template over columns, e.g. '{title}: {description}'")

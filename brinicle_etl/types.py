@@ -102,6 +102,14 @@ never rewritten or re-embedded: under ``key`` it is only counted and listed as a
 
 VectorSource = Literal["generated", "precomputed", "none"]
 
+IndexTiming = Literal["now", "background"]
+"""When a write into an existing collection links its new vectors into the index: ``now``
+(the default: the write returns with everything indexed), or ``background`` (it returns once
+rows and vectors are durable; the vectors are found at once by exact search and linked by a
+background job of the writing process, which the interpreter waits for at exit). A write
+too large for exact search to stay cheap links its vectors itself either way (see
+``store.writer.PENDING_SHARE``); on object storage always ``now``."""
+
 
 def check_choice(name: str, value: object, allowed: Any) -> Any:
     """Return ``value`` if it is one of the ``Literal`` type's values, else raise ConfigError listing them."""

@@ -580,3 +580,39 @@ def test_a_build_with_another_model_of_the_same_dim_re_embeds_every_row(store: S
     assert (rebuilt.rows_unchanged, rebuilt.rows_embedded) == (0, 3)
     again = ingest(frame, "db/ns", store=store, model="other-hash", primary_key="id", mode="build")
     assert (again.rows_unchanged, again.rows_embedded) == (3, 0)
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_index_in_the_background_returns_the_same_result_and_rows(
+    tmp_path: Path, counting: CountingEmbedder, mode: str, shards: int | None
+) -> None:
+    edited = frozenset(range(0, 300, 7))
+    outcomes = {}
+    for index in ("now", "background"):
+        store = Store(tmp_path / index)
+        ingest(_products(300), "shop/p", store=store, embedder=counting, primary_key="product_id", shards=shards)
+        result = ingest(
+            _products(330, edited=edited),
+            "shop/p",
+            store=store,
+            embedder=counting,
+            mode=mode,  # type: ignore[arg-type]
+            on_conflict="update" if mode == "upsert" else "skip",
+            index=index,  # type: ignore[arg-type]
+        )
+        queries = ["product 7 (new edition)", "product 14 (new edition)", "product 301"]
+        found = [search("shop/p", q, 1, store=store)[0].key for q in queries]
+        store.open("shop/p").index_pending(wait=True)
+        status = store.open("shop/p").status()
+        outcomes[index] = (result.rows_inserted, result.rows_updated, result.rows_skipped, found, status.live_count)
+        assert status.pending_count == 0
+    assert outcomes["background"] == outcomes["now"]
+    inserted, updated, skipped, found, count = outcomes["now"]
+    assert (inserted, updated, skipped, count) == ((30, 43, 0, 330) if mode == "upsert" else (30, 0, 43, 330))
+    assert found[2] == "301" and (mode == "insert" or found == ["7", "14", "301"])
+
+
+def test_the_index_option_is_checked(store: Store) -> None:
+    with pytest.raises(ConfigError, match=r"^index must be one of 'now', 'background'; got 'later'$"):
+        ingest(DAY1, "shop/products", store=store, model="hash-8", index="later")  # type: ignore[arg-type]

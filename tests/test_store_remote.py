@@ -141,7 +141,8 @@ def test_creating_twice_from_two_machines(s3: S3Server, tmp_path: Path) -> None:
     assert other.create("db/ns", dim=DIM, exist_ok=True).dim == DIM
 
 
-def test_ingest_and_search_with_rows_on_object_storage(s3: S3Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("index", ["now", "background"])
+def test_ingest_and_search_with_rows_on_object_storage(s3: S3Server, tmp_path: Path, index: str) -> None:
     url = s3.new_url()
     store = open_store(s3, url, tmp_path / "cache")
     data = vectors(50, seed=7)
@@ -149,8 +150,14 @@ def test_ingest_and_search_with_rows_on_object_storage(s3: S3Server, tmp_path: P
     first = ingest(frame, "shop/items", store=store, primary_key="sku", vector_col="vec")
     assert first.rows_inserted == 50
     changed = frame.with_columns(pl.when(pl.col("sku") == "s3").then(999).otherwise(pl.col("price")).alias("price"))
-    again = ingest(changed, "shop/items", store=store, on_conflict="update", primary_key="sku", vector_col="vec")
+    again = ingest(
+        changed, "shop/items", store=store, on_conflict="update", primary_key="sku", vector_col="vec", index=index
+    )
     assert (again.rows_updated, again.rows_unchanged, again.rows_embedded) == (1, 49, 0)
+    # Never deferred on object storage: another machine may write next, and no job of this
+    # process would be there to link what it left.
+    status = store.open("shop/items").status()
+    assert (status.main_count, status.delta_count, status.pending_count) == (49, 1, 0)
     reader = open_store(s3, url, tmp_path / "reader")
     hits = search("shop/items", data[3], k=1, store=reader)
     assert (hits[0].key, hits[0].row["price"]) == ("s3", 999)

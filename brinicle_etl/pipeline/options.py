@@ -25,6 +25,7 @@ from brinicle_etl.types import (
     EmbedBackend,
     EmbedPrecision,
     HnswParams,
+    IndexTiming,
     Metric,
     VectorDType,
     VectorSource,
@@ -118,6 +119,7 @@ class IngestArgs(TypedDict, total=False):
     on_duplicate: DuplicatePolicy
     conflict_on: ConflictOn
     sync: bool
+    index: IndexTiming
     schema: TemplateSchema | str | dict[str, Any] | None
     template_name: str | None
     primary_key: str | None
@@ -150,6 +152,7 @@ class IngestOptions:
     on_duplicate: DuplicatePolicy = "error"
     conflict_on: ConflictOn = "change"
     sync: bool = False
+    index: IndexTiming = "now"
     schema: SchemaSpec = field(default_factory=SchemaSpec)
     new: NewCollection = field(default_factory=NewCollection)
     format: Format | None = None
@@ -166,6 +169,7 @@ class IngestOptions:
         check_choice("on_conflict", self.on_conflict, ConflictPolicy)
         check_choice("on_duplicate", self.on_duplicate, DuplicatePolicy)
         check_choice("conflict_on", self.conflict_on, ConflictOn)
+        check_choice("index", self.index, IndexTiming)
 
     @classmethod
     def of(cls, **args: Unpack[IngestArgs]) -> IngestOptions:

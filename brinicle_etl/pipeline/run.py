@@ -159,6 +159,9 @@ def ingest(
         conflict_on: ``"change"``; ``"key"`` makes every stored key a conflict, identical rows
             included (counted as updated or skipped and listed, never rewritten or re-embedded).
         sync: ``False``; ``True`` also deletes keys the source no longer has.
+        index: ``"now"`` returns with the new vectors indexed; ``"background"`` returns once
+            they are stored (found at once by exact search) and indexes them in a background
+            job of this process (waited for at exit); see :data:`~brinicle_etl.types.IndexTiming`.
         schema: ``None``; a whole :class:`TemplateSchema` (object, JSON or dict).
         template_name: ``None``; a schema saved in the store (saved after the ingest if new).
         primary_key: inferred; the key column (none: rows are keyed by their content).
@@ -347,7 +350,9 @@ class _Run:
             undo.callback(st.forget, name)
             undo.callback(col.destroy, wait=True)
         try:
-            tx = held.enter_context(col.transaction(options.mode, wait=options.wait, op="ingest"))
+            tx = held.enter_context(
+                col.transaction(options.mode, wait=options.wait, op="ingest", defer_index=options.index == "background")
+            )
             existing_rows = tx.snapshot.rows([HASH, TEXT_HASH]) if not created else None
             plan = self._plan(existing_rows)
             embedded = self._write(plan, tx)

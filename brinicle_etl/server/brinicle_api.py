@@ -143,6 +143,9 @@ class IndexStatus(BaseModel):
     deleted_count: int
     generation: int
     bytes_on_disk: int
+    pending_count: int = Field(
+        description="Vectors a write left to be linked into the index in the background (found by exact search)."
+    )
     session_mode: str | None
     staged_count: int
     shards: list[dict[str, Any]] | None = Field(

@@ -34,6 +34,7 @@ from brinicle_etl.errors import (
     ObjectStoreError,
     StateError,
 )
+from brinicle_etl.store import indexing
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import writer_lock
 from brinicle_etl.store.manifest import (
@@ -50,7 +51,15 @@ from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, PreparedFinalize, RowSpool, Sessions, StagedRows
 from brinicle_etl.store.snapshot import RowCache, Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
-from brinicle_etl.store.writer import DeleteResult, PreparedTransaction, Transaction, WriteResult, compact, prepare_in
+from brinicle_etl.store.writer import (
+    DeleteResult,
+    PreparedTransaction,
+    Transaction,
+    WriteResult,
+    compact,
+    index_pending,
+    prepare_in,
+)
 from brinicle_etl.types import (
     EF,
     BuildProgress,
@@ -99,7 +108,9 @@ def _retry_on_vanished(method: Callable[P, R]) -> Callable[P, R]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CollectionStatus:
-    """A collection's settings and counts. ``main_count`` and ``delta_count`` count live vectors."""
+    """A collection's settings and counts. ``main_count``, ``delta_count`` and ``pending_count``
+    count live vectors (pending: written by a deferred write, found by exact search, being
+    linked into the delta in the background)."""
 
     name: str
     dim: int
@@ -113,6 +124,7 @@ class CollectionStatus:
     deleted_count: int
     generation: int
     bytes_on_disk: int
+    pending_count: int
     needs_rebuild: bool
     has_index: bool
     session_mode: WriteMode | None
@@ -312,6 +324,7 @@ class Collection:
             deleted_count=m.dead_rows,
             generation=m.generation,
             bytes_on_disk=size,
+            pending_count=m.pending.live if m.pending else 0,
             needs_rebuild=m.needs_rebuild,
             has_index=m.main is not None,
             session_mode=pending.header.mode if pending else None,
@@ -622,6 +635,28 @@ class Collection:
         # Published: what follows is housekeeping, and must not fail the write.
         with suppress(OSError):
             remove_unreferenced(self.directory, manifest.files())
+        if manifest.pending is not None and self._remote is None:
+            indexing.start(self.directory, self._index_in_background)
+
+    def _index_in_background(self, started: Callable[[], None]) -> None:
+        with writer_lock(self.directory, wait=True, name=self.name):
+            started()
+            snap = self._snapshot(fresh=True)
+            with disk_full_is_an_error(self.directory, cleanup=self._remove_unpublished):
+                manifest = index_pending(snap)
+                if manifest is not None:
+                    self._publish(manifest)
+
+    def index_pending(self, *, wait: Wait = False) -> bool:
+        """Link the vectors deferred writes left pending into the index now (a background
+        job does it after each such write; this is for a job that could not run, or to
+        wait for it); returns whether there were any."""
+        with self._writing(wait) as snap:
+            manifest = index_pending(snap)
+            if manifest is None:
+                return False
+            self._publish(manifest)
+            return True
 
     def write(
         self,
@@ -689,15 +724,27 @@ class Collection:
         wait: Wait = False,
         progress: BuildProgress | None = None,
         op: str = "write",
+        defer_index: bool = False,
     ) -> Iterator[Transaction]:
         """Hold the writer lock and stream a write through a :class:`Transaction`.
 
         Nothing is visible until ``tx.commit()``; leaving the block without committing
-        (or with an exception) discards everything the transaction wrote.
+        (or with an exception) discards everything the transaction wrote. ``defer_index``
+        publishes new vectors pending (found by exact search at once, linked into the index
+        by a background job: see :mod:`~brinicle_etl.store.indexing`) instead of linking
+        them before the commit; never on object storage, where another machine may write next.
         """
         check_choice("mode", mode, WriteMode)
         with self._writing(wait) as snap:
-            tx = Transaction(snap, mode, publish=self._publish, params=params, op=op, progress=progress)
+            tx = Transaction(
+                snap,
+                mode,
+                publish=self._publish,
+                params=params,
+                op=op,
+                progress=progress,
+                defer=defer_index and self._remote is None,
+            )
             try:
                 yield tx
             finally:
@@ -729,10 +776,14 @@ class Collection:
             return self._compact(snap, params, progress)
 
     def optimize(self, *, wait: Wait = False) -> bool:
-        """Rebuild only if ``needs_rebuild``; returns whether it did."""
+        """Rebuild only if ``needs_rebuild``, else link pending vectors if there are any;
+        returns whether it did either."""
         with self._writing(wait) as snap:
             if not snap.manifest.needs_rebuild:
-                return False
+                manifest = index_pending(snap)
+                if manifest is not None:
+                    self._publish(manifest)
+                return manifest is not None
             self._compact(snap, None, None)
             return True
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from brinicle_etl.errors import LockedError
+from brinicle_etl.store import indexing
 
 __all__ = ["writer_lock"]
 
@@ -41,16 +42,20 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
     """Hold the collection's writer lock.
 
     ``wait=False`` fails at once if another writer holds it; ``True`` waits as long
-    as needed; a number waits at most that many seconds.
+    as needed; a number waits at most that many seconds. Whatever ``wait``, a job of this
+    process linking the collection's pending vectors is let finish first (it always does:
+    see :mod:`brinicle_etl.store.indexing`), so the write after a deferred one never fails
+    on the lock its predecessor's job holds.
     """
     path = directory / LOCK_FILE
-    deadline = None if wait is True else time.monotonic() + (0.0 if wait is False else float(wait))
     tlock = _thread_lock(path)
     if wait is not False and _owners.get(str(path)) == threading.get_ident():
         raise LockedError(
             f"collection {name!r} is held by this same thread (a session opened through another object, "
             "not finalized yet); finalize or close it first"
         )
+    indexing.wait_for(directory, owner=_owners.get(str(path)))
+    deadline = None if wait is True else time.monotonic() + (0.0 if wait is False else float(wait))
     if not tlock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
         raise _locked(name, None, wait)
     _owners[str(path)] = threading.get_ident()

@@ -29,6 +29,9 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+FORMAT_WITH_PENDING = 2
+"""A manifest naming pending vectors is format 2, so a version that does not know them
+refuses the collection instead of silently missing those rows; readers take both."""
 
 
 class ConfigSettings(TypedDict, total=False):
@@ -92,7 +95,8 @@ class CollectionConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SegmentInfo:
-    """One usearch file: how many vectors it holds and how many of them are tombstoned."""
+    """One vector file (a usearch index, or the pending vectors): how many vectors it holds
+    and how many of them are tombstoned."""
 
     file: str
     count: int
@@ -118,6 +122,8 @@ class Manifest:
     next_row_id: int = 0
     main: SegmentInfo | None = None
     delta: SegmentInfo | None = None
+    pending: SegmentInfo | None = None
+    """Vectors written but not indexed yet (see :mod:`brinicle_etl.store.flat`)."""
     rows: tuple[RowsFile, ...] = ()
     tombstones: str | None = None
     dead_rows: int = 0
@@ -137,9 +143,10 @@ class Manifest:
 
     @property
     def needs_rebuild(self) -> bool:
-        """Deletes since the last build, or live delta vectors, reach ``delta_ratio`` of live rows."""
+        """Deletes since the last build, or live delta (and pending) vectors, reach
+        ``delta_ratio`` of live rows."""
         live = self.live_rows
-        delta_live = self.delta.live if self.delta else 0
+        delta_live = sum(s.live for s in (self.delta, self.pending) if s is not None)
         if live == 0:
             return self.dead_rows > 0
         threshold = self.config.delta_ratio * live
@@ -147,7 +154,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         names = [r.file for r in self.rows]
-        names += [s.file for s in (self.main, self.delta) if s is not None]
+        names += [s.file for s in (self.main, self.delta, self.pending) if s is not None]
         if self.tombstones:
             names.append(self.tombstones)
         return names
@@ -156,7 +163,7 @@ class Manifest:
         data = dataclasses.asdict(self)
         data["config"] = self.config.to_dict()
         data["rows"] = [dataclasses.asdict(r) for r in self.rows]
-        return {"format": FORMAT, **data}
+        return {"format": FORMAT if self.pending is None else FORMAT_WITH_PENDING, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -169,6 +176,7 @@ class Manifest:
             next_row_id=data["next_row_id"],
             main=segment(data["main"]),
             delta=segment(data["delta"]),
+            pending=segment(data.get("pending")),
             rows=tuple(RowsFile(**r) for r in data["rows"]),
             tombstones=data["tombstones"],
             dead_rows=data["dead_rows"],
@@ -193,9 +201,10 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     """A manifest from its bytes; ``where`` names it in errors (a path or an object's URL)."""
     try:
         data = json.loads(raw)
-        if data.get("format") != FORMAT:
+        if data.get("format") not in (FORMAT, FORMAT_WITH_PENDING):
             raise CorruptCollectionError(
-                f"{where} has format {data.get('format')!r}; this version of brinicle_etl reads format {FORMAT}"
+                f"{where} has format {data.get('format')!r}; this version of brinicle_etl reads formats "
+                f"{FORMAT} and {FORMAT_WITH_PENDING}"
             )
         return Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

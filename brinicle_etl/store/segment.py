@@ -245,6 +245,8 @@ class _Views(Generic[V]):
 class Segment:
     """A read-only usearch file, searched through a pool of memory-mapped views."""
 
+    exact_only = False
+
     def __init__(self, path: Path, *, ef_search: int):
         self.path = path
         self._ef = ef_search

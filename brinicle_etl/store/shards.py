@@ -255,6 +255,7 @@ class ShardedCollection:
             live_count=sum(p.live_count for p in parts),
             main_count=sum(p.main_count for p in parts),
             delta_count=sum(p.delta_count for p in parts),
+            pending_count=sum(p.pending_count for p in parts),
             deleted_count=sum(p.deleted_count for p in parts),
             generation=sum(p.generation for p in parts),
             bytes_on_disk=sum(p.bytes_on_disk for p in parts),
@@ -296,15 +297,19 @@ class ShardedCollection:
         return max(k, math.ceil(wanted / spread - 1e-9))  # 8 ** (2/3) is 3.9999...
 
     def _joined(self) -> tuple[list[Snapshot], Joint] | None:
-        """Every shard's current segments as one multi-index, when none has tombstones (the
-        common case after a build; the per-shard path filters them otherwise)."""
+        """Every shard's current segments as one multi-index, when none has tombstones or
+        pending vectors (the common case after a build; the per-shard path handles them)."""
         snaps = [shard.snapshot() for shard in self.shards]
         stamp = tuple(map(id, snaps))  # a new generation is a new snapshot; cached ones stay alive
         cached = self._joint
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
         segments = [(seg, info) for snap in snaps for seg, info in snap.segments()]
-        if not segments or len(segments) > JOINT_MAX_FILES or any(info.dead for _seg, info in segments):
+        if (
+            not segments
+            or len(segments) > JOINT_MAX_FILES
+            or any(info.dead or seg.exact_only for seg, info in segments)  # pending vectors: shard by shard
+        ):
             self._joint = None  # let the old generations' files and views go
             return None
         with self._joint_lock:
@@ -517,8 +522,13 @@ class ShardedCollection:
         return self.generation
 
     def optimize(self, *, wait: Wait = False) -> bool:
-        """Rebuild the shards that need it, in parallel; whether any did."""
+        """Rebuild the shards that need it (link the pending vectors of the others), in
+        parallel; whether any did."""
         return any(self._each_write(lambda s: s.optimize(wait=wait)))
+
+    def index_pending(self, *, wait: Wait = False) -> bool:
+        """Link every shard's pending vectors now, in parallel; whether any had some."""
+        return any(self._each_write(lambda s: s.index_pending(wait=wait)))
 
     def set_meta(self, meta: dict[str, Any], *, wait: Wait = False) -> None:
         """Every shard's metadata, as one write."""

@@ -1,7 +1,8 @@
 """One generation of a collection, opened for reading, and search over it.
 
-Search asks each segment (main, delta) for a few more candidates than ``k``, drops
-tombstoned rows, and merges by distance. When tombstones eat too many candidates it
+Search asks each segment (main, delta, and the pending vectors a deferred write left
+unindexed, compared exactly) for a few more candidates than ``k``, drops tombstoned rows,
+and merges by distance. When tombstones eat too many candidates it
 asks again for more, and past half the segment it switches to exact search, so a
 query gets ``k`` results whenever ``k`` live rows exist.
 """
@@ -17,34 +18,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from brinicle_etl.store.flat import FlatSegment, exact_distances, nearest_of
 from brinicle_etl.store.manifest import Manifest, SegmentInfo
 from brinicle_etl.store.rows import KEY, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
 from brinicle_etl.store.segment import Segment
 from brinicle_etl.types import NO_KEY
 
-__all__ = ["RowCache", "Snapshot"]
+__all__ = ["AnySegment", "RowCache", "Snapshot"]
+
+AnySegment = Segment | FlatSegment
 
 # A filtered search brute-forces the allowed rows when there are at most this many, or
 # when they are under this share of the live rows (the graph would need too many candidates).
 EXACT_ALLOWED = 4096
 EXACT_FRACTION = 0.02
 FILTERS_KEPT = 64
-
-
-def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
-    """Distances in usearch's convention: 1 - cosine, 1 - inner product, or squared L2."""
-    q = np.asarray(queries, dtype=np.float32)
-    v = np.asarray(vectors, dtype=np.float32)
-    if metric == "cosine":
-        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-        out: np.ndarray = 1.0 - qn @ vn.T
-    elif metric == "ip":
-        out = 1.0 - q @ v.T
-    else:
-        out = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + (v * v).sum(1)[None, :]
-        np.maximum(out, 0.0, out=out)
-    return out.astype(np.float32, copy=False)
 
 
 _SLICED = 64
@@ -85,12 +73,19 @@ class Snapshot:
         ef = manifest.config.params.ef_search
         self.main = Segment(directory / manifest.main.file, ef_search=ef) if manifest.main else None
         self.delta = Segment(directory / manifest.delta.file, ef_search=ef) if manifest.delta else None
+        self.pending = (
+            FlatSegment(directory / manifest.pending.file, metric=manifest.config.metric) if manifest.pending else None
+        )
         self.dead = (
             read_tombstones(directory / manifest.tombstones) if manifest.tombstones else np.empty(0, dtype=np.uint64)
         )
-        self._segments = [
+        self._segments: list[tuple[AnySegment, SegmentInfo]] = [
             (seg, info)
-            for seg, info in ((self.main, manifest.main), (self.delta, manifest.delta))
+            for seg, info in (
+                (self.main, manifest.main),
+                (self.delta, manifest.delta),
+                (self.pending, manifest.pending),
+            )
             if seg is not None and info is not None and info.live > 0
         ]
         self._row_cache = row_cache
@@ -162,7 +157,7 @@ class Snapshot:
         out = np.empty((len(row_ids), self.manifest.config.dim), dtype=np.float32)
         found = np.zeros(len(row_ids), dtype=bool)
         ids = np.asarray(row_ids).astype(np.uint64)
-        for seg in (self.main, self.delta):
+        for seg in (self.main, self.delta, self.pending):
             if seg is not None and len(ids):
                 mask = ~found & seg.contains(ids)
                 if mask.any():
@@ -181,8 +176,8 @@ class Snapshot:
             table = table.filter(pa.array(~is_in_sorted(table.column(ROW_ID).to_numpy(), self.dead)))
         return table
 
-    def segments(self) -> list[tuple[Segment, SegmentInfo]]:
-        """Segments with at least one live vector."""
+    def segments(self) -> list[tuple[AnySegment, SegmentInfo]]:
+        """Segments with at least one live vector (pending vectors last)."""
         return self._segments
 
     def search_one(self, query: np.ndarray, k: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -252,19 +247,12 @@ class Snapshot:
             return (np.full((nq, 0), NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
         ids = np.concatenate(ids_parts)
         dists = exact_distances(queries, np.concatenate(vec_parts), self.manifest.config.metric)
-        width = min(k, len(ids))
-        top = (
-            np.argpartition(dists, width - 1, axis=1)[:, :width]
-            if width < len(ids)
-            else np.tile(np.arange(len(ids)), (nq, 1))
-        )
-        order = np.take_along_axis(dists, top, axis=1).argsort(axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        return ids[top], np.take_along_axis(dists, top, axis=1), np.full(nq, width, dtype=np.int64)
+        keys, nearest = nearest_of(ids, dists, k)
+        return keys, nearest, np.full(nq, keys.shape[1], dtype=np.int64)
 
     def _search_segment(
         self,
-        seg: Segment,
+        seg: AnySegment,
         info: SegmentInfo,
         queries: np.ndarray,
         k: int,
@@ -284,7 +272,8 @@ class Snapshot:
         # allowed); ask for enough to cover that twice over, and grow fourfold on each shortfall.
         rejected = 1 - live / info.count
         count = min(info.count, k + math.ceil(2 * k * rejected / (1 - rejected)) + (4 if rejected else 0))
-        if exact:
+        if exact or seg.exact_only:
+            exact = True
             # Exactly the nearest k + rejected contain at least k live ones.
             count = min(info.count, k + info.count - live)
         pending = np.arange(nq)

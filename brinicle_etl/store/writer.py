@@ -20,15 +20,23 @@ import pyarrow.compute as pc
 
 from brinicle_etl.errors import ConflictError, InputError, StateError, format_values
 from brinicle_etl.store.files import new_name
+from brinicle_etl.store.flat import write_flat
 from brinicle_etl.store.manifest import Manifest, RowsFile, SegmentInfo
 from brinicle_etl.store.rows import ROW_ID, is_in_sorted, read_rows, write_rows, write_table, write_tombstones
 from brinicle_etl.store.segment import SegmentBuilder, build_segment
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.types import BuildProgress, HnswParams, WriteMode
 
-__all__ = ["DeleteResult", "Transaction", "WriteResult", "compact"]
+__all__ = ["DeleteResult", "Transaction", "WriteResult", "compact", "index_pending"]
 
 Publish = Callable[[Manifest], None]
+
+PENDING_MIN = 65_536
+PENDING_SHARE = 0.25
+"""A deferred write leaves its vectors pending (searched exactly until linked) only while
+the collection's pending vectors stay within max(PENDING_MIN, PENDING_SHARE x live rows):
+past that, exact search of them would cost more than a graph search of the rest, so the
+write links them itself, as a write that is not deferred does."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,6 +88,7 @@ class Transaction:
         params: HnswParams | None = None,
         op: str = "write",
         progress: BuildProgress | None = None,
+        defer: bool = False,
     ):
         self.snapshot = snap
         self.mode = mode
@@ -98,6 +107,12 @@ class Transaction:
         self._dead: list[np.ndarray] = []
         self._builder: SegmentBuilder | None = None
         self._builds_main = mode == "build" or self._old.main is None
+        # Deferred: new vectors are kept here and published pending (see flat.py), not linked.
+        self._defers = defer and not self._builds_main
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_room = max(PENDING_MIN, int(PENDING_SHARE * self._old.live_rows)) - (
+            self._old.pending.live if self._old.pending else 0
+        )
         self._updated = 0
         self._deleted = 0
         self._done = False
@@ -166,17 +181,29 @@ class Transaction:
         if n == 0:
             return row_ids
         if vectors is not None:
-            if self._builder is None:
-                source = None
-                if not self._builds_main and self._old.delta is not None:
-                    source = self.snapshot.directory / self._old.delta.file
-                self._builder = SegmentBuilder(self._config, self._params, source)
-            self._builder.add(row_ids, vectors, self._progress)
+            if self._defers and n <= self._pending_room:
+                self._pending.append((row_ids, np.array(vectors, dtype=np.float32)))  # a copy: callers reuse arrays
+                self._pending_room -= n
+            else:
+                self._linked().add(row_ids, vectors, self._progress)
         file = new_name("rows", self.generation, ".parquet")
         self._created.append(file)
         write_rows(self.snapshot.directory / file, row_ids, keys, rows)
         self._rows.append(RowsFile(file=file, count=n))
         return row_ids
+
+    def _linked(self) -> SegmentBuilder:
+        """The segment this write links vectors into, holding what it had deferred so far."""
+        if self._builder is None:
+            source = None
+            if not self._builds_main and self._old.delta is not None:
+                source = self.snapshot.directory / self._old.delta.file
+            self._builder = SegmentBuilder(self._config, self._params, source)
+        self._defers = False
+        for row_ids, vectors in self._pending:
+            self._builder.add(row_ids, vectors)
+        self._pending.clear()
+        return self._builder
 
     def delete(self, keys: pa.Array) -> pa.Array:
         """Remove live keys; returns the keys that were not found."""
@@ -254,6 +281,8 @@ class Transaction:
                     raise InputError(f"{self.op}: the same key cannot be both written and deleted in one change")
 
         old, directory = self._old, self.snapshot.directory
+        dead = np.unique(np.concatenate(self._dead)) if self._dead else np.empty(0, dtype=np.uint64)
+        pending = None if self.mode == "build" else self._pending_after(dead)
         segment: SegmentInfo | None = None
         if self._builder is not None:
             kind = "main" if self._builds_main else "delta"
@@ -272,13 +301,13 @@ class Transaction:
                 config=dataclasses.replace(self._config, params=self._params),
                 main=segment,
                 delta=None,
+                pending=None,
                 rows=tuple(self._rows),
                 tombstones=None,
                 dead_rows=0,
                 **updates,  # type: ignore[arg-type]
             )
 
-        dead = np.unique(np.concatenate(self._dead)) if self._dead else np.empty(0, dtype=np.uint64)
         main, delta = old.main, old.delta
         if len(dead):
             if main is not None and self.snapshot.main is not None:
@@ -300,11 +329,34 @@ class Transaction:
             old,
             main=main,
             delta=delta,
+            pending=pending,
             rows=old.rows + tuple(self._rows),
             tombstones=tombstones,
             dead_rows=old.dead_rows + len(dead),
             **updates,  # type: ignore[arg-type]
         )
+
+    def _pending_after(self, dead: np.ndarray) -> SegmentInfo | None:
+        """The pending vectors of the next generation. A write that links vectors links the
+        old pending ones with its own; a deferred one rewrites them with its own (live ones
+        only); a write of no vectors only counts the ones it tombstoned."""
+        old, snap = self._old.pending, self.snapshot
+        if self._builder is None and not self._pending:
+            if old is None or snap.pending is None:
+                return None
+            return dataclasses.replace(old, dead=old.dead + int(snap.pending.contains(dead).sum()))
+        parts = list(self._pending)
+        if snap.pending is not None:
+            parts.insert(0, snap.pending.vectors(np.union1d(snap.dead, dead)))
+        if self._builder is not None:
+            for row_ids, vectors in parts:
+                self._builder.add(row_ids, vectors)
+            return None
+        file = new_name("pending", self.generation, ".npz")
+        self._created.append(file)
+        row_ids = np.concatenate([p[0] for p in parts])
+        write_flat(snap.directory / file, row_ids, np.concatenate([p[1] for p in parts]))
+        return SegmentInfo(file=file, count=len(row_ids))
 
 
 class PreparedTransaction:
@@ -347,6 +399,25 @@ def prepare_in(
     return PreparedTransaction(stack, tx)
 
 
+def index_pending(snap: Snapshot, progress: BuildProgress | None = None) -> Manifest | None:
+    """The next generation with the pending vectors linked into the delta segment, or None
+    when there are none."""
+    old = snap.manifest
+    if old.pending is None or snap.pending is None:
+        return None
+    generation = old.generation + 1
+    row_ids, vectors = snap.pending.vectors(snap.dead)
+    delta = old.delta
+    if len(row_ids):
+        source = snap.directory / old.delta.file if old.delta is not None else None
+        builder = SegmentBuilder(old.config, old.config.params, source)
+        builder.add(row_ids, vectors, progress)
+        file = new_name("delta", generation, ".usearch")
+        count = builder.save(snap.directory / file)
+        delta = SegmentInfo(file=file, count=count, dead=old.delta.dead if old.delta else 0)
+    return dataclasses.replace(old, generation=generation, delta=delta, pending=None)
+
+
 def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None = None) -> Manifest:
     """The next generation with every live vector in one fresh main and the rows in one file."""
     old = snap.manifest
@@ -378,6 +449,7 @@ def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None =
         generation=generation,
         main=main,
         delta=None,
+        pending=None,
         rows=rows,
         tombstones=None,
         dead_rows=0,
