@@ -707,3 +707,28 @@ def test_rows_of_hits_come_from_every_row_file_in_the_order_asked(store: Store) 
 def test_a_store_by_location_is_one_object_per_process(tmp_path: Path) -> None:
     assert Store.shared(tmp_path / "s") is Store.shared(str(tmp_path / "s") + "/")
     assert Store.shared(tmp_path / "s") is not Store.shared(tmp_path / "t")
+
+
+def test_a_reader_never_takes_an_older_generation_while_another_thread_opens_the_new_one(
+    col: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from brinicle_etl.store import collection as collection_module
+
+    col.write(ids(10), clustered(10, DIM), mode="build")
+    assert col.snapshot().manifest.generation == 1
+    Collection(col.directory).write(["new"], clustered(1, DIM, seed=5))  # generation 2, published here
+    opening, original = threading.Event(), collection_module.Snapshot
+
+    def slow(*args: object, **kwargs: object) -> object:
+        opening.set()
+        time.sleep(0.3)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(collection_module, "Snapshot", slow)
+    other = threading.Thread(target=col.snapshot)
+    other.start()
+    assert opening.wait(10)
+    assert col.snapshot().manifest.generation == 2  # not generation 1 while the other thread opens 2
+    other.join()

@@ -245,26 +245,27 @@ class Collection:
         ):
             return snap
         for _attempt in range(20):
+            checked = time.monotonic()
             try:
                 st = os.stat(self._manifest_path)
             except FileNotFoundError:
                 raise NotFoundError(f"collection {self.name!r} no longer exists at {self.directory}") from None
-            self._checked, self._seen_published = time.monotonic(), published
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             snap = self._snap
-            if snap is not None and snap.stamp == stamp:
-                return snap
-            with self._snap_lock:
-                if self._snap is not None and self._snap.stamp == stamp:
-                    return self._snap
-                try:
-                    snap = Snapshot(self.directory, read_manifest(self.directory), self._rows, stamp)
-                except FileNotFoundError:
-                    # A writer replaced the manifest and removed the files we were about
-                    # to open; read the new manifest.
-                    continue
-                self._snap = snap
-                return snap
+            if snap is None or snap.stamp != stamp:
+                with self._snap_lock:
+                    if self._snap is None or self._snap.stamp != stamp:
+                        try:
+                            self._snap = Snapshot(self.directory, read_manifest(self.directory), self._rows, stamp)
+                        except FileNotFoundError:
+                            # A writer replaced the manifest and removed the files we were
+                            # about to open; read the new manifest.
+                            continue
+                    snap = self._snap
+            # Only now: a thread that marked the check done before installing what it found
+            # let another thread take the older snapshot for current meanwhile.
+            self._checked, self._seen_published = checked, published
+            return snap
         raise BusyError(f"collection {self.name!r} changed too often while opening it; try again")
 
     def _pulled(self, remote: RemoteCollection, *, fresh: bool) -> bool:
