@@ -92,3 +92,19 @@ def test_list_vectors_with_nan_or_wrong_dim() -> None:
         parse_vectors(pl.Series("v", [[1.0, float("inf")]]), dim=2, where=where)
     with pytest.raises(InputError, match="row 1, column 'v': the vector has 2 values, expected 4"):
         parse_vectors(pl.Series("v", [[1.0, 2.0]]), dim=4, where=where)
+
+
+@pytest.mark.parametrize("rows", [1, 8191, 8192 * 3 + 5])
+def test_vector_digest_is_fnv1a_of_each_rows_float32_words(rows: int) -> None:
+    # Stored row hashes depend on it: the threaded form must give what one loop over
+    # FNV-1a gives, for any number of rows.
+    from brinicle_etl.embed import vector_digest
+
+    m = np.random.default_rng(rows).standard_normal((rows, 5)).astype(np.float32)
+    expected = []
+    for row in m:
+        h = 0xCBF29CE484222325
+        for word in row.astype("<f4").view("<u4").tolist():
+            h = ((h ^ word) * 0x100000001B3) % 2**64
+        expected.append(str(h))
+    assert vector_digest(m).to_list() == expected

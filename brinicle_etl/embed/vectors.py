@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -80,9 +82,23 @@ def vector_digest(matrix: np.ndarray) -> pl.Series:
     floats, so precomputed vectors join the row's content hash at little cost.
     """
     words = np.ascontiguousarray(matrix, dtype="<f4").view("<u4")
+    parts = min(os.cpu_count() or 1, max(1, len(words) // _DIGEST_ROWS_PER_THREAD))
+    if parts > 1:
+        # numpy lets go of the GIL in each step: the rows' digests are independent.
+        with ThreadPoolExecutor(parts) as pool:
+            h = np.concatenate(list(pool.map(_fnv, np.array_split(words, parts))))
+    else:
+        h = _fnv(words)
+    return pl.Series("vector_digest", h).cast(pl.String)
+
+
+_DIGEST_ROWS_PER_THREAD = 8192
+
+
+def _fnv(words: np.ndarray) -> np.ndarray:
     h = np.full(len(words), _FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(words.shape[1]):
             h ^= words[:, j].astype(np.uint64)
             h *= _FNV_PRIME
-    return pl.Series("vector_digest", h).cast(pl.String)
+    return h

@@ -4,6 +4,7 @@ covers, and which rows a shard's run keeps."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -15,7 +16,30 @@ from brinicle_etl.pipeline.read import Batch
 from brinicle_etl.pipeline.schema import TemplateSchema, render_text
 from brinicle_etl.store.shards import shard_of
 
-__all__ = ["ShardRows", "batch_keys", "hash_inputs", "where_selected"]
+__all__ = ["KEEP_BYTES", "FirstPass", "ShardRows", "batch_keys", "hash_inputs", "where_selected"]
+
+KEEP_BYTES = 512 << 20
+"""A source up to this size in memory (as polars holds it) is kept from the first pass for
+the second, which then neither reads it again nor hashes its rows again; a larger one is
+read twice, so a source larger than memory still streams."""
+
+
+@dataclass
+class FirstPass:
+    """The batches the first pass read, with their row and text hashes, while they fit in
+    :data:`KEEP_BYTES`; ``batches`` is None once they did not."""
+
+    batches: list[tuple[Batch, pa.Array, pa.Array | None]] | None = field(default_factory=list)
+    size: int = 0
+
+    def keep(self, batch: Batch, row_hash: pa.Array, text_hash: pa.Array | None) -> None:
+        if self.batches is None:
+            return
+        self.size += int(batch.frame.estimated_size())
+        if self.size > KEEP_BYTES:
+            self.batches = None
+        else:
+            self.batches.append((batch, row_hash, text_hash))
 
 
 class ShardRows:

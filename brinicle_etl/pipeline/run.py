@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ import pyarrow as pa
 
 from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors
 from brinicle_etl.errors import AlreadyExistsError, ConfigError, InputError
-from brinicle_etl.pipeline.batches import ShardRows, batch_keys, hash_inputs, where_selected
+from brinicle_etl.pipeline.batches import FirstPass, ShardRows, batch_keys, hash_inputs, where_selected
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult, Progress
 from brinicle_etl.pipeline.plan import Hasher, Plan, Planner
 from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
@@ -445,6 +446,8 @@ class _Run:
             where=locations,
         )
         hasher = Hasher()
+        # A shard's run narrows its batches: its second pass reads the source again.
+        self.first_pass = FirstPass(batches=[] if self.shard is None else None)
         try:
             read = 0
             # A shard's run keeps its rows as soon as their keys are known: by the key column
@@ -464,6 +467,7 @@ class _Run:
                     text_hash = text_hash.filter(mine) if text_hash is not None else None
                 locations.add(batch)
                 planner.add(batch.offset, keys, row_hash, text_hash)
+                self.first_pass.keep(batch, row_hash, text_hash)
                 read += len(batch.frame)
                 if progress:
                     progress("read", read, None)
@@ -485,16 +489,16 @@ class _Run:
     def _write(self, plan: Plan, tx: Transaction) -> int:
         """Second pass: embed or parse what is written and stream it into the transaction."""
         sch, embedder, progress, timings = self.sch, self.embedder, self.progress, self.timings
-        src, batch_rows, dim = self.src, self.options.batch_rows, self.dim
+        dim = self.dim
         t_write = time.perf_counter()
         embed_seconds = 0.0
         embedded = written = 0
         to_write = int(plan.write.sum())
         to_embed = int(plan.embed.sum()) if sch.vector_source == "generated" else 0
-        hasher = Hasher()
+        hasher: Hasher | None = None  # only for batches the first pass did not keep
         try:
             # Nothing to write (a re-ingest of an unchanged export): no second read of the source.
-            for batch in src.batches(batch_rows=batch_rows) if to_write else ():
+            for batch, hashes in self._second_pass() if to_write else ():
                 # window: this batch's rows in the plan; picked: those of them written;
                 # selected: the same rows among the batch's (all of them, unless a shard's run).
                 if self.shard is not None:
@@ -507,12 +511,18 @@ class _Run:
                 raw = batch.frame.filter(pl.Series(selected))
                 where = where_selected(batch, selected)
                 typed = cast_frame(raw, sch, where)
-                frame, columns, text = hash_inputs(Batch(raw, 0, batch.origin, 0), typed, sch, embedder)
-                row_hash, text_hash = hasher(frame, columns, text)
+                if hashes is None:
+                    hasher = hasher or Hasher()
+                    frame, columns, text = hash_inputs(Batch(raw, 0, batch.origin, 0), typed, sch, embedder)
+                    row_hash, text_hash = hasher(frame, columns, text)
+                else:
+                    mask = pa.array(selected)
+                    row_hash = hashes[0].filter(mask)
+                    text_hash = hashes[1].filter(mask) if hashes[1] is not None else None
                 keys = plan.keys[window].filter(pa.array(picked))
                 vectors: np.ndarray | None = None
                 if sch.vector_source == "generated":
-                    assert embedder is not None and text is not None
+                    assert embedder is not None
                     reuse = plan.reuse[window][picked]
                     vectors = np.empty((len(keys), dim), dtype=np.float32)
                     fresh = reuse < 0
@@ -539,10 +549,22 @@ class _Run:
                 if progress:
                     progress("write", written, to_write)
         finally:
-            hasher.close()
+            if hasher is not None:
+                hasher.close()
+            self.first_pass = FirstPass(batches=None)  # its memory can go
         timings["embed"] = embed_seconds
         timings["write"] = time.perf_counter() - t_write - embed_seconds
         return embedded
+
+    def _second_pass(self) -> Iterator[tuple[Batch, tuple[pa.Array, pa.Array | None] | None]]:
+        """The source again, with each batch's hashes when the first pass kept them."""
+        kept = self.first_pass.batches
+        if kept is not None:
+            for batch, row_hash, text_hash in kept:
+                yield batch, (row_hash, text_hash)
+            return
+        for batch in self.src.batches(batch_rows=self.options.batch_rows):
+            yield batch, None
 
 
 class _PreparedRun:
