@@ -642,6 +642,42 @@ def test_allowed_rows_keep_k_results(store: Store, share: float) -> None:
     assert all(a.distance <= b.distance for a, b in itertools.pairwise(single))
 
 
+@pytest.mark.parametrize("shards", [None, 3])
+def test_a_cached_filter_is_compared_exactly_and_gathered_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch, shards: int | None
+) -> None:
+    # 10% of 12,000 rows: past the one-off exact share, within a cached filter's.
+    from brinicle_etl.store.segment import Segment
+
+    n = 12_000
+    x = clustered(n, DIM, seed=23)
+    col = store.create("f", dim=DIM, dtype="f32", shards=shards)
+    col.write(ids(n), x, mode="build")
+    col.delete(["k10"])  # tombstones: the allowed rows are narrowed to live ones per query
+    members = [i for i in range(0, n, 10) if i != 10]
+    row_ids = col.filtered(
+        "test:every tenth", lambda: col.search_table(x[members], 1, ef=256).column("_row_id").to_numpy()
+    )
+    assert len(row_ids) == len(members)
+    gathered: list[int] = []
+    real_get = Segment.get
+
+    def counting_get(self: Segment, keys: np.ndarray) -> np.ndarray:
+        gathered.append(len(keys))
+        return real_get(self, keys)
+
+    monkeypatch.setattr(Segment, "get", counting_get)
+    q = clustered(12, DIM, seed=24)
+    truth = exact_knn(x[members], q, 10)
+    for i, query in enumerate(q):
+        table = col.search_table(query[None], 10, allow_row_ids=row_ids)
+        assert table.column("_key").to_pylist() == [f"k{members[j]}" for j in truth[i]]
+        if i == 0:
+            assert sum(gathered) == len(members)
+            gathered.clear()
+    assert gathered == []  # the next queries only compared
+
+
 def test_allowed_keys_that_do_not_exist_are_ignored(col: Collection) -> None:
     x = clustered(50, DIM)
     col.write(ids(50), x, mode="build")

@@ -355,6 +355,8 @@ class Collection:
             found = snap.ids.lookup(as_keys(allow, "search"))
             return np.unique(found[found >= 0].astype(np.uint64))
         if allow_row_ids is not None:
+            if snap.is_filtered(allow_row_ids):
+                return allow_row_ids  # sorted and unique already, and the same array on every query
             return np.unique(np.asarray(allow_row_ids, dtype=np.uint64))
         return None
 

@@ -18,7 +18,7 @@ from brinicle_etl._fs import fsync_file
 from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.types import NO_KEY
 
-__all__ = ["FlatSegment", "exact_distances", "nearest_of", "write_flat"]
+__all__ = ["ExactSet", "FlatSegment", "exact_distances", "nearest_of", "write_flat"]
 
 
 def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -58,6 +58,39 @@ def nearest_of(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, 
     return ids[top], np.take_along_axis(dists, top, axis=1)
 
 
+_QUERY_CELLS = 1 << 24
+"""Queries are compared in chunks of at most this many query x vector distances (64 MB)."""
+
+
+class ExactSet:
+    """Row ids and their vectors, compared with queries exactly: the vectors are prepared
+    for the metric once (unit length for cosine), not per query."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str):
+        self.ids = np.asarray(ids, dtype=np.uint64)
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self._metric = metric
+        self._searched = _unit(self.vectors) if metric == "cosine" else self.vectors
+        self.nbytes = self.ids.nbytes + self.vectors.nbytes + (self._searched.nbytes if metric == "cosine" else 0)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def distances(self, queries: np.ndarray) -> np.ndarray:
+        q = np.asarray(queries, dtype=np.float32)
+        if self._metric == "cosine":
+            return _cosine(q, self._searched)
+        return exact_distances(q, self._searched, self._metric)
+
+    def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest ids per query and their distances (fewer columns when there are fewer ids)."""
+        step = max(1, _QUERY_CELLS // max(1, len(self.ids)))
+        if len(queries) <= step:
+            return nearest_of(self.ids, self.distances(queries), k)
+        parts = [nearest_of(self.ids, self.distances(queries[i : i + step]), k) for i in range(0, len(queries), step)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def write_flat(path: Path, row_ids: np.ndarray, vectors: np.ndarray) -> None:
     """Write pending vectors durably to ``path`` (a fresh name: the manifest publishes it)."""
     with open(path, "wb") as fh:
@@ -74,7 +107,6 @@ class FlatSegment:
 
     def __init__(self, path: Path, *, metric: str):
         self.path = path
-        self._metric = metric
         try:
             with np.load(path) as data:
                 ids, vectors = np.asarray(data["ids"], np.uint64), np.asarray(data["vectors"], np.float32)
@@ -84,17 +116,10 @@ class FlatSegment:
             raise CorruptCollectionError(f"cannot read pending vectors {path}: {exc}") from exc
         if vectors.ndim != 2 or len(ids) != len(vectors):
             raise CorruptCollectionError(f"{path}: {len(ids)} row ids but vectors of shape {vectors.shape}")
-        self._ids, self._vectors = ids, vectors
-        # Cosine compares directions: normalised once here, not per query.
-        self._searched = _unit(vectors) if metric == "cosine" else vectors
+        self._set = ExactSet(ids, vectors, metric)
         self._order = np.argsort(ids, kind="stable")
         self._sorted = ids[self._order]
         self.count = len(ids)
-
-    def _distances(self, queries: np.ndarray) -> np.ndarray:
-        if self._metric == "cosine":
-            return _cosine(np.asarray(queries, dtype=np.float32), self._searched)
-        return exact_distances(queries, self._searched, self._metric)
 
     def search(
         self, queries: np.ndarray, count: int, *, ef: int | None, exact: bool, threads: int
@@ -103,20 +128,21 @@ class FlatSegment:
         nq = len(queries)
         keys = np.full((nq, count), NO_KEY, dtype=np.uint64)
         dists = np.full((nq, count), np.inf, dtype=np.float32)
-        found_keys, found_dists = nearest_of(self._ids, self._distances(queries), count)
+        found_keys, found_dists = self._set.nearest(queries, count)
         width = found_keys.shape[1]
         keys[:, :width], dists[:, :width] = found_keys, found_dists
         return keys, dists, np.full(nq, width, dtype=np.int64)
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
-        keys, dists = nearest_of(self._ids, self._distances(query.reshape(1, -1)), count)
+        keys, dists = self._set.nearest(query.reshape(1, -1), count)
         return keys[0], dists[0]
 
     def _positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
-        at = np.minimum(np.searchsorted(self._sorted, keys), max(0, self.count - 1))
-        found = self._sorted[at] == keys if self.count else np.zeros(len(keys), dtype=bool)
-        return self._order[at] if self.count else at, found
+        if not self.count:
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self._sorted, keys), self.count - 1)
+        return self._order[at], self._sorted[at] == keys
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self._positions(keys)[1]
@@ -125,10 +151,11 @@ class FlatSegment:
         positions, found = self._positions(keys)
         if not found.all():
             raise KeyError(f"{int((~found).sum())} row id(s) have no pending vector")
-        out: np.ndarray = self._vectors[positions]
+        out: np.ndarray = self._set.vectors[positions]
         return out
 
     def vectors(self, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All live (row id, float32 vector) pairs."""
-        alive = ~np.isin(self._ids, dead) if len(dead) else np.ones(self.count, dtype=bool)
-        return self._ids[alive], self._vectors[alive]
+        ids = self._set.ids
+        alive = ~np.isin(ids, dead) if len(dead) else np.ones(self.count, dtype=bool)
+        return ids[alive], self._set.vectors[alive]

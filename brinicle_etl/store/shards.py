@@ -151,7 +151,7 @@ class ShardedCollection:
         # searches that meanwhile go shard by shard.
         self._pool = ThreadPoolExecutor(max_workers=min(4 * len(self.shards), 64), thread_name_prefix="shard-read")
         self._write_pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 32), thread_name_prefix="shard-write")
-        self._filters: dict[str, tuple[tuple[int, ...], list[Snapshot], np.ndarray]] = {}
+        self._filters: dict[str, tuple[tuple[int, ...], list[Snapshot], np.ndarray, tuple[np.ndarray, ...]]] = {}
         self._joint: tuple[tuple[int, ...], list[Snapshot], Joint] | None = None
         self._joint_lock = threading.Lock()
         # Writes spanning shards through this object go one at a time: each takes the locks
@@ -391,10 +391,10 @@ class ShardedCollection:
         k = check_k(k, "search")
         ef = self.shard_ef(ef, k)
         per_shard = self._threads(threads)
-        owner = None if allow_row_ids is None else np.asarray(allow_row_ids, np.uint64) >> np.uint64(ROW_ID_BITS)
+        parts = None if allow_row_ids is None else self._split(allow_row_ids)
 
         def one(i: int) -> pa.Table:
-            mine = None if owner is None or allow_row_ids is None else allow_row_ids[owner == i]
+            mine = None if parts is None else parts[i]
             return self.shards[i].search_table(
                 matrix, k, ef=ef, threads=per_shard, columns=columns, allow=allow, allow_row_ids=mine
             )
@@ -431,11 +431,24 @@ class ShardedCollection:
         cached = self._filters.get(key)
         if cached is not None and cached[0] == stamp:
             return cached[2]
-        found = compute()
+        found = np.unique(np.asarray(compute(), dtype=np.uint64))
+        owner = found >> np.uint64(ROW_ID_BITS)
+        # Each shard's share is kept in that shard's own filter cache, so its search finds
+        # it there and compares its rows' kept vectors (Snapshot.search).
+        parts = tuple(snap.filtered(key, partial(_owned, found, owner, i)) for i, snap in enumerate(snaps))
         if len(self._filters) > 256:
             self._filters.clear()
-        self._filters[key] = (stamp, snaps, found)
+        self._filters[key] = (stamp, snaps, found, parts)
         return found
+
+    def _split(self, row_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Row ids by shard: a cached filter's own parts, else split here."""
+        for entry in list(self._filters.values()):
+            if entry[2] is row_ids:
+                return entry[3]
+        ids = np.asarray(row_ids, np.uint64)
+        owner = ids >> np.uint64(ROW_ID_BITS)
+        return tuple(ids[owner == i] for i in range(len(self.shards)))
 
     def cached_rows(self) -> pa.Table:
         return _concat(self._each(Collection.cached_rows))
@@ -675,6 +688,11 @@ class _Deleted:
 
     def abort(self, *, refused: bool) -> None:
         self._prepared.abort(refused=refused)
+
+
+def _owned(ids: np.ndarray, owner: np.ndarray, shard: int) -> np.ndarray:
+    picked: np.ndarray = ids[owner == shard]
+    return picked
 
 
 def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:

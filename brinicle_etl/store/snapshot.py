@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from brinicle_etl.store.flat import FlatSegment, exact_distances, nearest_of
+from brinicle_etl.store.flat import ExactSet, FlatSegment
 from brinicle_etl.store.manifest import Manifest, SegmentInfo
 from brinicle_etl.store.rows import KEY, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
 from brinicle_etl.store.segment import Segment
@@ -28,10 +28,18 @@ __all__ = ["AnySegment", "RowCache", "Snapshot"]
 
 AnySegment = Segment | FlatSegment
 
-# A filtered search brute-forces the allowed rows when there are at most this many, or
-# when they are under this share of the live rows (the graph would need too many candidates).
+# A filtered search compares the allowed rows exactly when there are at most EXACT_ALLOWED,
+# or under EXACT_FRACTION_ONCE of the live rows (the graph would need too many candidates).
+# A cached filter's rows (see Snapshot.filtered) are compared exactly up to EXACT_FRACTION of
+# the live rows when their vectors fit in EXACT_BYTES: their vectors are gathered once and
+# kept for the newest filters, up to EXACT_KEPT_BYTES, so its next query only compares.
+# Measured at 100k x 128 with 10% allowed: 0.86 ms exact (recall 1) against 4.1 ms through
+# the graph (recall 0.94).
 EXACT_ALLOWED = 4096
-EXACT_FRACTION = 0.02
+EXACT_FRACTION_ONCE = 0.02
+EXACT_FRACTION = 0.25
+EXACT_BYTES = 64 << 20
+EXACT_KEPT_BYTES = 256 << 20
 FILTERS_KEPT = 64
 
 
@@ -95,6 +103,8 @@ class Snapshot:
         self._ids_lock = threading.Lock()
         self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
         self._filtered_lock = threading.Lock()
+        # id of the allowed array a caller passed -> (that array, its live rows' vectors)
+        self._exact_sets: OrderedDict[int, tuple[np.ndarray, ExactSet]] = OrderedDict()
 
     @property
     def ids(self) -> IdMap:
@@ -106,18 +116,23 @@ class Snapshot:
         return self._ids
 
     def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """The row ids a filter selects, computed once per generation (the newest
-        ``FILTERS_KEPT`` filters are kept); ``key`` names the filter and its language."""
+        """The row ids a filter selects, sorted and unique, computed once per generation (the
+        newest ``FILTERS_KEPT`` filters are kept); ``key`` names the filter and its language."""
         with self._filtered_lock:
             if key in self._filtered:
                 self._filtered.move_to_end(key)
                 return self._filtered[key]
-        ids = compute()
+        ids = np.unique(np.asarray(compute(), dtype=np.uint64))
         with self._filtered_lock:
             self._filtered[key] = ids
             while len(self._filtered) > FILTERS_KEPT:
                 self._filtered.popitem(last=False)
         return ids
+
+    def is_filtered(self, ids: np.ndarray) -> bool:
+        """Whether ``ids`` is a row-id array :meth:`filtered` returned (sorted and unique already)."""
+        with self._filtered_lock:
+            return any(kept is ids for kept in self._filtered.values())
 
     def rows_at(self, row_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """The rows with these row ids (which must exist), in that order: taken from the row
@@ -212,10 +227,16 @@ class Snapshot:
         """
         nq = len(queries)
         if allowed is not None:
+            given = allowed
             allowed = allowed[~is_in_sorted(allowed, self.dead)] if len(self.dead) else allowed
-            live = self.manifest.live_rows
-            if len(allowed) <= EXACT_ALLOWED or len(allowed) < EXACT_FRACTION * live:
-                return self._search_exact(queries, k, allowed)
+            n, share = len(allowed), len(allowed) / max(1, self.manifest.live_rows)
+            kept = self.is_filtered(given)  # its vectors are gathered once, not per query
+            if (
+                n <= EXACT_ALLOWED
+                or share < EXACT_FRACTION_ONCE
+                or (kept and share < EXACT_FRACTION and n * self.manifest.config.dim * 4 <= EXACT_BYTES)
+            ):
+                return self._search_exact(queries, k, allowed, given)
         parts = [
             self._search_segment(seg, info, queries, k, ef, threads, allowed, exact) for seg, info in self._segments
         ]
@@ -233,22 +254,44 @@ class Snapshot:
         return keys, dists, counts
 
     def _search_exact(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, given: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Brute force over a few allowed rows: cheaper than asking the graph for many candidates."""
+        """Brute force over the allowed rows: cheaper than asking the graph for many candidates."""
         nq = len(queries)
+        exact = self._exact_set(allowed, given)
+        if not len(exact):
+            return (np.full((nq, 0), NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
+        keys, nearest = exact.nearest(queries, k)
+        return keys, nearest, np.full(nq, keys.shape[1], dtype=np.int64)
+
+    def _exact_set(self, allowed: np.ndarray, given: np.ndarray) -> ExactSet:
+        """The live allowed rows' vectors, gathered once per cached filter (see :meth:`filtered`:
+        its row ids are the same array on every query)."""
+        with self._filtered_lock:
+            kept = self._exact_sets.get(id(given))
+            if kept is not None and kept[0] is given:
+                self._exact_sets.move_to_end(id(given))
+                return kept[1]
         ids_parts, vec_parts = [], []
         for seg, _info in self._segments:
             here = allowed[seg.contains(allowed)]
             if len(here):
                 ids_parts.append(here)
                 vec_parts.append(seg.get(here))
-        if not ids_parts:
-            return (np.full((nq, 0), NO_KEY), np.full((nq, 0), np.inf, np.float32), np.zeros(nq, np.int64))
-        ids = np.concatenate(ids_parts)
-        dists = exact_distances(queries, np.concatenate(vec_parts), self.manifest.config.metric)
-        keys, nearest = nearest_of(ids, dists, k)
-        return keys, nearest, np.full(nq, keys.shape[1], dtype=np.int64)
+        dim = self.manifest.config.dim
+        exact = ExactSet(
+            np.concatenate(ids_parts) if ids_parts else np.empty(0, np.uint64),
+            np.concatenate(vec_parts) if vec_parts else np.empty((0, dim), np.float32),
+            self.manifest.config.metric,
+        )
+        if not self.is_filtered(given):
+            return exact  # a one-off set of rows (keys passed to allow=): not worth keeping
+        with self._filtered_lock:
+            # Keyed by the array's id while holding the array itself: the id cannot be reused meanwhile.
+            self._exact_sets[id(given)] = (given, exact)
+            while sum(e.nbytes for _a, e in self._exact_sets.values()) > EXACT_KEPT_BYTES:
+                self._exact_sets.popitem(last=False)
+        return exact
 
     def _search_segment(
         self,
