@@ -108,7 +108,9 @@ IndexTiming = Literal["now", "background"]
 rows and vectors are durable; the vectors are found at once by exact search and linked by a
 background job of the writing process, which the interpreter waits for at exit). A write
 too large for exact search to stay cheap links its vectors itself either way (see
-``store.writer.PENDING_SHARE``); on object storage always ``now``."""
+``store.writer.PENDING_BYTES``); on object storage always ``now``. With ``background`` the
+collection's generation moves on by one more when the job has linked them (the result
+reports the write's own), and its status counts them as ``pending_count`` until then."""
 
 
 def check_choice(name: str, value: object, allowed: Any) -> Any:

@@ -150,12 +150,11 @@ def test_deletes_alone_count_pending_rows_dead(col: Collection) -> None:
 def test_a_deferred_write_too_large_for_exact_search_is_linked(
     col: Collection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(writer, "PENDING_MIN", 50)
-    monkeypatch.setattr(writer, "PENDING_SHARE", 0.1)
+    monkeypatch.setattr(writer, "PENDING_BYTES", 50 * 4 * DIM)  # room for 50 vectors
     with indexing_held(col):
         deferred(col, ids(40, start=900), clustered(40, DIM, seed=11))
         assert col.status().pending_count == 40
-        deferred(col, ids(40, start=950), clustered(40, DIM, seed=12))  # 80 > max(50, 0.1 x 440)
+        deferred(col, ids(40, start=950), clustered(40, DIM, seed=12))  # 80 > 50
         status = col.status()
         assert (status.delta_count, status.pending_count) == (80, 0)
 

@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from brinicle_etl import Collection, Store
+from brinicle_etl import Collection, LockedError, Store
 from brinicle_etl.store import collection as collection_module
 from tests.conftest import REPO, clustered
 
@@ -128,3 +130,70 @@ def test_a_failed_job_is_logged_and_the_next_write_links_the_vectors(
     status = col.status()
     assert (status.delta_count, status.pending_count) == (21, 0)
     assert [col.search(q, 1)[0].id for q in x[1:]] == ids(19, start=501)
+
+
+def _deferred_in_worker(directory: str) -> int:
+    col = Collection(directory)
+    x = np.random.default_rng(7).standard_normal((400, DIM)).astype(np.float32)
+    with col.transaction("upsert", defer_index=True) as tx:
+        tx.add(pa.array([f"w{i}" for i in range(400)]), x)
+        tx.commit()
+    return col.status().pending_count
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_multiprocessing_worker_waits_for_its_job_when_it_ends(col: Collection, method: str) -> None:
+    # Workers end with os._exit, which runs no atexit hook: the job is a thread they join.
+    import multiprocessing
+
+    pool = multiprocessing.get_context(method).Pool(1)
+    assert pool.apply(_deferred_in_worker, (str(col.directory),)) == 400
+    pool.close()  # the worker ends as workers do (terminate() would kill it, and its job)
+    pool.join()
+    status = col.status()
+    assert (status.delta_count, status.pending_count) == (400, 0)
+
+
+def test_a_writer_waits_for_a_job_holding_the_lock_only_as_long_as_it_asked(col: Collection) -> None:
+    from brinicle_etl.store import indexing
+    from brinicle_etl.store.lock import lock_key, writer_lock
+
+    key, x = lock_key(col.directory), clustered(1, DIM, seed=8)
+    holding = threading.Event()
+
+    def slow_job(started: object) -> None:
+        with writer_lock(col.directory, wait=True):
+            started()  # type: ignore[operator]
+            holding.set()
+            time.sleep(1.5)
+
+    indexing.start(key, slow_job)
+    assert holding.wait(10)
+    began = time.monotonic()
+    with pytest.raises(LockedError):
+        col.write(["a"], x, wait=0.3)  # asked to wait 0.3 s: not the job's 1.5 s
+    assert time.monotonic() - began < 1.0
+    col.write(["a"], x, wait=False)  # the default lets this process's own job finish first
+    assert time.monotonic() - began >= 1.2
+
+
+def test_a_job_that_has_not_taken_the_lock_delays_a_writer_only_briefly(col: Collection) -> None:
+    from brinicle_etl.store import indexing
+    from brinicle_etl.store.lock import lock_key
+
+    release = threading.Event()
+    indexing.start(lock_key(col.directory), lambda started: release.wait(30))  # never takes the lock
+    began = time.monotonic()
+    col.write(["b"], clustered(1, DIM, seed=9), wait=False)
+    assert time.monotonic() - began < 3.0
+    release.set()
+
+
+def test_the_job_is_found_however_the_directory_is_spelled(col: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(col.directory.parent)
+    relative = Collection(col.directory.name)
+    for round_ in range(3):
+        x = clustered(30, DIM, seed=20 + round_)
+        deferred(relative, ids(30, start=5000 + 100 * round_), x)
+        col.write([f"r{round_}"], x[:1], wait=False)  # the absolute spelling waits for the same job
+    assert col.status().live_count == 393

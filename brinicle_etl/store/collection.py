@@ -36,7 +36,7 @@ from brinicle_etl.errors import (
 )
 from brinicle_etl.store import indexing
 from brinicle_etl.store.files import remove_unreferenced
-from brinicle_etl.store.lock import writer_lock
+from brinicle_etl.store.lock import lock_key, writer_lock
 from brinicle_etl.store.manifest import (
     MANIFEST,
     CollectionConfig,
@@ -639,10 +639,12 @@ class Collection:
         with suppress(OSError):
             remove_unreferenced(self.directory, manifest.files())
         if manifest.pending is not None and self._remote is None:
-            indexing.start(self.directory, self._index_in_background)
+            indexing.start(lock_key(self.directory), self._index_in_background)
 
     def _index_in_background(self, started: Callable[[], None]) -> None:
-        with writer_lock(self.directory, wait=True, name=self.name):
+        with indexing.turn(lambda seconds: writer_lock(self.directory, wait=seconds, name=self.name)) as held:
+            if not held:
+                return
             started()
             snap = self._snapshot(fresh=True)
             with disk_full_is_an_error(self.directory, cleanup=self._remove_unpublished):
@@ -652,8 +654,9 @@ class Collection:
 
     def index_pending(self, *, wait: Wait = False) -> bool:
         """Link the vectors deferred writes left pending into the index now (a background
-        job does it after each such write; this is for a job that could not run, or to
-        wait for it); returns whether there were any."""
+        job does it after each such write: this is for one that could not run). A job of
+        this process that is linking them is let finish first; returns whether this call
+        found any left to link."""
         with self._writing(wait) as snap:
             manifest = index_pending(snap)
             if manifest is None:

@@ -4,8 +4,9 @@ An upsert that changes a share of a large collection spends nearly all its time 
 new vectors into the graph. A write may instead leave them here (the collection's *pending*
 vectors) and return: searches compare every query with them exactly, so a pending row is
 found as soon as the write returns, and a background job links them into the delta segment
-(:mod:`brinicle_etl.store.indexing`). The file holds row ids and float32 vectors; it is
-small next to the collection by construction (see ``Transaction``'s ``defer`` limit).
+(:mod:`brinicle_etl.store.indexing`). The file holds row ids and float32 vectors (rounded to
+the collection's dtype only once linked, as every indexed vector is); its size is bounded by
+``store.writer.PENDING_BYTES``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np
     q = np.asarray(queries, dtype=np.float32)
     v = np.asarray(vectors, dtype=np.float32)
     if metric == "cosine":
-        return _cosine(q, _unit(v))
+        cosine: np.ndarray = 1.0 - _unit(q) @ _unit(v).T
+        return cosine.astype(np.float32, copy=False)
     if metric == "ip":
         out: np.ndarray = 1.0 - q @ v.T
     else:
@@ -38,11 +40,6 @@ def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np
 def _unit(v: np.ndarray) -> np.ndarray:
     unit: np.ndarray = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
     return unit
-
-
-def _cosine(q: np.ndarray, unit_vectors: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 - _unit(q) @ unit_vectors.T
-    return out.astype(np.float32, copy=False)
 
 
 def nearest_of(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,24 +60,27 @@ _QUERY_CELLS = 1 << 24
 
 
 class ExactSet:
-    """Row ids and their vectors, compared with queries exactly: the vectors are prepared
-    for the metric once (unit length for cosine), not per query."""
+    """Row ids and their vectors, compared with queries exactly. For cosine the vectors'
+    inverse norms are computed once (not a second, normalised copy of the vectors)."""
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str):
         self.ids = np.asarray(ids, dtype=np.uint64)
         self.vectors = np.asarray(vectors, dtype=np.float32)
         self._metric = metric
-        self._searched = _unit(self.vectors) if metric == "cosine" else self.vectors
-        self.nbytes = self.ids.nbytes + self.vectors.nbytes + (self._searched.nbytes if metric == "cosine" else 0)
+        self._inverse_norms = (
+            1.0 / np.maximum(np.linalg.norm(self.vectors, axis=1), 1e-30) if metric == "cosine" else None
+        )
+        self.nbytes = self.ids.nbytes + self.vectors.nbytes
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         q = np.asarray(queries, dtype=np.float32)
-        if self._metric == "cosine":
-            return _cosine(q, self._searched)
-        return exact_distances(q, self._searched, self._metric)
+        if self._inverse_norms is None:
+            return exact_distances(q, self.vectors, self._metric)
+        out: np.ndarray = 1.0 - (_unit(q) @ self.vectors.T) * self._inverse_norms[None, :]
+        return out.astype(np.float32, copy=False)
 
     def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest ids per query and their distances (fewer columns when there are fewer ids)."""

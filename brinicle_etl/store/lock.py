@@ -18,7 +18,7 @@ from pathlib import Path
 from brinicle_etl.errors import LockedError
 from brinicle_etl.store import indexing
 
-__all__ = ["writer_lock"]
+__all__ = ["lock_key", "writer_lock"]
 
 LOCK_FILE = ".lock"
 
@@ -32,9 +32,26 @@ _registry_lock = threading.Lock()
 _owners: dict[str, int] = {}
 
 
-def _thread_lock(path: Path) -> threading.Lock:
+def lock_key(directory: Path) -> str:
+    """The lock file's path, resolved: one key per collection however its directory is spelled."""
+    return os.path.realpath(directory / LOCK_FILE)
+
+
+def _thread_lock(path: str) -> threading.Lock:
     with _registry_lock:
-        return _process_locks.setdefault(str(path), threading.Lock())
+        return _process_locks.setdefault(path, threading.Lock())
+
+
+def _forget_in_child() -> None:
+    # The child has none of its parent's threads: none of them holds a lock here. (The
+    # parent's flock is on its own open file description, which the child's writers meet.)
+    global _registry_lock
+    _process_locks.clear()
+    _owners.clear()
+    _registry_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @contextmanager
@@ -47,18 +64,18 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
     see :mod:`brinicle_etl.store.indexing`), so the write after a deferred one never fails
     on the lock its predecessor's job holds.
     """
-    path = directory / LOCK_FILE
+    path = lock_key(directory)
     tlock = _thread_lock(path)
-    if wait is not False and _owners.get(str(path)) == threading.get_ident():
+    if wait is not False and _owners.get(path) == threading.get_ident():
         raise LockedError(
             f"collection {name!r} is held by this same thread (a session opened through another object, "
             "not finalized yet); finalize or close it first"
         )
-    indexing.wait_for(directory, owner=_owners.get(str(path)))
     deadline = None if wait is True else time.monotonic() + (0.0 if wait is False else float(wait))
+    indexing.wait_for(path, owner=_owners.get(path), deadline=None if isinstance(wait, bool) else deadline)
     if not tlock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
         raise _locked(name, None, wait)
-    _owners[str(path)] = threading.get_ident()
+    _owners[path] = threading.get_ident()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -82,13 +99,13 @@ def writer_lock(directory: Path, *, wait: bool | float = False, name: str = "") 
         finally:
             os.close(fd)
     finally:
-        _owners.pop(str(path), None)
+        _owners.pop(path, None)
         tlock.release()
 
 
-def _holder(path: Path) -> str | None:
+def _holder(path: str) -> str | None:
     try:
-        return path.read_text().strip() or None
+        return Path(path).read_text().strip() or None
     except OSError:
         return None
 

@@ -31,12 +31,11 @@ __all__ = ["DeleteResult", "Transaction", "WriteResult", "compact", "index_pendi
 
 Publish = Callable[[Manifest], None]
 
-PENDING_MIN = 65_536
-PENDING_SHARE = 0.25
-"""A deferred write leaves its vectors pending (searched exactly until linked) only while
-the collection's pending vectors stay within max(PENDING_MIN, PENDING_SHARE x live rows):
-past that, exact search of them would cost more than a graph search of the rest, so the
-write links them itself, as a write that is not deferred does."""
+PENDING_BYTES = 64 << 20
+"""A deferred write leaves its vectors pending only while the collection's pending vectors
+stay within this many bytes of float32; past that it links them itself, as a write that is
+not deferred does. Until linked, every query compares every pending vector: 64 MiB (131,072
+vectors of 128-d) costs about 2 ms a query on this project's machine."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -110,7 +109,7 @@ class Transaction:
         # Deferred: new vectors are kept here and published pending (see flat.py), not linked.
         self._defers = defer and not self._builds_main
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_room = max(PENDING_MIN, int(PENDING_SHARE * self._old.live_rows)) - (
+        self._pending_room = PENDING_BYTES // (4 * self._config.dim) - (
             self._old.pending.live if self._old.pending else 0
         )
         self._updated = 0
