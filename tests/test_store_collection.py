@@ -27,7 +27,7 @@ from brinicle_etl import (
     StateError,
     Store,
 )
-from brinicle_etl.store.collection import REFRESH_SECONDS
+from brinicle_etl.store.current import REFRESH_SECONDS
 from brinicle_etl.store.lock import writer_lock
 from tests.conftest import REPO, clustered, exact_knn
 
@@ -750,19 +750,19 @@ def test_a_reader_never_takes_an_older_generation_while_another_thread_opens_the
 ) -> None:
     import threading
 
-    from brinicle_etl.store import collection as collection_module
+    from brinicle_etl.store import current as current_module
 
     col.write(ids(10), clustered(10, DIM), mode="build")
     assert col.snapshot().manifest.generation == 1
     Collection(col.directory).write(["new"], clustered(1, DIM, seed=5))  # generation 2, published here
-    opening, original = threading.Event(), collection_module.Snapshot
+    opening, original = threading.Event(), current_module.Snapshot
 
     def slow(*args: object, **kwargs: object) -> object:
         opening.set()
         time.sleep(0.3)
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(collection_module, "Snapshot", slow)
+    monkeypatch.setattr(current_module, "Snapshot", slow)
     other = threading.Thread(target=col.snapshot)
     other.start()
     assert opening.wait(10)

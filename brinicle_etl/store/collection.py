@@ -1,9 +1,9 @@
 """A collection: vectors in usearch segments, rows in Parquet, one manifest naming them.
 
-Reads never lock: each call checks whether the manifest was replaced and, if so,
-opens the new generation, so a reader in another process sees new data without
-reopening. Writes take the writer lock, build new files, and publish them by
-replacing the manifest.
+Reads never lock: each call reads the current generation (:mod:`~brinicle_etl.store.current`
+reopens it when a writer replaced the manifest, in any process). Writes take the writer lock
+(:mod:`~brinicle_etl.store.turn`: per write, or held across a session), build new files
+(:mod:`~brinicle_etl.store.writer`), and publish them by replacing the manifest.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import logging
 import os
 import secrets
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, Unpack
@@ -28,13 +26,11 @@ import pyarrow as pa
 from brinicle_etl._fs import LocalFile, disk_full_is_an_error
 from brinicle_etl.errors import (
     AlreadyExistsError,
-    BusyError,
     ConfigError,
     NotFoundError,
-    ObjectStoreError,
-    StateError,
 )
 from brinicle_etl.store import indexing
+from brinicle_etl.store.current import Current
 from brinicle_etl.store.files import remove_unreferenced
 from brinicle_etl.store.lock import lock_key, writer_lock
 from brinicle_etl.store.manifest import (
@@ -47,9 +43,9 @@ from brinicle_etl.store.manifest import (
     write_manifest,
 )
 from brinicle_etl.store.remote import DEFAULT_RETENTION_SECONDS, RemoteCollection, VacuumResult
-from brinicle_etl.store.rows import KEY, ROW_ID
 from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, PreparedFinalize, RowSpool, Sessions, StagedRows
-from brinicle_etl.store.snapshot import RowCache, Snapshot
+from brinicle_etl.store.snapshot import SEARCH_TABLE_COLUMNS, Snapshot
+from brinicle_etl.store.turn import WriterTurn
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
 from brinicle_etl.store.writer import (
     DeleteResult,
@@ -76,18 +72,11 @@ from brinicle_etl.types import (
 
 __all__ = ["SEARCH_TABLE_COLUMNS", "Collection", "CollectionStatus"]
 
-SEARCH_TABLE_COLUMNS = ("query", "rank", KEY, "distance", ROW_ID)
-"""What :meth:`Collection.search_table` puts before the rows' own columns."""
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 0.02
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# Writes published by this process, per manifest: other Collection objects on the same
-# directory see them at once instead of after REFRESH_SECONDS.
-_published: dict[str, int] = {}
 
 
 def _retry_on_vanished(method: Callable[P, R]) -> Callable[P, R]:
@@ -147,12 +136,7 @@ class Collection:
             remote.pull()
         if not (self.directory / MANIFEST).exists():
             raise NotFoundError(f"collection {self.name!r} not found at {self.directory}")
-        self._manifest_path = str(self.directory / MANIFEST)
-        self._checked = 0.0
-        self._seen_published = 0
-        self._rows = RowCache()
-        self._snap: Snapshot | None = None
-        self._snap_lock = threading.Lock()
+        self._current = Current(self.directory, name=self.name, remote=remote)
         self._sessions = Sessions(
             directory=self.directory,
             name=self.name,
@@ -162,8 +146,13 @@ class Collection:
             compact=lambda snap: self._compact(snap, None, None),
             mirror=remote,
         )
-        self._held: ExitStack | None = None
-        self._held_mutex = threading.Lock()
+        self._turn = WriterTurn(
+            self.directory,
+            self.name,
+            opened=self._sessions.open_group,
+            closing=self._sessions.close_group,
+            unwritten=lambda: self._sessions.group.pending,
+        )
         self._snapshot()
 
     @classmethod
@@ -221,65 +210,12 @@ class Collection:
     @property
     def marker(self) -> str:
         """The file whose presence says the collection exists (its manifest)."""
-        return self._manifest_path
+        return self._current.manifest_path
 
     # ---- reading -------------------------------------------------------------------
 
     def _snapshot(self, *, fresh: bool = False) -> Snapshot:
-        """The current generation, reopened if another writer published a new one.
-
-        The manifest is checked at most every ``REFRESH_SECONDS`` (a stat per query is a
-        measurable share of a fast search), except right after a write from this process
-        or when ``fresh`` is asked for, as every writer does under the lock.
-        """
-        remote = self._remote
-        if remote is not None and (fresh or remote.due()) and self._pulled(remote, fresh=fresh):
-            fresh = True
-        snap = self._snap
-        published = _published.get(self._manifest_path, 0)
-        if (
-            not fresh
-            and snap is not None
-            and published == self._seen_published
-            and time.monotonic() - self._checked < REFRESH_SECONDS
-        ):
-            return snap
-        for _attempt in range(20):
-            checked = time.monotonic()
-            try:
-                st = os.stat(self._manifest_path)
-            except FileNotFoundError:
-                raise NotFoundError(f"collection {self.name!r} no longer exists at {self.directory}") from None
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            snap = self._snap
-            if snap is None or snap.stamp != stamp:
-                with self._snap_lock:
-                    if self._snap is None or self._snap.stamp != stamp:
-                        try:
-                            self._snap = Snapshot(self.directory, read_manifest(self.directory), self._rows, stamp)
-                        except FileNotFoundError:
-                            # A writer replaced the manifest and removed the files we were
-                            # about to open; read the new manifest.
-                            continue
-                    snap = self._snap
-            # Only now: a thread that marked the check done before installing what it found
-            # let another thread take the older snapshot for current meanwhile.
-            self._checked, self._seen_published = checked, published
-            return snap
-        raise BusyError(f"collection {self.name!r} changed too often while opening it; try again")
-
-    def _pulled(self, remote: RemoteCollection, *, fresh: bool) -> bool:
-        """Whether a pull brought a new generation. A reader's periodic check that fails (the
-        object store briefly unreachable) keeps serving the generation it has, and says so in
-        the log; a writer's (``fresh``) or a first open's failure is the caller's error."""
-        try:
-            return remote.pull(force=fresh)
-        except ObjectStoreError as exc:
-            if fresh or self._snap is None:
-                raise
-            generation = self._snap.manifest.generation
-            log.warning("collection %r: still serving generation %d: %s", self.name, generation, exc)
-            return False
+        return self._current.get(fresh=fresh)
 
     @property
     def config(self) -> CollectionConfig:
@@ -403,31 +339,8 @@ class Collection:
         matrix = as_matrix(queries, snap.manifest.config.dim, "search")
         k = check_k(k, "search")
         allowed = self._allowed(snap, allow, allow_row_ids)
-        if len(matrix) == 1 and allowed is None:
-            one_ids, one_dists = snap.search_one(matrix[0], k, ef=check_ef(ef))
-            row_ids, dists, counts = one_ids[None, :], one_dists[None, :], np.array([len(one_ids)])
-        else:
-            row_ids, dists, counts = snap.search(matrix, k, ef=check_ef(ef), threads=threads, allowed=allowed)
-        valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
-        hit_ids = row_ids[valid]
-        # valid is a prefix of each row, so a hit's column index is its rank
-        query, rank = np.nonzero(valid)
-        table = pa.table(
-            [
-                pa.array(query.astype(np.int64)),
-                pa.array(rank.astype(np.int64)),
-                pa.array(snap.ids.keys_for(hit_ids), pa.string()),
-                pa.array(dists[valid].astype(np.float32)),
-                pa.array(hit_ids.astype(np.uint64)),
-            ],
-            names=list(SEARCH_TABLE_COLUMNS),
-        )
-        if columns is None or len(columns):
-            rows = snap.rows_at(hit_ids, None if columns is None else list(columns))
-            for name in rows.column_names:
-                if name not in (ROW_ID, KEY):
-                    table = table.append_column(name, rows.column(name))
-        return table
+        wanted = None if columns is None else list(columns)
+        return snap.table(matrix, k, ef=check_ef(ef), threads=threads, columns=wanted, allowed=allowed)
 
     def recall(self, *, sample: int = 100, k: int = 10, ef: int | None = None, seed: int = 0) -> float:
         """Sampled recall@k of the index against exact search, with stored vectors as queries.
@@ -435,26 +348,7 @@ class Collection:
         The share of the exact ``k`` nearest rows that the graph search finds too: the
         number to watch after many inserts and deletes (see ``needs_rebuild``).
         """
-        snap = self._snapshot()
-        live_ids, _keys = snap.ids.live()
-        segments = snap.segments()
-        with_vectors = np.concatenate(
-            [live_ids[seg.contains(live_ids)] for seg, _info in segments] or [np.empty(0, np.uint64)]
-        )
-        if len(with_vectors) == 0:
-            return 1.0
-        rng = np.random.default_rng(seed)
-        picked = np.sort(rng.choice(with_vectors, min(sample, len(with_vectors)), replace=False))
-        parts = [seg.get(picked[mask]) for seg, _info in segments if (mask := seg.contains(picked)).any()]
-        queries = np.concatenate(parts)
-        k = min(k, len(with_vectors))
-        approx, _, approx_n = snap.search(queries, k, ef=check_ef(ef), threads=0)
-        truth, _, truth_n = snap.search(queries, k, ef=None, threads=0, exact=True)
-        found = sum(
-            len(set(approx[i, : approx_n[i]].tolist()) & set(truth[i, : truth_n[i]].tolist()))
-            for i in range(len(queries))
-        )
-        return found / max(1, int(truth_n.sum()))
+        return self._snapshot().recall(sample=sample, k=k, ef=check_ef(ef), seed=seed)
 
     def filtered(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Row ids selected by a filter (``key``: its language and text), computed by
@@ -574,51 +468,16 @@ class Collection:
         object is dropped): the writes made through this object in between do not take it
         again, and every other writer waits. brinicle's session (init ... finalize) as one
         writer's turn. Returns whether it took the lock now (False: already held)."""
-        if self._held is not None:
-            return False
-        # The file lock is waited for outside the mutex: other threads' writes through this
-        # object keep failing fast (or waiting) as they asked, not behind this wait.
-        held = ExitStack()
-        held.enter_context(writer_lock(self.directory, wait=wait, name=self.name))
-        with self._held_mutex:
-            if self._held is None:
-                self._held = held
-                self._sessions.open_group()
-                return True
-        held.close()  # another thread of this object took it meanwhile
-        return False
+        return self._turn.hold(wait=wait)
 
     def release_writer_lock(self) -> None:
         """Let the writer lock go, once grouped ingests are written (if that fails, it raises
         and the lock stays held: nothing staged is left without its writer)."""
-        if self._held is None:
-            return
-        self._sessions.close_group()  # if this raises, the lock stays held
-        # After any write another thread is making under the held lock, never during it.
-        with self._held_mutex:
-            if self._sessions.group.pending:  # closed and written: only a failed write leaves rows
-                raise StateError(
-                    f"{self._sessions.group.pending} ingest calls on {self.name!r} are not written yet; "
-                    "call flush(), then let the lock go"
-                )
-            held, self._held = self._held, None
-        if held is not None:
-            held.close()
-
-    @contextmanager
-    def _lock(self, wait: Wait) -> Iterator[None]:
-        # Held across calls: threads sharing this object still write one at a time. Checked
-        # under the mutex, so a release cannot slip between the check and the write.
-        with self._held_mutex:
-            if self._held is not None:
-                yield
-                return
-        with writer_lock(self.directory, wait=wait, name=self.name):
-            yield
+        self._turn.release()
 
     @contextmanager
     def _writing(self, wait: Wait) -> Iterator[Snapshot]:
-        with self._lock(wait):
+        with self._turn.lock(wait):
             snap = self._snapshot(fresh=True)
             remove_unreferenced(self.directory, snap.manifest.files())
             # A full disk anywhere below: whatever generation is current stays, and what the
@@ -634,7 +493,7 @@ class Collection:
             # The commit point on object storage; a writer that lost the race raises here.
             self._remote.push(read_manifest(self.directory), manifest)
         write_manifest(self.directory, manifest)
-        _published[self._manifest_path] = _published.get(self._manifest_path, 0) + 1
+        self._current.published()
         # Published: what follows is housekeeping, and must not fail the write.
         with suppress(OSError):
             remove_unreferenced(self.directory, manifest.files())
@@ -805,7 +664,7 @@ class Collection:
     def destroy(self, *, wait: Wait = False) -> None:
         """Delete the collection's directory and every file in it."""
         trash = self.directory.parent / f".dropped-{self.directory.name}-{secrets.token_hex(4)}"
-        with self._lock(wait):
+        with self._turn.lock(wait):
             if self._remote is not None:
                 self._remote.destroy()
             self._sessions.drop_group()
@@ -818,7 +677,7 @@ class Collection:
         superseded more than ``retention_seconds`` ago (see
         :meth:`~brinicle_etl.store.remote.RemoteCollection.vacuum`); locally, where every write
         removes the files it replaced, what a crashed writer left."""
-        with self._lock(wait):
+        with self._turn.lock(wait):
             manifest = read_manifest(self.directory)
             removed = remove_unreferenced(self.directory, manifest.files())
         if self._remote is not None:

@@ -24,7 +24,10 @@ from brinicle_etl.store.rows import KEY, ROW_ID, IdMap, is_in_sorted, read_rows,
 from brinicle_etl.store.segment import Segment
 from brinicle_etl.types import NO_KEY
 
-__all__ = ["AnySegment", "RowCache", "Snapshot"]
+__all__ = ["SEARCH_TABLE_COLUMNS", "AnySegment", "RowCache", "Snapshot"]
+
+SEARCH_TABLE_COLUMNS = ("query", "rank", KEY, "distance", ROW_ID)
+"""What :meth:`Snapshot.table` (``Collection.search_table``) puts before the rows' own columns."""
 
 AnySegment = Segment | FlatSegment
 
@@ -190,6 +193,66 @@ class Snapshot:
         if len(self.dead):
             table = table.filter(pa.array(~is_in_sorted(table.column(ROW_ID).to_numpy(), self.dead)))
         return table
+
+    def table(
+        self,
+        matrix: np.ndarray,
+        k: int,
+        *,
+        ef: int | None,
+        threads: int,
+        columns: list[str] | None,
+        allowed: np.ndarray | None,
+    ) -> pa.Table:
+        """Results for many queries as one Arrow table (see ``Collection.search_table``):
+        :data:`SEARCH_TABLE_COLUMNS`, then the rows' ``columns`` (``[]`` none, None all)."""
+        if len(matrix) == 1 and allowed is None:
+            one_ids, one_dists = self.search_one(matrix[0], k, ef=ef)
+            row_ids, dists, counts = one_ids[None, :], one_dists[None, :], np.array([len(one_ids)])
+        else:
+            row_ids, dists, counts = self.search(matrix, k, ef=ef, threads=threads, allowed=allowed)
+        valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
+        hit_ids = row_ids[valid]
+        # valid is a prefix of each row, so a hit's column index is its rank
+        query, rank = np.nonzero(valid)
+        table = pa.table(
+            [
+                pa.array(query.astype(np.int64)),
+                pa.array(rank.astype(np.int64)),
+                pa.array(self.ids.keys_for(hit_ids), pa.string()),
+                pa.array(dists[valid].astype(np.float32)),
+                pa.array(hit_ids.astype(np.uint64)),
+            ],
+            names=list(SEARCH_TABLE_COLUMNS),
+        )
+        if columns is None or len(columns):
+            rows = self.rows_at(hit_ids, columns)
+            for name in rows.column_names:
+                if name not in (ROW_ID, KEY):
+                    table = table.append_column(name, rows.column(name))
+        return table
+
+    def recall(self, *, sample: int, k: int, ef: int | None, seed: int) -> float:
+        """Sampled recall@k of the graph search against exact search, stored vectors as queries."""
+        live_ids, _keys = self.ids.live()
+        segments = self._segments
+        with_vectors = np.concatenate(
+            [live_ids[seg.contains(live_ids)] for seg, _info in segments] or [np.empty(0, np.uint64)]
+        )
+        if len(with_vectors) == 0:
+            return 1.0
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(with_vectors, min(sample, len(with_vectors)), replace=False))
+        parts = [seg.get(picked[mask]) for seg, _info in segments if (mask := seg.contains(picked)).any()]
+        queries = np.concatenate(parts)
+        k = min(k, len(with_vectors))
+        approx, _, approx_n = self.search(queries, k, ef=ef, threads=0)
+        truth, _, truth_n = self.search(queries, k, ef=None, threads=0, exact=True)
+        found = sum(
+            len(set(approx[i, : approx_n[i]].tolist()) & set(truth[i, : truth_n[i]].tolist()))
+            for i in range(len(queries))
+        )
+        return found / max(1, int(truth_n.sum()))
 
     def segments(self) -> list[tuple[AnySegment, SegmentInfo]]:
         """Segments with at least one live vector (pending vectors last)."""
