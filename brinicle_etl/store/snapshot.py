@@ -215,22 +215,22 @@ class Snapshot:
         hit_ids = row_ids[valid]
         # valid is a prefix of each row, so a hit's column index is its rank
         query, rank = np.nonzero(valid)
-        table = pa.table(
-            [
-                pa.array(query.astype(np.int64)),
-                pa.array(rank.astype(np.int64)),
-                pa.array(self.ids.keys_for(hit_ids), pa.string()),
-                pa.array(dists[valid].astype(np.float32)),
-                pa.array(hit_ids.astype(np.uint64)),
-            ],
-            names=list(SEARCH_TABLE_COLUMNS),
-        )
+        arrays: list[pa.Array | pa.ChunkedArray] = [
+            pa.array(query.astype(np.int64)),
+            pa.array(rank.astype(np.int64)),
+            pa.array(self.ids.keys_for(hit_ids), pa.string()),
+            pa.array(dists[valid].astype(np.float32)),
+            pa.array(hit_ids.astype(np.uint64)),
+        ]
+        names = list(SEARCH_TABLE_COLUMNS)
         if columns is None or len(columns):
             rows = self.rows_at(hit_ids, columns)
-            for name in rows.column_names:
+            for name, column in zip(rows.column_names, rows.columns, strict=True):
                 if name not in (ROW_ID, KEY):
-                    table = table.append_column(name, rows.column(name))
-        return table
+                    arrays.append(column)
+                    names.append(name)
+        # One table built once: appending column by column makes a new table each time.
+        return pa.Table.from_arrays(arrays, names=names)
 
     def recall(self, *, sample: int, k: int, ef: int | None, seed: int) -> float:
         """Sampled recall@k of the graph search against exact search, stored vectors as queries."""
