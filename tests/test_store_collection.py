@@ -678,6 +678,43 @@ def test_a_cached_filter_is_compared_exactly_and_gathered_once(
     assert gathered == []  # the next queries only compared
 
 
+def test_filters_past_what_can_be_kept_go_through_the_graph_instead_of_gathering_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queries cycling over more filters than their vectors can be kept for would gather
+    # them on every query; the ones that do not fit take the graph path instead.
+    import pyarrow as pa
+
+    from brinicle_etl.store import snapshot
+    from brinicle_etl.store.segment import Segment
+
+    monkeypatch.setattr(snapshot, "EXACT_KEPT_BYTES", 0)  # the budget: the collection's own vectors
+    n = 25_000  # filters of 5,000 rows: past the 4,096 always compared exactly
+    x = clustered(n, DIM, seed=25)
+    col = store.create("f", dim=DIM, dtype="f32")
+    col.write(ids(n), x, mode="build")
+    gathered: list[int] = []
+    real_get = Segment.get
+
+    def counting_get(self: Segment, keys: np.ndarray) -> np.ndarray:
+        gathered.append(len(keys))
+        return real_get(self, keys)
+
+    monkeypatch.setattr(Segment, "get", counting_get)
+    snap = col.snapshot()
+    filters = [
+        col.filtered(f"test:{f}", lambda f=f: snap.ids.lookup(pa.array(ids(n)[f * 1000 : f * 1000 + 5000])))
+        for f in range(6)
+    ]  # 20% each: five fit beside each other, the sixth does not
+    q = clustered(1, DIM, seed=26)
+    for round_ in range(2):
+        for i, allowed in enumerate(filters):
+            gathered.clear()
+            found = col.search_table(q, 5, allow_row_ids=allowed, ef=256).column("_key").to_pylist()
+            assert len(found) == 5 and set(found) <= set(ids(n)[i * 1000 : i * 1000 + 5000])
+            assert gathered == ([5000] if round_ == 0 and i < 4 else []), (round_, i, gathered)
+
+
 def test_allowed_keys_that_do_not_exist_are_ignored(col: Collection) -> None:
     x = clustered(50, DIM)
     col.write(ids(50), x, mode="build")
