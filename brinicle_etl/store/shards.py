@@ -432,10 +432,10 @@ class ShardedCollection:
         if cached is not None and cached[0] == stamp:
             return cached[2]
         found = np.unique(np.asarray(compute(), dtype=np.uint64))
-        owner = found >> np.uint64(ROW_ID_BITS)
         # Each shard's share is kept in that shard's own filter cache, so its search finds
         # it there and compares its rows' kept vectors (Snapshot.search).
-        parts = tuple(snap.filtered(key, partial(_owned, found, owner, i)) for i, snap in enumerate(snaps))
+        split = _by_shard(found, len(snaps))
+        parts = tuple(snap.filtered(key, partial(np.asarray, part)) for snap, part in zip(snaps, split, strict=True))
         if len(self._filters) > 256:
             self._filters.clear()
         self._filters[key] = (stamp, snaps, found, parts)
@@ -446,9 +446,7 @@ class ShardedCollection:
         for entry in list(self._filters.values()):
             if entry[2] is row_ids:
                 return entry[3]
-        ids = np.asarray(row_ids, np.uint64)
-        owner = ids >> np.uint64(ROW_ID_BITS)
-        return tuple(ids[owner == i] for i in range(len(self.shards)))
+        return _by_shard(np.asarray(row_ids, np.uint64), len(self.shards))
 
     def cached_rows(self) -> pa.Table:
         return _concat(self._each(Collection.cached_rows))
@@ -690,9 +688,10 @@ class _Deleted:
         self._prepared.abort(refused=refused)
 
 
-def _owned(ids: np.ndarray, owner: np.ndarray, shard: int) -> np.ndarray:
-    picked: np.ndarray = ids[owner == shard]
-    return picked
+def _by_shard(row_ids: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
+    """Row ids split by the shard they name (the high bits), in shard order."""
+    owner = row_ids >> np.uint64(ROW_ID_BITS)
+    return tuple(row_ids[owner == i] for i in range(count))
 
 
 def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:

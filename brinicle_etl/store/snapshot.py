@@ -107,8 +107,8 @@ class Snapshot:
         self._ids_lock = threading.Lock()
         self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
         self._filtered_lock = threading.Lock()
-        # id of the allowed array a caller passed -> (that array, its live rows' vectors)
-        self._exact_sets: OrderedDict[int, tuple[np.ndarray, ExactSet]] = OrderedDict()
+        # id of a cached filter's row ids -> (that array, its live rows' vectors)
+        self._exact_sets: dict[int, tuple[np.ndarray, ExactSet]] = {}
 
     @property
     def ids(self) -> IdMap:
@@ -330,11 +330,9 @@ class Snapshot:
     def _exact_set(self, allowed: np.ndarray, given: np.ndarray) -> ExactSet:
         """The live allowed rows' vectors, gathered once per cached filter (see :meth:`filtered`:
         its row ids are the same array on every query)."""
-        with self._filtered_lock:
-            kept = self._exact_sets.get(id(given))
-            if kept is not None and kept[0] is given:
-                self._exact_sets.move_to_end(id(given))
-                return kept[1]
+        kept = self._kept_set(given)
+        if kept is not None:
+            return kept
         ids_parts, vec_parts = [], []
         for seg, _info in self._segments:
             here = allowed[seg.contains(allowed)]
@@ -353,18 +351,22 @@ class Snapshot:
                 self._exact_sets[id(given)] = (given, exact)
         return exact
 
+    def _kept_set(self, given: np.ndarray) -> ExactSet | None:
+        with self._filtered_lock:
+            kept = self._exact_sets.get(id(given))
+        return kept[1] if kept is not None and kept[0] is given else None
+
     def _keeps(self, given: np.ndarray, nbytes: int) -> bool:
         """Whether a cached filter's vectors are kept, or fit beside those kept (of filters
         still cached). Filters past that go through the graph: evicting kept vectors to
         gather others would gather on every query when queries cycle over more filters than fit."""
         if nbytes > EXACT_BYTES or not self.is_filtered(given):
             return False
+        if self._kept_set(given) is not None:
+            return True
         m = self.manifest
         budget = max(EXACT_KEPT_BYTES, m.live_rows * m.config.dim * 4)
         with self._filtered_lock:
-            kept = self._exact_sets.get(id(given))
-            if kept is not None and kept[0] is given:
-                return True
             live = {id(ids) for ids in self._filtered.values()}
             for stale in [key for key in self._exact_sets if key not in live]:
                 del self._exact_sets[stale]  # its filter is no longer cached
