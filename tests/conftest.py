@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brinicle_etl import Store
+from brinicle_etl import Collection, Store
 
 # The embedding model must load from the installed package, never from a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +35,17 @@ def exact_knn(data: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosi
         dn = data / np.linalg.norm(data, axis=1, keepdims=True)
         d = 1 - qn @ dn.T
     return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def deferred(col: Collection, keys: list[str], vectors: np.ndarray, *, delete: list[str] = ()) -> None:
+    """An upsert that leaves its vectors pending (``defer_index=True``), deleting ``delete`` too."""
+    import pyarrow as pa
+
+    with col.transaction("upsert", defer_index=True) as tx:
+        tx.add(pa.array(keys, pa.string()), vectors)
+        if delete:
+            tx.delete(pa.array(delete, pa.string()))
+        tx.commit()
 
 
 @pytest.fixture

@@ -642,12 +642,27 @@ def test_allowed_rows_keep_k_results(store: Store, share: float) -> None:
     assert all(a.distance <= b.distance for a, b in itertools.pairwise(single))
 
 
+@pytest.fixture
+def gathered(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many vectors each ``Segment.get`` call fetched, in order."""
+    from brinicle_etl.store.segment import Segment
+
+    counts: list[int] = []
+    real_get = Segment.get
+
+    def counting_get(self: Segment, keys: np.ndarray) -> np.ndarray:
+        counts.append(len(keys))
+        return real_get(self, keys)
+
+    monkeypatch.setattr(Segment, "get", counting_get)
+    return counts
+
+
 @pytest.mark.parametrize("shards", [None, 3])
 def test_a_cached_filter_is_compared_exactly_and_gathered_once(
-    store: Store, monkeypatch: pytest.MonkeyPatch, shards: int | None
+    store: Store, gathered: list[int], shards: int | None
 ) -> None:
     # 10% of 12,000 rows: past the one-off exact share, within a cached filter's.
-    from brinicle_etl.store.segment import Segment
 
     n = 12_000
     x = clustered(n, DIM, seed=23)
@@ -659,14 +674,6 @@ def test_a_cached_filter_is_compared_exactly_and_gathered_once(
         "test:every tenth", lambda: col.search_table(x[members], 1, ef=256).column("_row_id").to_numpy()
     )
     assert len(row_ids) == len(members)
-    gathered: list[int] = []
-    real_get = Segment.get
-
-    def counting_get(self: Segment, keys: np.ndarray) -> np.ndarray:
-        gathered.append(len(keys))
-        return real_get(self, keys)
-
-    monkeypatch.setattr(Segment, "get", counting_get)
     q = clustered(12, DIM, seed=24)
     truth = exact_knn(x[members], q, 10)
     for i, query in enumerate(q):
@@ -679,33 +686,24 @@ def test_a_cached_filter_is_compared_exactly_and_gathered_once(
 
 
 def test_filters_past_what_can_be_kept_go_through_the_graph_instead_of_gathering_again(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch, gathered: list[int]
 ) -> None:
     # Queries cycling over more filters than their vectors can be kept for would gather
     # them on every query; the ones that do not fit take the graph path instead.
     import pyarrow as pa
 
     from brinicle_etl.store import snapshot
-    from brinicle_etl.store.segment import Segment
 
     monkeypatch.setattr(snapshot, "EXACT_KEPT_BYTES", 0)  # the budget: the collection's own vectors
     n = 25_000  # filters of 5,000 rows: past the 4,096 always compared exactly
     x = clustered(n, DIM, seed=25)
     col = store.create("f", dim=DIM, dtype="f32")
     col.write(ids(n), x, mode="build")
-    gathered: list[int] = []
-    real_get = Segment.get
-
-    def counting_get(self: Segment, keys: np.ndarray) -> np.ndarray:
-        gathered.append(len(keys))
-        return real_get(self, keys)
-
-    monkeypatch.setattr(Segment, "get", counting_get)
     snap = col.snapshot()
     filters = [
         col.filtered(f"test:{f}", lambda f=f: snap.ids.lookup(pa.array(ids(n)[f * 1000 : f * 1000 + 5000])))
         for f in range(6)
-    ]  # 20% each: five fit beside each other, the sixth does not
+    ]  # 20% each, ids and vectors: four fit within the collection's own vectors' size, the fifth does not
     q = clustered(1, DIM, seed=26)
     for round_ in range(2):
         for i, allowed in enumerate(filters):

@@ -9,13 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from brinicle_etl import Collection, CorruptCollectionError, Store
 from brinicle_etl.store import writer
 from brinicle_etl.store.flat import FlatSegment, exact_distances, write_flat
-from tests.conftest import clustered, exact_knn
+from tests.conftest import clustered, deferred, exact_knn
 
 DIM = 16
 
@@ -34,14 +33,6 @@ def indexing_held(col: Collection) -> Iterator[None]:
     finally:
         col.release_writer_lock()
     col.index_pending(wait=True)  # waits for the job first: nothing is left for it
-
-
-def deferred(col: Collection, keys: list[str], vectors: np.ndarray, *, delete: list[str] = ()) -> None:
-    with col.transaction("upsert", defer_index=True) as tx:
-        tx.add(pa.array(keys, pa.string()), vectors)
-        if delete:
-            tx.delete(pa.array(delete, pa.string()))
-        tx.commit()
 
 
 @pytest.fixture

@@ -19,19 +19,13 @@ import pytest
 
 from brinicle_etl import Collection, LockedError, Store
 from brinicle_etl.store import collection as collection_module
-from tests.conftest import REPO, clustered
+from tests.conftest import REPO, clustered, deferred
 
 DIM = 16
 
 
 def ids(n: int, start: int = 0) -> list[str]:
     return [f"k{i}" for i in range(start, start + n)]
-
-
-def deferred(col: Collection, keys: list[str], vectors: np.ndarray) -> None:
-    with col.transaction("upsert", defer_index=True) as tx:
-        tx.add(pa.array(keys, pa.string()), vectors)
-        tx.commit()
 
 
 @pytest.fixture
