@@ -20,8 +20,7 @@ from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import ConfigError, InputError, MissingExtraError
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import AnyCollection, Collection, ShardedCollection, Store
-from brinicle_etl.store.collection import SEARCH_TABLE_COLUMNS
-from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
+from brinicle_etl.store.rows import RESERVED_COLUMNS, ROW_ID
 
 log = logging.getLogger("brinicle_etl.search")
 
@@ -192,18 +191,8 @@ def search_batch(
         registry = st.models
     vectors = _as_queries(col, queries, registry)
     allowed = allowed_row_ids(col, filter) if filter is not None else None
-    table = col.search_table(vectors, k, ef=ef, columns=None, allow_row_ids=allowed)
-    payload = [c for c in table.column_names[len(SEARCH_TABLE_COLUMNS) :] if c not in HIDDEN_COLUMNS]
-    out: list[list[SearchHit]] = [[] for _ in range(len(vectors))]
-    for q, key, distance, row in zip(
-        table.column("query").to_pylist(),
-        table.column(KEY).to_pylist(),
-        table.column("distance").to_pylist(),
-        table.select(payload).to_pylist(),
-        strict=True,
-    ):
-        out[q].append(SearchHit(key, distance, row))
-    return out
+    found = col.search_rows(vectors, k, ef=ef, allow_row_ids=allowed)
+    return [[SearchHit(h.id, h.distance, h.row) for h in hits] for hits in found]
 
 
 def search(

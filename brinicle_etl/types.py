@@ -301,6 +301,14 @@ class Hit(NamedTuple):
     distance: float
 
 
+class RowHit(NamedTuple):
+    """One search result with its row: the row's own columns (not the store's) as a dict."""
+
+    id: str
+    distance: float
+    row: dict[str, Any]
+
+
 def hits(keys: Iterable[str], distances: Any) -> list[Hit]:
     """Hits of parallel keys and distances (a float array or list), made in C: a NamedTuple's
     own constructor runs Python code per hit, a measurable share of a fast search."""

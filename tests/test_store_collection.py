@@ -775,6 +775,31 @@ def test_rows_of_hits_come_from_every_row_file_in_the_order_asked(store: Store) 
     assert by_key["k5"] == 1005 and by_key["k70"] == 1070
 
 
+@pytest.mark.parametrize("n_queries", [1, 4], ids=["one query", "a batch"])
+def test_search_rows_give_each_hit_the_row_search_table_gives(store: Store, n_queries: int) -> None:
+    import pyarrow as pa
+
+    col = store.create("db/rowhits", dim=DIM)
+    x = clustered(90, DIM, seed=21)
+    col.write(ids(60), x[:60], rows=pa.table({"n": list(range(60)), "title": [f"t{i}" for i in range(60)]}))
+    later = {"n": list(range(60, 90)), "title": [None] * 30, "price": [i / 4 for i in range(60, 90)]}
+    col.write([f"k{i}" for i in range(60, 90)], x[60:], rows=pa.table(later))  # a column the first file lacks
+    col.write(["k7"], x[[7]], rows=pa.table({"n": [1007], "title": ["seven"]}))  # a third file; k7's first row dead
+    col.delete(["k3", "k61"])
+    q = x[[3, 7, 61, 80]][:n_queries] + 0.01
+    found = col.search_rows(q, 5)
+    table = col.search_table(q, 5, columns=None)
+    expected: list[list[tuple[str, float, dict[str, object]]]] = [[] for _ in range(n_queries)]
+    for row in table.to_pylist():
+        own = {name: row[name] for name in ("n", "title", "price")}
+        expected[row["query"]].append((row["_key"], row["distance"], own))
+    assert [[(h.id, h.distance, h.row) for h in hits] for hits in found] == expected
+    assert found[0][0].id != "k3" and all(len(hits) == 5 for hits in found)
+    if n_queries > 1:
+        assert found[1][0].row == {"n": 1007, "title": "seven", "price": None}
+        assert {"n": 80, "title": None, "price": 20.0} in [h.row for h in found[3]]
+
+
 def test_a_store_by_location_is_one_object_per_process(tmp_path: Path) -> None:
     assert Store.shared(tmp_path / "s") is Store.shared(str(tmp_path / "s") + "/")
     assert Store.shared(tmp_path / "s") is not Store.shared(tmp_path / "t")

@@ -125,6 +125,9 @@ def test_fan_out_search_equals_exact_search_with_tombstones_and_filters(store: S
     got = col.search_batch(queries, 10, ef=400)
     assert [[h.id for h in hits] for hits in got] == expected
     assert [h.id for h in col.search(queries[0], 10, ef=400)] == expected[0]
+    rows = col.search_rows(queries, 10, ef=400)
+    assert [[h.id for h in hits] for hits in rows] == expected and rows[0][0].row == {}
+    assert [h.id for h in col.search_rows(queries[:1], 10, ef=400)[0]] == expected[0]
     table = col.search_table(queries, 10, ef=400, columns=None)
     assert table.column("rank").to_pylist() == list(range(10)) * 20
     assert table.column("_key").to_pylist() == [k for row in expected for k in row]

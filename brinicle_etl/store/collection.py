@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, Unpack
 
@@ -63,6 +64,7 @@ from brinicle_etl.types import (
     HnswParams,
     K,
     Metric,
+    RowHit,
     VectorDType,
     Wait,
     WriteMode,
@@ -315,6 +317,24 @@ class Collection:
             out.append(hits(flat_keys[pos : pos + n], dists[i, :n]))
             pos += n
         return out
+
+    @_retry_on_vanished
+    def search_rows(
+        self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0, allow_row_ids: Any = None
+    ) -> list[list[RowHit]]:
+        """As :meth:`search_batch`, each hit with its row; ``allow_row_ids`` as in
+        :meth:`search_table`. Rows come as Python values straight from the row files in memory:
+        the path of a search returning rows to Python, where an Arrow table would cost more
+        than the search."""
+        snap = self._snapshot()
+        matrix = as_matrix(queries, snap.manifest.config.dim, "search")
+        k = check_k(k, "search")
+        ef = check_ef(ef)
+        allowed = self._allowed(snap, None, allow_row_ids)
+        if len(matrix) == 1 and allowed is None:
+            return [_row_hits(snap, *snap.search_one(matrix[0], k, ef=ef))]
+        row_ids, dists, counts = snap.search(matrix, k, ef=ef, threads=threads, allowed=allowed)
+        return [_row_hits(snap, row_ids[i, :n], dists[i, :n]) for i, n in enumerate(counts.tolist())]
 
     @_retry_on_vanished
     def search_table(
@@ -688,3 +708,8 @@ class Collection:
         """Replace the collection's free-form metadata (a new generation, nothing else changes)."""
         with self._writing(wait) as snap:
             self._publish(dataclasses.replace(snap.manifest, generation=snap.manifest.generation + 1, meta=meta))
+
+
+def _row_hits(snap: Snapshot, row_ids: np.ndarray, distances: np.ndarray) -> list[RowHit]:
+    found = zip(snap.ids.keys_for(row_ids), distances.tolist(), snap.row_dicts(row_ids), strict=True)
+    return list(map(tuple.__new__, repeat(RowHit), found))

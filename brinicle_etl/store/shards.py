@@ -64,7 +64,7 @@ from brinicle_etl.store.sharding import (
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.validate import as_keys, as_matrix, as_vector, as_write, check_ef, check_k
 from brinicle_etl.store.writer import DeleteResult, Transaction, WriteResult, prepare_in
-from brinicle_etl.types import BuildProgress, Hit, HnswParams, Wait, WriteMode, check_choice, hits
+from brinicle_etl.types import BuildProgress, Hit, HnswParams, RowHit, Wait, WriteMode, check_choice, hits
 
 __all__ = [
     "MAX_SHARDS",
@@ -77,6 +77,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+AnyHit = TypeVar("AnyHit", Hit, RowHit)
 
 
 class _Shards(Sequence[Collection]):
@@ -374,6 +375,23 @@ class ShardedCollection:
         per_shard = self._threads(threads)
         parts = self._each(lambda s: s.search_batch(matrix, k, ef=ef, threads=per_shard, allow=allow))
         return [_nearest(hits, k) for hits in zip(*parts, strict=True)]
+
+    def search_rows(
+        self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0, allow_row_ids: Any = None
+    ) -> list[list[RowHit]]:
+        """As :meth:`Collection.search_rows`, over every shard."""
+        matrix = as_matrix(queries, self.dim, "search")
+        k = check_k(k, "search")
+        ef = self.shard_ef(ef, k)
+        per_shard = self._threads(threads)
+        mine = None if allow_row_ids is None else self._split(allow_row_ids)
+
+        def one(i: int) -> list[list[RowHit]]:
+            allowed = None if mine is None else mine[i]
+            return self.shards[i].search_rows(matrix, k, ef=ef, threads=per_shard, allow_row_ids=allowed)
+
+        parts = list(self._pool.map(one, range(len(self.shards))))
+        return [_nearest(found, k) for found in zip(*parts, strict=True)]
 
     def search_table(
         self,
@@ -694,7 +712,7 @@ def _by_shard(row_ids: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
     return tuple(row_ids[owner == i] for i in range(count))
 
 
-def _nearest(parts: Iterable[list[Hit]], k: int) -> list[Hit]:
+def _nearest(parts: Iterable[list[AnyHit]], k: int) -> list[AnyHit]:
     """The ``k`` nearest of the shards' hits (each list nearest first)."""
     return list(itertools.islice(heapq.merge(*parts, key=lambda h: h.distance), k))
 

@@ -14,13 +14,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from brinicle_etl.store.flat import ExactSet, FlatSegment
 from brinicle_etl.store.manifest import Manifest, SegmentInfo
-from brinicle_etl.store.rows import KEY, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
+from brinicle_etl.store.picker import Picker, pick_rows
+from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
 from brinicle_etl.store.segment import Segment
 from brinicle_etl.types import NO_KEY
 
@@ -60,6 +62,7 @@ class RowCache:
 
     def __init__(self) -> None:
         self._tables: dict[tuple[str, bool], pa.Table] = {}
+        self._pickers: dict[str, Picker] = {}
         self._lock = threading.Lock()
 
     def get(self, directory: Path, names: list[str], *, full: bool = False) -> list[pa.Table]:
@@ -74,7 +77,18 @@ class RowCache:
             self._tables.update(loaded)
             for stale in [k for k in self._tables if k[0] not in names]:
                 del self._tables[stale]
+            for gone in [n for n in self._pickers if n not in names]:
+                del self._pickers[gone]
             return [self._tables[(n, full)] for n in names]
+
+    def pickers(self, directory: Path, names: list[str]) -> list[Picker]:
+        """A :class:`Picker` per row file (all its columns), kept as the files are."""
+        tables = self.get(directory, names, full=True)
+        with self._lock:
+            for name, table in zip(names, tables, strict=True):
+                if name not in self._pickers:
+                    self._pickers[name] = Picker(table)
+            return [self._pickers[n] for n in names]
 
 
 class Snapshot:
@@ -103,6 +117,7 @@ class Snapshot:
         self._row_cache = row_cache
         self._ids: IdMap | None = None
         self._row_parts: tuple[list[pa.Table], np.ndarray] | None = None
+        self._pickers: tuple[list[Picker], tuple[str, ...]] | None = None
         self._rows_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -141,22 +156,15 @@ class Snapshot:
     def rows_at(self, row_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """The rows with these row ids (which must exist), in that order: taken from the row
         files they are in, in time proportional to how many are asked for."""
-        with self._rows_lock:
-            if self._row_parts is None:
-                parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows], full=True)
-                starts = np.cumsum([0] + [p.num_rows for p in parts[:-1]]) if parts else np.zeros(0, np.int64)
-                self._row_parts = (parts, np.asarray(starts, dtype=np.int64))
-        parts, starts = self._row_parts
+        parts, starts = self._parts()
         if not parts:
             return pa.table({ROW_ID: pa.array([], pa.uint64()), KEY: pa.array([], pa.string())})
         if not len(row_ids):
             first = parts[0] if columns is None else parts[0].select(columns)
             return first.slice(0, 0)
-        positions = np.asarray(self.ids.positions(np.asarray(row_ids, dtype=np.uint64)), dtype=np.int64)
-        which = np.searchsorted(starts, positions, side="right") - 1
+        which, offsets = self._located(row_ids, starts)
         touched = which.tolist()
         tables = {p: parts[p] if columns is None else parts[p].select(columns) for p in set(touched)}
-        offsets = positions - starts[which]
         if len(row_ids) <= _SLICED:
             # One zero-copy slice per hit, in the order asked: a few microseconds each, where a
             # take costs tens of microseconds per file touched.
@@ -170,6 +178,37 @@ class Snapshot:
         # Back in the order asked: piece by piece, then each row to its place.
         joined = pa.concat_tables(pieces, promote_options="default")
         return joined if len(pieces) == 1 else joined.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+    def row_dicts(self, row_ids: np.ndarray) -> list[dict[str, Any]]:
+        """The rows with these row ids (which must exist), in that order, as dicts of their own
+        columns (not the store's: no row id, key or hashes); None where a row's file was written
+        before a column was added."""
+        parts, starts = self._parts()
+        with self._rows_lock:
+            if self._pickers is None:
+                pickers = self._row_cache.pickers(self.directory, [r.file for r in self.manifest.rows])
+                own = [n for part in parts for n in part.column_names if n not in RESERVED_COLUMNS]
+                self._pickers = (pickers, tuple(dict.fromkeys(own)))
+        pickers, names = self._pickers
+        if not len(row_ids):
+            return []
+        which, offsets = self._located(row_ids, starts)
+        return pick_rows(pickers, which, offsets, names)
+
+    def _parts(self) -> tuple[list[pa.Table], np.ndarray]:
+        """The row files' tables (every column) and the position of each one's first row."""
+        with self._rows_lock:
+            if self._row_parts is None:
+                parts = self._row_cache.get(self.directory, [r.file for r in self.manifest.rows], full=True)
+                starts = np.cumsum([0] + [p.num_rows for p in parts[:-1]]) if parts else np.zeros(0, np.int64)
+                self._row_parts = (parts, np.asarray(starts, dtype=np.int64))
+            return self._row_parts
+
+    def _located(self, row_ids: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each row id: the index of its row file, and its offset in that file."""
+        positions = np.asarray(self.ids.positions(np.asarray(row_ids, dtype=np.uint64)), dtype=np.int64)
+        which = np.searchsorted(starts, positions, side="right") - 1
+        return which, positions - starts[which]
 
     def vectors(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored vectors (float32) of ``row_ids``, and which of them have one."""
@@ -260,18 +299,35 @@ class Snapshot:
         return self._segments
 
     def search_one(self, query: np.ndarray, k: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """One query's (row ids, distances), nearest first."""
-        segments = self._segments
-        if len(segments) == 1 and segments[0][1].dead == 0:
-            # The common case, kept lean: one segment without tombstones.
-            seg, info = segments[0]
-            want = k if k < info.count else info.count
-            keys, dists = seg.search_one(query, want, ef=ef)
-            if len(keys) >= want:
-                return keys, dists
-        keys2, dists2, counts = self.search(query.reshape(1, -1), k, ef=ef, threads=1)
-        n = int(counts[0])
-        return keys2[0, :n], dists2[0, :n]
+        """One query's (row ids, distances), nearest first.
+
+        The path of every single search, so kept lean: each graph segment is asked once, as in
+        :meth:`_search_segment`, without the batch path's array bookkeeping (~100 µs a segment);
+        a segment whose tombstones ate too many candidates, or pending vectors, take that path.
+        """
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        for seg, info in self._segments:
+            want = k if k < info.live else info.live
+            if isinstance(seg, Segment):
+                count = want if not info.dead else min(info.count, _candidates(k, info))
+                keys, dists = seg.search_one(query, count, ef=ef)
+                if info.dead:
+                    alive = ~is_in_sorted(keys, self.dead)
+                    keys, dists = keys[alive][:want], dists[alive][:want]
+                if len(keys) >= want:
+                    found.append((keys, dists))
+                    continue
+            keys2, dists2 = self._search_segment(seg, info, query.reshape(1, -1), k, ef, 1)
+            n = int(np.isfinite(dists2[0]).sum())
+            found.append((keys2[0, :n], dists2[0, :n]))
+        if len(found) == 1:
+            return found[0][0], found[0][1].astype(np.float32, copy=False)
+        if not found:
+            return np.empty(0, np.uint64), np.empty(0, np.float32)
+        keys = np.concatenate([f[0] for f in found])
+        dists = np.concatenate([f[1].astype(np.float32, copy=False) for f in found])
+        order = np.argsort(dists, kind="stable")[:k]
+        return keys[order], dists[order]
 
     def search(
         self,
@@ -390,10 +446,8 @@ class Snapshot:
         out_dists = np.full((nq, width), np.inf, dtype=np.float32)
         if want == 0:
             return out_keys, out_dists
-        # Expect a share 1 - live/count of candidates to be rejected (tombstoned, or not
-        # allowed); ask for enough to cover that twice over, and grow fourfold on each shortfall.
-        rejected = 1 - live / info.count
-        count = min(info.count, k + math.ceil(2 * k * rejected / (1 - rejected)) + (4 if rejected else 0))
+        # Grows fourfold on each shortfall, and past half the segment turns exact.
+        count = min(info.count, _candidates(k, info, live))
         if exact or seg.exact_only:
             exact = True
             # Exactly the nearest k + rejected contain at least k live ones.
@@ -422,3 +476,11 @@ class Snapshot:
             pending = pending[~done]
             count = min(info.count, count * 4)
         return out_keys, out_dists
+
+
+def _candidates(k: int, info: SegmentInfo, live: int | None = None) -> int:
+    """How many candidates to ask a segment for so that ``k`` survive: a share
+    1 - live/count of them is expected to be rejected (tombstoned, or not allowed); ask
+    for enough to cover that twice over."""
+    rejected = 1 - (info.live if live is None else live) / info.count
+    return k + math.ceil(2 * k * rejected / (1 - rejected)) + (4 if rejected else 0)
