@@ -27,6 +27,7 @@ def _columns(rng: np.random.Generator) -> dict[str, pa.Array]:
         "text": pa.array(words),
         "text_nulls": pa.array(words, mask=nulls),
         "large_text": pa.array(words, pa.large_string()),
+        "blank": pa.array([""] * N),
         "flag": pa.array(rng.random(N) < 0.5, mask=nulls),
         "when": pa.array([dt.datetime(2026, 1, 1) + dt.timedelta(hours=i) for i in range(N)], pa.timestamp("us")),
         "tags": pa.array([[i, i + 1] if i % 3 else None for i in range(N)], pa.list_(pa.int32())),
