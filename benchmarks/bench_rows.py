@@ -151,17 +151,18 @@ def report(args: Any, results: dict[int, dict[str, list[float]]], builds: dict[i
             continue
         beyond = {n: p50[n] - index[n] for n in (small, large)}
         goal = ratio <= 1.5 and (path != "SQL brinicle_search" or p50[large] < 5)
+        growth = f" ({beyond[large] / beyond[small]:.2f}x)" if beyond[small] > 0.01 else ""
         lines.append(
-            f"| {path} | {cells} | {ratio:.2f}x | {beyond[small]:.2f} -> {beyond[large]:.2f} ms "
-            f"({beyond[large] / beyond[small]:.2f}x) | {'met' if goal else '**not met**'} |"
+            f"| {path} | {cells} | {ratio:.2f}x | {beyond[small]:.2f} -> {beyond[large]:.2f} ms{growth} "
+            f"| {'met' if goal else '**not met**'} |"
         )
     lines += [
         "",
         "Goal: p50 at the larger size <= 1.5x the smaller, every path returning rows; SQL also < 5 ms at the "
         "larger. The index alone (keys only, the same graph search every path makes) is the reference: its "
         "growth is the HNSW search's own (a longer path through a graph that no longer fits the CPU caches); "
-        "'beyond the index' is what each path adds to it (finding the rows, building the answer), the part "
-        "that must not grow with the collection.",
+        "'beyond the index' is what each path adds to it (finding the rows, building the answer). The goal is "
+        "judged on the whole p50, as the issue sets it.",
         "",
     ]
     datasets.write_report(args.out, "\n".join(lines))

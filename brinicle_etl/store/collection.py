@@ -43,7 +43,7 @@ from brinicle_etl.store.manifest import (
 )
 from brinicle_etl.store.remote import DEFAULT_RETENTION_SECONDS, RemoteCollection, VacuumResult
 from brinicle_etl.store.sessions import SESSION_LOG, BinaryIngest, PreparedFinalize, RowSpool, Sessions, StagedRows
-from brinicle_etl.store.snapshot import SEARCH_TABLE_COLUMNS, Snapshot
+from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.store.turn import WriterTurn
 from brinicle_etl.store.validate import as_keys, as_write
 from brinicle_etl.store.writer import (
@@ -65,7 +65,7 @@ from brinicle_etl.types import (
     check_choice,
 )
 
-__all__ = ["SEARCH_TABLE_COLUMNS", "Collection", "CollectionStatus"]
+__all__ = ["Collection", "CollectionStatus"]
 
 
 log = logging.getLogger(__name__)

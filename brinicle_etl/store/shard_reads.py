@@ -243,7 +243,14 @@ class ShardedReads:
             return self.shards[i].search_rows(matrix, k, ef=ef, threads=per_shard, allow_row_ids=allowed)
 
         parts = list(self._pool.map(one, range(len(self.shards))))
-        return [_nearest(found, k) for found in zip(*parts, strict=True)]
+        merged = [_nearest(found, k) for found in zip(*parts, strict=True)]
+        # Every hit with every column: a column added by a write that reached some shards only
+        # is None in the others' rows, as in one collection's rows written before it.
+        names = tuple(dict.fromkeys(n for shard in self.shards for n in shard.snapshot().row_columns()))
+        return [
+            [h if tuple(h.row) == names else h._replace(row={n: h.row.get(n) for n in names}) for h in hits]
+            for hits in merged
+        ]
 
     def search_table(
         self,
