@@ -29,7 +29,7 @@ def _columns(rng: np.random.Generator) -> dict[str, pa.Array]:
         "text_nulls": pa.array(words, mask=nulls),
         "large_text": pa.array(words, pa.large_string()),
         "large_text_nulls": pa.array(words, pa.large_string(), mask=nulls),
-        "u64_big": pa.array((np.arange(N, dtype=np.uint64) + np.uint64(2**63))),
+        "u64_big": pa.array(np.arange(N, dtype=np.uint64) + np.uint64(2**63)),
         "dict": pa.array(words).dictionary_encode(),
         "money": pa.array([decimal.Decimal(i) / 100 for i in range(N)], pa.decimal128(10, 2), mask=nulls),
         "day": pa.array([dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(N)]),
