@@ -44,7 +44,8 @@ from brinicle_etl.types import HnswParams  # noqa: E402
 
 DIM = 64
 NAME = "bench/rows"
-PATHS = ["Python by name", "Python by object", "index alone (keys)", "SQL brinicle_search", "HTTP POST /search"]
+INDEX = "index alone (keys)"
+PATHS = ["Python by name", "Python by object", INDEX, "SQL brinicle_search", "HTTP POST /search"]
 
 
 def build(n: int, directory: Path) -> None:
@@ -135,18 +136,33 @@ def report(args: Any, results: dict[int, dict[str, list[float]]], builds: dict[i
         f"k=10, single queries, p50 in ms (median of {args.rounds} turns); builds: "
         + ", ".join(f"{n:,} rows {s:.0f} s" for n, s in builds.items()),
         "",
-        "| path | " + " | ".join(f"{n:,} rows" for n in args.sizes) + f" | {large:,} / {small:,} | goal |",
-        "|---|" + "---:|" * (len(args.sizes) + 2),
+        "| path | "
+        + " | ".join(f"{n:,} rows" for n in args.sizes)
+        + f" | {large:,} / {small:,} | beyond the index, {small:,} -> {large:,} | goal |",
+        "|---|" + "---:|" * (len(args.sizes) + 3),
     ]
+    index = {n: statistics.median(results[n][INDEX]) for n in args.sizes}
     for path in PATHS:
         p50 = {n: statistics.median(results[n][path]) for n in args.sizes}
         ratio = p50[large] / p50[small]
-        goal = ratio <= 1.5 and (path != "SQL brinicle_search" or p50[large] < 5)
         cells = " | ".join(f"{p50[n]:.2f}" for n in args.sizes)
-        lines.append(f"| {path} | {cells} | {ratio:.2f}x | {'met' if goal else '**not met**'} |")
+        if path == INDEX:
+            lines.append(f"| {path} | {cells} | {ratio:.2f}x | | (reference) |")
+            continue
+        beyond = {n: p50[n] - index[n] for n in (small, large)}
+        goal = ratio <= 1.5 and (path != "SQL brinicle_search" or p50[large] < 5)
+        growth = f" ({beyond[large] / beyond[small]:.2f}x)" if beyond[small] > 0.01 else ""
+        lines.append(
+            f"| {path} | {cells} | {ratio:.2f}x | {beyond[small]:.2f} -> {beyond[large]:.2f} ms{growth} "
+            f"| {'met' if goal else '**not met**'} |"
+        )
     lines += [
         "",
-        "Goal: p50 at the larger size <= 1.5x the smaller, every path; SQL also < 5 ms at the larger.",
+        "Goal: p50 at the larger size <= 1.5x the smaller, every path returning rows; SQL also < 5 ms at the "
+        "larger. The index alone (keys only, the same graph search every path makes) is the reference: its "
+        "growth is the HNSW search's own (a longer path through a graph that no longer fits the CPU caches); "
+        "'beyond the index' is what each path adds to it (finding the rows, building the answer). The goal is "
+        "judged on the whole p50, as the issue sets it.",
         "",
     ]
     datasets.write_report(args.out, "\n".join(lines))

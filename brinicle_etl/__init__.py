@@ -37,7 +37,7 @@ from brinicle_etl.store import (
     Store,
     WriteResult,
 )
-from brinicle_etl.types import ConflictPolicy, Hit, HnswParams, Metric, VectorDType, VectorSource, WriteMode
+from brinicle_etl.types import ConflictPolicy, Hit, HnswParams, Metric, RowHit, VectorDType, VectorSource, WriteMode
 
 if TYPE_CHECKING:
     from brinicle_etl.pipeline import IngestResult, ingest
@@ -88,6 +88,7 @@ __all__ = [
     "ObjectStoreError",
     "PublishConflictError",
     "QuotaExceededError",
+    "RowHit",
     "StateError",
     "Store",
     "TemplateSchema",

@@ -40,9 +40,8 @@ from brinicle_etl.embed import ModelRegistry
 from brinicle_etl.errors import InputError
 from brinicle_etl.search import embed_query
 from brinicle_etl.store import AnyCollection, Store
-from brinicle_etl.store.collection import SEARCH_TABLE_COLUMNS
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID
-from brinicle_etl.types import K
+from brinicle_etl.types import K, RowHit
 
 __all__ = ["connect", "register", "run"]
 
@@ -214,15 +213,22 @@ class _Functions:
             else:
                 matrix = _vectors(queries, rows, col.dim)
             allowed = self._allowed_rows(col, predicate) if predicate.strip() else None
-            table = col.search_table(matrix, k, allow_row_ids=allowed, columns=None if row_ids else ())
-            counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-            fields = _HIT_ROW if row_ids else _HIT
-            columns = [table.column(c).combine_chunks() for c in (KEY, "distance")]
-            columns[1] = pa.array(_printable(columns[1].to_numpy()))
             if row_ids:
-                columns.append(_rows_as_json(table, columns[1]))
-            hits = pa.StructArray.from_arrays(columns, fields=list(fields))
+                found = col.search_rows(matrix, k, allow_row_ids=allowed)
+                counts = np.array([len(hits) for hits in found], dtype=np.int64)
+                flat = [hit for hits in found for hit in hits]
+                distances = _printable(np.array([hit.distance for hit in flat], np.float32))
+                columns = [pa.array([hit.id for hit in flat], pa.string()), pa.array(distances)]
+                columns.append(_rows_as_json(flat, distances.tolist()))
+            else:
+                table = col.search_table(matrix, k, allow_row_ids=allowed)
+                counts = np.bincount(table.column("query").to_numpy(), minlength=len(rows))
+                columns = [
+                    table.column(KEY).combine_chunks(),
+                    pa.array(_printable(table.column("distance").to_numpy())),
+                ]
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+            hits = pa.StructArray.from_arrays(columns, fields=list(_HIT_ROW if row_ids else _HIT))
             parts.append(pa.ListArray.from_arrays(pa.array(offsets), hits))
             order[rows] = np.arange(done, done + len(rows))
             done += len(rows)
@@ -254,15 +260,12 @@ class _Functions:
         return pa.array(out, pa.list_(pa.float32()))
 
 
-def _rows_as_json(table: pa.Table, distances: pa.Array) -> pa.Array:
+def _rows_as_json(found: Sequence[RowHit], distances: Sequence[float]) -> pa.Array:
     """Each hit's row as a JSON object: its key, its distance and its columns."""
-    payload = [c for c in table.column_names[len(SEARCH_TABLE_COLUMNS) :] if c not in RESERVED_COLUMNS]
-    keys, far = table.column(KEY).to_pylist(), distances.to_pylist()
-    rows = table.select(payload).to_pylist()
     return pa.array(
         [
-            json.dumps({"_key": key, "_distance": d, **{n: _json_value(v) for n, v in row.items()}})
-            for key, d, row in zip(keys, far, rows, strict=True)
+            json.dumps({"_key": hit.id, "_distance": d, **{n: _json_value(v) for n, v in hit.row.items()}})
+            for hit, d in zip(found, distances, strict=True)
         ],
         pa.string(),
     )

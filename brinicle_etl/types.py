@@ -38,6 +38,7 @@ __all__ = [
     "Wait",
     "HnswParams",
     "Hit",
+    "RowHit",
     "hits",
     "IntRange",
     "Seconds",

@@ -29,7 +29,7 @@ from brinicle_etl import (
 )
 from brinicle_etl.store.current import REFRESH_SECONDS
 from brinicle_etl.store.lock import writer_lock
-from tests.conftest import REPO, clustered, exact_knn
+from tests.conftest import REPO, clustered, deferred, exact_knn
 
 DIM = 16
 
@@ -439,6 +439,29 @@ def test_search_spans_main_and_delta(col: Collection) -> None:
     got = col.search_batch(x[480:520], 5, ef=200)
     hits = sum(len({names[j] for j in t} & {h.id for h in g}) for t, g in zip(truth, got, strict=True))
     assert hits / (40 * 5) > 0.95
+
+
+@pytest.mark.parametrize("delta_rows", [6, 200], ids=["a tiny delta (searched exactly)", "a delta"])
+def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighbours(
+    store: Store, delta_rows: int
+) -> None:
+    col = store.create("db/one", dim=DIM, metric="l2sq", dtype="f32")
+    x = clustered(1000 + delta_rows + 40, DIM, seed=17, normalize=False)
+    names = [f"k{i}" for i in range(len(x))]
+    col.write(names[:1000], x[:1000], mode="build")
+    col.write(names[1000 : 1000 + delta_rows], x[1000 : 1000 + delta_rows], mode="insert")
+    deferred(col, names[1000 + delta_rows :], x[1000 + delta_rows :])  # left pending, compared exactly
+    gone = names[:1000:3] + names[1000 : 1000 + delta_rows : 2] + names[-5:]
+    col.delete(gone)
+    status = col.status()
+    assert status.main_count and status.delta_count and status.pending_count
+    live = [i for i, name in enumerate(names) if name not in set(gone)]
+    queries = x[[1, 5, 1000, 1001, len(x) - 8]] + 0.01
+    truth = exact_knn(x[live], queries, 10, "l2sq")
+    for q, want in zip(queries, truth, strict=True):
+        one = col.search(q, 10, ef=500)
+        assert [h.id for h in one] == [names[live[j]] for j in want]
+        assert one == col.search_batch(q[None], 10, ef=500)[0]
 
 
 # ---- status, rebuild, optimize ---------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,14 @@ def _columns(rng: np.random.Generator) -> dict[str, pa.Array]:
         "text": pa.array(words),
         "text_nulls": pa.array(words, mask=nulls),
         "large_text": pa.array(words, pa.large_string()),
+        "large_text_nulls": pa.array(words, pa.large_string(), mask=nulls),
+        "u64_big": pa.array(np.arange(N, dtype=np.uint64) + np.uint64(2**63)),
+        "dict": pa.array(words).dictionary_encode(),
+        "money": pa.array([decimal.Decimal(i) / 100 for i in range(N)], pa.decimal128(10, 2), mask=nulls),
+        "day": pa.array([dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(N)]),
+        "blob": pa.array([bytes([i % 256]) * (i % 3) for i in range(N)], pa.binary()),
+        "pair": pa.array([{"a": i, "b": str(i)} for i in range(N)]),
+        "blank": pa.array([""] * N),
         "flag": pa.array(rng.random(N) < 0.5, mask=nulls),
         "when": pa.array([dt.datetime(2026, 1, 1) + dt.timedelta(hours=i) for i in range(N)], pa.timestamp("us")),
         "tags": pa.array([[i, i + 1] if i % 3 else None for i in range(N)], pa.list_(pa.int32())),
@@ -54,6 +63,13 @@ def test_every_type_reads_as_arrow_gives_it(sliced: bool) -> None:
                 assert isinstance(value, float) and np.isnan(value)
             else:
                 assert value == wanted and type(value) is type(wanted), name
+
+
+def test_a_column_of_several_chunks_reads_as_one() -> None:
+    table = pa.concat_tables([pa.table({"n": [1, 2], "s": ["a", None]}), pa.table({"n": [3], "s": ["c"]})])
+    assert table.column("n").num_chunks == 2
+    rows = pick_rows([Picker(table)], np.zeros(3, np.int64), np.array([2, 0, 1]), ("n", "s"))
+    assert rows == [{"n": 3, "s": "c"}, {"n": 1, "s": "a"}, {"n": 2, "s": None}]
 
 
 def test_rows_come_from_each_file_in_the_order_asked_and_missing_columns_are_none() -> None:

@@ -282,6 +282,25 @@ def test_a_filter_is_computed_again_for_a_collection_created_anew_elsewhere(stor
     assert len(search("db/ns", "t3", 5, store=store, filter={"c": "b"})) == 5
 
 
+def test_rows_of_a_sharded_search_carry_every_shards_columns_filtered_or_not(store: Store) -> None:
+    import pyarrow as pa
+
+    from brinicle_etl.search import search
+
+    col = store.create("db/ns", dim=DIM, shards=3)
+    keys = keys_of(60)
+    x = clustered(61, DIM, seed=8)
+    col.write(keys, x[:60], rows=pa.table({"n": list(range(60)), "c": ["a", "b"] * 30}))
+    late = _keys_in(1, 3, 1, "late")[0]  # a column only shard 1's newest file has
+    col.write([late], x[60:], rows=pa.table({"n": [60], "c": ["a"], "extra": ["x"]}))
+    for hits in col.search_rows(x[[60, 3, 7]], 8):
+        assert all(list(h.row) == ["n", "c", "extra"] for h in hits)
+        assert all(h.row["extra"] == ("x" if h.id == late else None) for h in hits)
+    found = search(col, x[60], 8, filter={"c": "a"})
+    assert len(found) == 8 and found[0].key == late and found[0].row == {"n": 60, "c": "a", "extra": "x"}
+    assert all(h.row["c"] == "a" and h.row["n"] == int(h.key[1:]) for h in found[1:])
+
+
 def _keys_in(shard: int, shards: int, n: int, prefix: str = "k") -> list[str]:
     """``n`` keys that belong to ``shard``."""
     found = [k for k in keys_of(50 * n * shards, prefix) if shard_of([k], shards)[0] == shard]

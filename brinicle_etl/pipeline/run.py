@@ -13,7 +13,6 @@ entry points that already hold options call :func:`run_ingest`, the one implemen
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import os
 import time
@@ -21,19 +20,20 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any, Unpack, cast
+from typing import Unpack, cast
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from brinicle_etl.embed import DEFAULT_MODEL, Embedder, ModelRegistry, embed_unique, parse_vectors
+from brinicle_etl.embed import Embedder, ModelRegistry, embed_unique, parse_vectors
 from brinicle_etl.errors import AlreadyExistsError, ConfigError, InputError
 from brinicle_etl.pipeline.batches import FirstPass, ShardRows, batch_keys, hash_inputs, where_selected
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult, Progress
 from brinicle_etl.pipeline.plan import Hasher, Plan, Planner
-from brinicle_etl.pipeline.read import Batch, Source, SourceLike, open_source
-from brinicle_etl.pipeline.schema import Inferred, TemplateSchema, cast_frame, infer_schema, render_text
+from brinicle_etl.pipeline.read import Batch, SourceLike, open_source
+from brinicle_etl.pipeline.resolve import resolve_schema, same_table, vector_dim
+from brinicle_etl.pipeline.schema import TemplateSchema, cast_frame, render_text
 from brinicle_etl.store import Collection, Store
 from brinicle_etl.store.rows import HASH, KEY, ROW_ID, TEXT_HASH
 from brinicle_etl.store.shards import ShardedCollection
@@ -66,69 +66,6 @@ class _Locations:
             return f"row {pos + 1}"
         batch = self._batches[i]
         return batch.where(pos - batch.offset)
-
-
-def _resolve_schema(
-    store: Store,
-    existing: Collection | ShardedCollection | None,
-    source: Source,
-    options: IngestOptions,
-    model: str | None,
-) -> tuple[TemplateSchema, Inferred | None]:
-    spec = options.schema
-    overrides = spec.overrides() | ({"model": model} if model is not None else {})
-    # What runs the model may change at any ingest: it never changes what is embedded.
-    runtime: dict[str, Any] = {name: overrides.pop(name) for name in ("backend", "precision") if name in overrides}
-    mode, batch_rows, schema, template_name = options.mode, options.batch_rows, spec.schema, spec.template_name
-    if existing is not None and mode != "build":
-        stored = TemplateSchema.from_dict(existing.meta["schema"])
-        precision = runtime.get("precision", stored.precision)
-        if precision != stored.precision and "int8" in (precision, stored.precision):
-            raise ConfigError(
-                f"collection {existing.name!r}: changing precision to or from 'int8' re-embeds every row "
-                "(int8 vectors do not agree with the others within the quality gate); ingest with mode='build'"
-            )
-        for name, value in overrides.items():
-            want = tuple(value) if isinstance(value, list | tuple) else value
-            if want != getattr(stored, name):
-                raise ConfigError(
-                    f"collection {existing.name!r} has {name}={getattr(stored, name)!r}, not {want!r}; "
-                    "an existing collection keeps its schema (use mode='build' to replace it)"
-                )
-        return dataclasses.replace(stored, **runtime), None
-
-    base: TemplateSchema | None = None
-    if isinstance(schema, TemplateSchema):
-        base = schema
-    elif isinstance(schema, str):
-        base = TemplateSchema.from_json(schema)
-    elif isinstance(schema, dict):
-        base = TemplateSchema.from_dict(schema)
-    elif template_name is not None:
-        saved = store.template(template_name)
-        base = TemplateSchema.from_dict(saved) if saved is not None else None
-    given = dict(overrides)
-    if base is not None:
-        # A given template schema is taken as it is; only column types are inferred.
-        for name in ("primary_key", "semantic_fields", "template", "vector_col", "model"):
-            if name not in given and getattr(base, name):
-                given[name] = getattr(base, name)
-        runtime = {"backend": base.backend, "precision": base.precision, **runtime}
-    sample = next(source.batches(batch_rows=min(batch_rows, 10_000)), None)
-    frame = sample.frame if sample is not None else pl.DataFrame(schema={c: pl.String for c in source.columns})
-    if "semantic_fields" in given:
-        given["semantic_fields"] = tuple(given["semantic_fields"])
-    inferred_schema, inferred = infer_schema(
-        frame, **given, infer_fields=base is None, untyped_text=source.format == "csv"
-    )
-    if base is not None and base.columns:
-        inferred_schema = TemplateSchema.from_dict({**inferred_schema.to_dict(), "columns": base.columns})
-    if inferred_schema.vector_source == "generated" and inferred_schema.model is None:
-        inferred_schema = TemplateSchema.from_dict({**inferred_schema.to_dict(), "model": DEFAULT_MODEL})
-    inferred_schema = dataclasses.replace(inferred_schema, **runtime)
-    if inferred.notes:
-        log.info("inferred from %s: %s", source.description, inferred)
-    return inferred_schema, inferred
 
 
 def ingest(
@@ -298,10 +235,10 @@ class _Run:
         holder: Collection | ShardedCollection | None = self.existing
         if holder is None and shard is not None and "schema" in shard[0].meta:
             holder = shard[0]
-        self.sch, self.inferred = _resolve_schema(store, holder, self.src, options, model)
+        self.sch, self.inferred = resolve_schema(store, holder, self.src, options, model)
         single_build = options.shard is not None and options.mode == "build" and self.target is not None
         stored = self.target.meta.get("schema") if single_build and self.target is not None else None
-        if stored is not None and not _same_table(TemplateSchema.from_dict(stored), self.sch):
+        if stored is not None and not same_table(TemplateSchema.from_dict(stored), self.sch):
             # A build may change the schema; the other shards keep theirs until built too.
             log.warning(
                 "%s shard %s: the build changes the schema; the other shards keep the old one until "
@@ -314,7 +251,7 @@ class _Run:
             assert self.sch.model is not None
             embedder = store.models.embedder(self.sch.model, backend=self.sch.backend, precision=self.sch.precision)
         self.embedder = embedder
-        self.dim = _vector_dim(self.sch, embedder, self.existing, self.src, options.new.dim, options.batch_rows)
+        self.dim = vector_dim(self.sch, embedder, self.existing, self.src, options.new.dim, options.batch_rows)
         if self.sch.vector_source == "precomputed" and self.sch.model is not None:
             # The model that made the vectors: text queries are embedded with it.
             model_dim = store.models.get(self.sch.model).dim
@@ -609,47 +546,9 @@ class _PreparedRun:
         self._undo.close()
 
 
-def _same_table(a: TemplateSchema, b: TemplateSchema) -> bool:
-    """Whether two schemas map a table alike (what runs the model aside)."""
-    return dataclasses.replace(a, backend=None, precision=None) == dataclasses.replace(b, backend=None, precision=None)
-
-
 def _embedding(embedder: Embedder | None) -> str | None:
     """What embedded the rows, for a model run on a chosen path: the path, and its quality."""
     path, quality = getattr(embedder, "path", None), getattr(embedder, "quality", None)
     if path is None:
         return None
     return f"{path} ({quality})" if quality is not None else str(path)
-
-
-def _vector_dim(
-    sch: TemplateSchema,
-    embedder: Embedder | None,
-    existing: Collection | None,
-    src: Source,
-    dim: int | None,
-    batch_rows: int,
-) -> int:
-    if sch.vector_source == "generated":
-        assert embedder is not None
-        found = embedder.dim
-    elif existing is not None:
-        found = existing.dim
-    elif sch.vector_source == "precomputed":
-        assert sch.vector_col is not None
-        sample = next(src.batches(batch_rows=min(batch_rows, 1000)), None)
-        if sample is None or sample.frame.is_empty():
-            if dim is None:
-                raise InputError(f"{src.description} has no rows to tell the vector dimension from; pass dim=")
-            return dim
-        found = parse_vectors(sample.frame[sch.vector_col].head(1), dim=None, where=sample.where).shape[1]
-    else:
-        return dim or (existing.dim if existing is not None else 1)
-    if dim is not None and dim != found:
-        if sch.vector_source == "generated":
-            raise InputError(
-                f"dimension mismatch: dim={dim} was given, but model {sch.model!r} makes {found}-d vectors; "
-                "register a model of that dimension in the store, or use its dimension"
-            )
-        raise InputError(f"dimension mismatch: dim={dim} was given, the vectors have {found} values")
-    return found

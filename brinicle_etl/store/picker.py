@@ -45,7 +45,8 @@ def _strings(array: pa.Array) -> Column:
     wide = pa.types.is_large_string(array.type)
     bounds = np.frombuffer(array.buffers()[1], dtype=np.int64 if wide else np.int32)
     bounds = bounds[array.offset : array.offset + len(array) + 1]
-    data, at = memoryview(array.buffers()[2]), bounds.item
+    # An array of empty strings may come without a data buffer.
+    data, at = memoryview(array.buffers()[2] or b""), bounds.item
     return _with_nulls(array, lambda i: str(data[at(i) : at(i + 1)], "utf-8"))
 
 

@@ -183,17 +183,20 @@ class Snapshot:
         """The rows with these row ids (which must exist), in that order, as dicts of their own
         columns (not the store's: no row id, key or hashes); None where a row's file was written
         before a column was added."""
-        parts, starts = self._parts()
-        with self._rows_lock:
-            if self._pickers is None:
-                pickers = self._row_cache.pickers(self.directory, [r.file for r in self.manifest.rows])
-                own = [n for part in parts for n in part.column_names if n not in RESERVED_COLUMNS]
-                self._pickers = (pickers, tuple(dict.fromkeys(own)))
+        starts = self._parts()[1]
+        if self._pickers is None:
+            pickers = self._row_cache.pickers(self.directory, [r.file for r in self.manifest.rows])
+            self._pickers = (pickers, self.row_columns())
         pickers, names = self._pickers
         if not len(row_ids):
             return []
         which, offsets = self._located(row_ids, starts)
         return pick_rows(pickers, which, offsets, names)
+
+    def row_columns(self) -> tuple[str, ...]:
+        """The rows' own columns (not the store's), the union over the row files in their order."""
+        own = [n for part in self._parts()[0] for n in part.column_names if n not in RESERVED_COLUMNS]
+        return tuple(dict.fromkeys(own))
 
     def _parts(self) -> tuple[list[pa.Table], np.ndarray]:
         """The row files' tables (every column) and the position of each one's first row."""
@@ -301,15 +304,17 @@ class Snapshot:
     def search_one(self, query: np.ndarray, k: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
         """One query's (row ids, distances), nearest first.
 
-        The path of every single search, so kept lean: each graph segment is asked once, as in
-        :meth:`_search_segment`, without the batch path's array bookkeeping (~100 µs a segment);
-        a segment whose tombstones ate too many candidates, or pending vectors, take that path.
+        The path of every single search, so kept lean: a graph segment is asked once for as
+        many candidates as :meth:`_search_segment` would ask first, without the batch path's
+        array bookkeeping (~100 µs a segment). What that path would answer otherwise (exactly,
+        past half the segment; again, when tombstones ate too many candidates; pending
+        vectors) it answers.
         """
         found: list[tuple[np.ndarray, np.ndarray]] = []
         for seg, info in self._segments:
             want = k if k < info.live else info.live
-            if isinstance(seg, Segment):
-                count = want if not info.dead else min(info.count, _candidates(k, info))
+            count = want if not info.dead else _candidates(k, info)
+            if isinstance(seg, Segment) and count * 2 < info.count:
                 keys, dists = seg.search_one(query, count, ef=ef)
                 if info.dead:
                     alive = ~is_in_sorted(keys, self.dead)
