@@ -450,9 +450,10 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
     names = [f"k{i}" for i in range(len(x))]
     col.write(names[:1000], x[:1000], mode="build")
     col.write(names[1000 : 1000 + delta_rows], x[1000 : 1000 + delta_rows], mode="insert")
-    deferred(col, names[1000 + delta_rows :], x[1000 + delta_rows :])  # left pending, compared exactly
-    gone = names[:1000:3] + names[1000 : 1000 + delta_rows : 2] + names[-5:]
-    col.delete(gone)
+    col.delete(names[:1000:3] + names[1000 : 1000 + delta_rows : 2])
+    # Left pending (compared exactly): a deferred write, deleting a few more main rows with it.
+    deferred(col, names[1000 + delta_rows :], x[1000 + delta_rows :], delete=names[2:1000:9][:10])
+    gone = names[:1000:3] + names[1000 : 1000 + delta_rows : 2] + names[2:1000:9][:10]
     status = col.status()
     assert status.main_count and status.delta_count and status.pending_count
     live = [i for i, name in enumerate(names) if name not in set(gone)]
