@@ -620,6 +620,20 @@ def test_the_index_option_is_checked(store: Store) -> None:
         ingest(DAY1, "shop/products", store=store, model="hash-8", index="later")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("limit", "kept"),
+    [(24 << 30, 1 << 30), (2 << 30, 512 << 20), (None, 512 << 20)],
+    ids=["24 GiB", "2 GiB", "unknown"],
+)
+def test_a_source_is_kept_up_to_a_quarter_of_the_memory_and_at_most_1_gib(
+    monkeypatch: pytest.MonkeyPatch, limit: int | None, kept: int
+) -> None:
+    from brinicle_etl.pipeline import batches
+
+    monkeypatch.setattr(batches, "_memory_limit", lambda: limit)
+    assert batches._keep_bytes() == kept
+
+
 @pytest.mark.parametrize("keep_bytes", [0, None])
 def test_a_source_read_once_or_twice_writes_the_same(
     tmp_path: Path, counting: CountingEmbedder, monkeypatch: pytest.MonkeyPatch, keep_bytes: int | None

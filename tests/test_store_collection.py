@@ -462,7 +462,10 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
     for q, want in zip(queries, truth, strict=True):
         one = col.search(q, 10, ef=500)
         assert [h.id for h in one] == [names[live[j]] for j in want]
-        assert one == col.search_batch(q[None], 10, ef=500)[0]
+        batch = col.search_batch(q[None], 10, ef=500)[0]
+        assert [h.id for h in one] == [h.id for h in batch]
+        # pending rows are compared by a matrix product: one query or many may round differently
+        np.testing.assert_allclose([h.distance for h in one], [h.distance for h in batch], rtol=1e-5)
 
 
 # ---- status, rebuild, optimize ---------------------------------------------------------
