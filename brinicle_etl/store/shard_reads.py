@@ -232,17 +232,16 @@ class ShardedReads:
         self, queries: Any, k: int = 10, *, ef: int | None = None, threads: int = 0, allow_row_ids: Any = None
     ) -> list[list[RowHit]]:
         """As :meth:`Collection.search_rows`, over every shard."""
-        matrix = as_matrix(queries, self.dim, "search")
-        k = check_k(k, "search")
-        ef = self.shard_ef(ef, k)
-        per_shard = self._threads(threads)
-        mine = None if allow_row_ids is None else self._split(allow_row_ids)
-
-        def one(i: int) -> list[list[RowHit]]:
-            allowed = None if mine is None else mine[i]
-            return self.shards[i].search_rows(matrix, k, ef=ef, threads=per_shard, allow_row_ids=allowed)
-
-        parts = list(self._pool.map(one, range(len(self.shards))))
+        k, parts = self._fan_out(
+            queries,
+            k,
+            ef,
+            threads,
+            allow_row_ids,
+            lambda shard, matrix, k, ef, threads, allowed: shard.search_rows(
+                matrix, k, ef=ef, threads=threads, allow_row_ids=allowed
+            ),
+        )
         merged = [_nearest(found, k) for found in zip(*parts, strict=True)]
         # Every hit with every column: a column added by a write that reached some shards only
         # is None in the others' rows, as in one collection's rows written before it.
@@ -264,19 +263,17 @@ class ShardedReads:
         allow_row_ids: np.ndarray | None = None,
     ) -> pa.Table:
         """As :meth:`Collection.search_table`, over every shard."""
-        matrix = as_matrix(queries, self.dim, "search")
-        k = check_k(k, "search")
-        ef = self.shard_ef(ef, k)
-        per_shard = self._threads(threads)
-        parts = None if allow_row_ids is None else self._split(allow_row_ids)
-
-        def one(i: int) -> pa.Table:
-            mine = None if parts is None else parts[i]
-            return self.shards[i].search_table(
-                matrix, k, ef=ef, threads=per_shard, columns=columns, allow=allow, allow_row_ids=mine
-            )
-
-        table = _concat(list(self._pool.map(one, range(len(self.shards)))))
+        k, parts = self._fan_out(
+            queries,
+            k,
+            ef,
+            threads,
+            allow_row_ids,
+            lambda shard, matrix, k, ef, threads, allowed: shard.search_table(
+                matrix, k, ef=ef, threads=threads, columns=columns, allow=allow, allow_row_ids=allowed
+            ),
+        )
+        table = _concat(parts)
         if not table.num_rows:
             return table
         table = table.sort_by([("query", "ascending"), ("distance", "ascending")])
@@ -285,6 +282,29 @@ class ShardedReads:
         rank = np.arange(len(query)) - starts
         table = table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(rank, pa.int64()))
         return table.filter(pa.array(rank < k))
+
+    def _fan_out(
+        self,
+        queries: Any,
+        k: int,
+        ef: int | None,
+        threads: int,
+        allow_row_ids: np.ndarray | None,
+        call: Callable[[Collection, np.ndarray, int, int, int, np.ndarray | None], T],
+    ) -> tuple[int, list[T]]:
+        """The queries and ``k`` checked once, then ``call(shard, matrix, k, ef, threads, allowed)``
+        on every shard at once, each with its ef, its share of the threads and its part of the
+        allowed row ids; the checked ``k`` and each shard's answer, in shard order."""
+        matrix = as_matrix(queries, self.dim, "search")
+        k = check_k(k, "search")
+        shard_ef = self.shard_ef(ef, k)
+        per_shard = self._threads(threads)
+        mine = None if allow_row_ids is None else self._split(allow_row_ids)
+
+        def one(i: int) -> T:
+            return call(self.shards[i], matrix, k, shard_ef, per_shard, None if mine is None else mine[i])
+
+        return k, list(self._pool.map(one, range(len(self.shards))))
 
     def _threads(self, threads: int) -> int:
         total = threads or os.cpu_count() or 1

@@ -117,7 +117,8 @@ class Snapshot:
         self._row_cache = row_cache
         self._ids: IdMap | None = None
         self._row_parts: tuple[list[pa.Table], np.ndarray] | None = None
-        self._pickers: tuple[list[Picker], tuple[str, ...]] | None = None
+        self._pickers: list[Picker] | None = None
+        self._row_columns: tuple[str, ...] | None = None
         self._rows_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -185,18 +186,18 @@ class Snapshot:
         before a column was added."""
         starts = self._parts()[1]
         if self._pickers is None:
-            pickers = self._row_cache.pickers(self.directory, [r.file for r in self.manifest.rows])
-            self._pickers = (pickers, self.row_columns())
-        pickers, names = self._pickers
+            self._pickers = self._row_cache.pickers(self.directory, [r.file for r in self.manifest.rows])
         if not len(row_ids):
             return []
         which, offsets = self._located(row_ids, starts)
-        return pick_rows(pickers, which, offsets, names)
+        return pick_rows(self._pickers, which, offsets, self.row_columns())
 
     def row_columns(self) -> tuple[str, ...]:
         """The rows' own columns (not the store's), the union over the row files in their order."""
-        own = [n for part in self._parts()[0] for n in part.column_names if n not in RESERVED_COLUMNS]
-        return tuple(dict.fromkeys(own))
+        if self._row_columns is None:
+            own = [n for part in self._parts()[0] for n in part.column_names if n not in RESERVED_COLUMNS]
+            self._row_columns = tuple(dict.fromkeys(own))
+        return self._row_columns
 
     def _parts(self) -> tuple[list[pa.Table], np.ndarray]:
         """The row files' tables (every column) and the position of each one's first row."""
