@@ -27,6 +27,7 @@ from brinicle_etl import (
     StateError,
     Store,
 )
+from brinicle_etl.store import snapshot as snapshot_module
 from brinicle_etl.store.current import REFRESH_SECONDS
 from brinicle_etl.store.lock import writer_lock
 from tests.conftest import REPO, clustered, deferred, exact_knn
@@ -441,10 +442,14 @@ def test_search_spans_main_and_delta(col: Collection) -> None:
     assert hits / (40 * 5) > 0.95
 
 
+@pytest.mark.parametrize("cores", [1, 2])
 @pytest.mark.parametrize("delta_rows", [6, 200], ids=["a tiny delta (searched exactly)", "a delta"])
 def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighbours(
-    store: Store, delta_rows: int
+    store: Store, delta_rows: int, cores: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # With two cores and a delta worth a graph search, main and delta are searched in one
+    # native call (snapshot._search_joint); otherwise one after the other.
+    monkeypatch.setattr(snapshot_module, "_CPUS", cores)
     col = store.create("db/one", dim=DIM, metric="l2sq", dtype="f32")
     x = clustered(1000 + delta_rows + 40, DIM, seed=17, normalize=False)
     names = [f"k{i}" for i in range(len(x))]
@@ -466,6 +471,36 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
         assert [h.id for h in one] == [h.id for h in batch]
         # pending rows are compared by a matrix product: one query or many may round differently
         np.testing.assert_allclose([h.distance for h in one], [h.distance for h in batch], rtol=1e-5)
+    assert (col._snapshot()._joint is not None) == (cores == 2 and delta_rows == 200)
+
+
+def test_one_query_whose_joint_candidates_are_mostly_tombstoned_is_answered_segment_by_segment(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_module, "_CPUS", 2)
+    col = store.create("db/holes", dim=DIM, metric="l2sq", dtype="f32")
+    x = clustered(1400, DIM, seed=23, normalize=False)
+    names = [f"k{i}" for i in range(len(x))]
+    col.write(names[:1200], x[:1200], mode="build")
+    col.write(names[1200:], x[1200:], mode="insert")
+    q = x[7] + 0.01
+    # The 40 main rows nearest the query, and a tenth of the rest, are gone: the joint
+    # search's few extra candidates cannot cover them.
+    near = exact_knn(x[:1200], q[None], 40, "l2sq")[0].tolist()
+    gone = sorted(set(near) | set(range(0, 1200, 10)))
+    col.delete([names[i] for i in gone])
+    calls: list[int] = []
+    by_segment = snapshot_module.Snapshot._search_segment
+
+    def spy(self: snapshot_module.Snapshot, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return by_segment(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot_module.Snapshot, "_search_segment", spy)
+    live = [i for i in range(len(x)) if i not in set(gone)]
+    want = exact_knn(x[live], q[None], 10, "l2sq")[0]
+    assert [h.id for h in col.search(q, 10, ef=500)] == [names[live[j]] for j in want]
+    assert col._snapshot()._joint is not None and calls
 
 
 # ---- status, rebuild, optimize ---------------------------------------------------------

@@ -10,6 +10,7 @@ query gets ``k`` results whenever ``k`` live rows exist.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from brinicle_etl.store.flat import ExactSet, FlatSegment
 from brinicle_etl.store.manifest import Manifest, SegmentInfo
 from brinicle_etl.store.picker import Picker, pick_rows
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
-from brinicle_etl.store.segment import Segment
+from brinicle_etl.store.segment import Joint, Segment
 from brinicle_etl.types import NO_KEY
 
 __all__ = ["SEARCH_TABLE_COLUMNS", "AnySegment", "RowCache", "Snapshot"]
@@ -48,6 +49,8 @@ EXACT_BYTES = 64 << 20
 EXACT_KEPT_BYTES = 256 << 20
 FILTERS_KEPT = 64
 
+
+_CPUS = os.cpu_count() or 1
 
 _SLICED = 64
 """Up to this many rows are gathered by slices (a single search); more by a take per row file."""
@@ -119,6 +122,8 @@ class Snapshot:
         self._row_parts: tuple[list[pa.Table], np.ndarray] | None = None
         self._pickers: list[Picker] | None = None
         self._row_columns: tuple[str, ...] | None = None
+        self._joint: Joint | None = None
+        self._joint_lock = threading.Lock()
         self._rows_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._filtered: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -305,14 +310,22 @@ class Snapshot:
     def search_one(self, query: np.ndarray, k: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
         """One query's (row ids, distances), nearest first.
 
-        The path of every single search, so kept lean: a graph segment is asked once for as
-        many candidates as :meth:`_search_segment` would ask first, without the batch path's
-        array bookkeeping (~100 µs a segment). What that path would answer otherwise (exactly,
-        past half the segment; again, when tombstones ate too many candidates; pending
-        vectors) it answers.
+        The path of every single search, so kept lean. The graph segments (main and delta)
+        are searched at once, each on its own core, in one native call that merges them by
+        distance: a query costs its largest segment rather than the sum (at 1M + a 100k
+        delta, 2.8 ms against 3.7 ms at ef 384). A graph segment searched alone is asked
+        once for as many candidates as :meth:`_search_segment` would ask first, without
+        the batch path's array bookkeeping (~100 µs a segment). What that path would
+        answer otherwise (exactly, past half a segment; again, when tombstones ate too
+        many candidates; pending vectors) it answers.
         """
         found: list[tuple[np.ndarray, np.ndarray]] = []
-        for seg, info in self._segments:
+        rest = self._segments
+        joined = self._search_joint(query, k, ef)
+        if joined is not None:
+            found.append(joined)
+            rest = [(seg, info) for seg, info in rest if not isinstance(seg, Segment)]
+        for seg, info in rest:
             want = k if k < info.live else info.live
             count = want if not info.dead else _candidates(k, info)
             if isinstance(seg, Segment) and count * 2 < info.count:
@@ -334,6 +347,35 @@ class Snapshot:
         dists = np.concatenate([f[1].astype(np.float32, copy=False) for f in found])
         order = np.argsort(dists, kind="stable")[:k]
         return keys[order], dists[order]
+
+    def _search_joint(self, query: np.ndarray, k: int, ef: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The live hits of one query over every graph segment at once, or None when that
+        does not apply (one graph segment, one core, a segment small enough for exact search
+        at this ``k``) or left fewer than ``k`` live hits (then each segment is asked alone)."""
+        graphs = [(seg, info) for seg, info in self._segments if isinstance(seg, Segment)]
+        if len(graphs) < 2 or _CPUS < 2:
+            return None
+        count = max(k if not info.dead else _candidates(k, info) for _seg, info in graphs)
+        if any(count * 2 >= info.count for _seg, info in graphs):
+            return None
+        if self._joint is None:
+            with self._joint_lock:
+                if self._joint is None:
+                    self._joint = Joint([seg.path for seg, _info in graphs])
+        keys, dists, counts = self._joint.search(
+            query.reshape(1, -1),
+            count,
+            ef=ef or self.manifest.config.params.ef_search,
+            threads=min(len(graphs), _CPUS),
+        )
+        n = int(counts[0])
+        keys, dists = keys[0, :n], dists[0, :n]
+        if len(self.dead):
+            alive = ~is_in_sorted(keys, self.dead)
+            keys, dists = keys[alive], dists[alive]
+        if len(keys) < min(k, sum(info.live for _seg, info in graphs)):
+            return None
+        return keys[:k], dists[:k]
 
     def search(
         self,
