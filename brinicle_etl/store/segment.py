@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - older usearch: the public search is us
 from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.store.reach import unreachable
 from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
 
 __all__ = ["JOINT_MAX_FILES", "Joint", "Segment", "SegmentBuilder", "build_segment"]
@@ -65,42 +66,55 @@ def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, 
     order = np.random.default_rng(params.rng_seed).permutation(total)
     for start in range(0, total, _ADD_CHUNK):
         part = order[start : start + _ADD_CHUNK]
-        chunk_keys, chunk = keys[part], np.ascontiguousarray(vectors[part])
-        index.add(chunk_keys, chunk, threads=params.build_n_threads)
-        if params.build_n_threads != 1:
-            _relink_stranded(index, chunk_keys, chunk)
+        index.add(keys[part], np.ascontiguousarray(vectors[part]), threads=params.build_n_threads)
         if progress:
             progress(min(start + _ADD_CHUNK, total), total)
 
 
-def _relink_stranded(index: Any, keys: np.ndarray, vectors: np.ndarray) -> None:
-    """Add again, alone, the nodes a concurrent ``add`` left stored but unreachable.
+def _link_unreachable(index: Any, path: Path) -> bool:
+    """Add again, alone, the nodes of the index just saved at ``path`` that no search can
+    reach; returns whether there were any (then the file is stale).
 
-    usearch 2.x can strand a node when two threads link at once (unum-cloud/USearch#735):
-    measured here, 3-10 of 300 8-d vectors in most builds, never with one thread (still so
-    in 2.26). A stranded node cannot find itself at any ``ef``, so a node that finds itself
-    in a cheap search is linked. Two passes: every node looks for itself at ef 4 (measured
-    at 100k x 128: ~15% miss, mostly hard to reach, not stranded), and only those look
-    again at ef 64, among a few nearest, because a stranded duplicate's nearest is its
-    reachable twin at distance 0. Half the time of one pass at ef 16 (~6% of the add
-    instead of ~10%), and fewer false alarms re-added one by one.
+    Two threads linking at once can strand a node (unum-cloud/USearch#735: 3-10 of 300 8-d
+    vectors in most builds, still so in 2.26), and a later insert that prunes a neighbour
+    list can cut the last edge to one (3 of 1M text-like vectors in one build). Both are
+    found by walking the saved graph (:mod:`~brinicle_etl.store.reach`: ~2 s at 1M),
+    or, for a file layout that module does not read, by every node searching for itself.
     """
-    first = _self_search(index, vectors, ef=_RELINK_FIRST_EF, count=1)
-    missed = np.flatnonzero(~(first[0][:, 0] == keys))
-    if not len(missed):
-        return
-    keys, vectors = keys[missed], vectors[missed]
-    nearest, distances = _self_search(index, vectors, ef=_RELINK_EF, count=_RELINK_COUNT)
-    stranded = ~(nearest == keys[:, None]).any(axis=1)
-    # Many copies of one vector never all find themselves among 4 nearest, stranded or not:
-    # past a few, the copies (nearest at distance 0) are left as they are rather than re-added
-    # one by one, which would cost a single-threaded build of them.
-    copies = stranded & (distances[:, 0] <= 0)
-    if copies.sum() > max(_RELINK_COPIES, len(first[0]) // 100):
-        stranded &= ~copies
-    if stranded.any():
-        index.remove(keys[stranded])
-        index.add(keys[stranded], vectors[stranded], threads=1)
+    lost = unreachable(path, edges_at_level_0=index.levels_stats[0].edges)
+    if lost is None:
+        lost = _unfound(index)
+    if not len(lost):
+        return False
+    vectors = np.vstack(index.get(lost, dtype=np.float32))
+    index.remove(lost)
+    index.add(lost, vectors, threads=1)  # one thread links without the race
+    return True
+
+
+def _unfound(index: Any) -> np.ndarray:
+    """Keys of the nodes that do not find themselves: a first pass at ef 4 for every node
+    (measured at 100k x 128: ~15% miss, mostly hard to reach, not stranded), and only those
+    again at ef 64 among a few nearest, because a stranded duplicate's nearest is its
+    reachable twin at distance 0."""
+    keys = np.asarray(index.keys, dtype=np.uint64)
+    missed_parts = []
+    for start in range(0, len(keys), _ADD_CHUNK):
+        part = keys[start : start + _ADD_CHUNK]
+        vectors = np.vstack(index.get(part, dtype=np.float32))
+        first = _self_search(index, vectors, ef=_RELINK_FIRST_EF, count=1)
+        missed = first[0][:, 0] != part
+        if missed.any():
+            nearest, distances = _self_search(index, vectors[missed], ef=_RELINK_EF, count=_RELINK_COUNT)
+            stranded = ~(nearest == part[missed][:, None]).any(axis=1)
+            # Many copies of one vector never all find themselves among 4 nearest, stranded
+            # or not: past a few, the copies (nearest at distance 0) are left as they are
+            # rather than re-added one by one, which would cost a single-threaded build of them.
+            copies = stranded & (distances[:, 0] <= 0)
+            if copies.sum() > max(_RELINK_COPIES, len(part) // 100):
+                stranded &= ~copies
+            missed_parts.append(part[missed][stranded])
+    return np.concatenate(missed_parts) if missed_parts else np.empty(0, np.uint64)
 
 
 def _self_search(index: Any, vectors: np.ndarray, *, ef: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +182,11 @@ class SegmentBuilder:
         return len(self.index)
 
     def save(self, path: Path) -> int:
-        """Write the index durably to ``path``; returns how many vectors it holds."""
+        """Write the index durably to ``path``, every node reachable; returns how many
+        vectors it holds."""
         _save(self.index, path)
+        if _link_unreachable(self.index, path):
+            _save(self.index, path)
         return len(self.index)
 
 
