@@ -450,6 +450,14 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
     # With two cores and a delta worth a graph search, main and delta are searched in one
     # native call (snapshot._search_joint); otherwise one after the other.
     monkeypatch.setattr(snapshot_module, "_CPUS", cores)
+    alone: list[str] = []
+    by_segment = snapshot_module.Snapshot._search_segment
+
+    def spy(self: snapshot_module.Snapshot, seg: object, *args: object, **kwargs: object) -> object:
+        alone.append(type(seg).__name__)
+        return by_segment(self, seg, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot_module.Snapshot, "_search_segment", spy)
     col = store.create("db/one", dim=DIM, metric="l2sq", dtype="f32")
     x = clustered(1000 + delta_rows + 40, DIM, seed=17, normalize=False)
     names = [f"k{i}" for i in range(len(x))]
@@ -464,14 +472,20 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
     live = [i for i, name in enumerate(names) if name not in set(gone)]
     queries = x[[1, 5, 1000, 1001, len(x) - 8]] + 0.01
     truth = exact_knn(x[live], queries, 10, "l2sq")
+    single: list[str] = []
     for q, want in zip(queries, truth, strict=True):
+        before = len(alone)
         one = col.search(q, 10, ef=500)
+        single += alone[before:]
         assert [h.id for h in one] == [names[live[j]] for j in want]
         batch = col.search_batch(q[None], 10, ef=500)[0]
         assert [h.id for h in one] == [h.id for h in batch]
         # pending rows are compared by a matrix product: one query or many may round differently
         np.testing.assert_allclose([h.distance for h in one], [h.distance for h in batch], rtol=1e-5)
-    assert (col._snapshot()._joint is not None) == (cores == 2 and delta_rows == 200)
+    joint = cores == 2 and delta_rows == 200
+    assert (col._snapshot()._joint is not None) == joint
+    if joint:  # the graph segments answered together; only the pending vectors alone
+        assert set(single) == {"FlatSegment"}
 
 
 def test_one_query_whose_joint_candidates_are_mostly_tombstoned_is_answered_segment_by_segment(

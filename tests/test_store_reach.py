@@ -43,17 +43,13 @@ def test_the_walk_finds_exactly_the_nodes_no_search_finds(tmp_path: Path) -> Non
         assert lost is not None
         assert sorted(lost.tolist()) == unfound_by_exhaustive_search(index, x)
         stranded += len(lost)
+        if len(lost):
+            # Removed, the lost nodes' slots stay unreachable but hold no key: not reported.
+            index.remove(lost)  # type: ignore[attr-defined]
+            segment._save(index, tmp_path / f"{seed}.usearch")
+            edges = index.levels_stats[0].edges  # type: ignore[attr-defined]
+            assert unreachable(tmp_path / f"{seed}.usearch", edges_at_level_0=edges).tolist() == []  # type: ignore[union-attr]
     assert stranded > 0
-
-
-def test_removed_nodes_are_not_reported(tmp_path: Path) -> None:
-    x = clustered(300, 8, seed=4, normalize=False)
-    index = raw_build(tmp_path / "a.usearch", x, threads=1, seed=4)
-    index.remove(np.arange(0, 300, 3, dtype=np.uint64))  # type: ignore[attr-defined]
-    segment._save(index, tmp_path / "a.usearch")
-    edges = index.levels_stats[0].edges  # type: ignore[attr-defined]
-    lost = unreachable(tmp_path / "a.usearch", edges_at_level_0=edges)
-    assert lost is not None and not set(lost.tolist()) & set(range(0, 300, 3))
 
 
 @pytest.mark.parametrize(

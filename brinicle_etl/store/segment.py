@@ -87,6 +87,16 @@ def _link_unreachable(index: Any, path: Path) -> bool:
     if not len(lost):
         return False
     vectors = np.vstack(index.get(lost, dtype=np.float32))
+    if len(lost) > _RELINK_COPIES:
+        # Copies of one vector: neighbour lists keep few of the twins at distance 0, so many
+        # copies go unlinked, and re-adding each alone would cost a one-thread build of
+        # them for little (a search finds their reachable twin, at the same distance).
+        _, distances = _self_search(index, vectors, ef=_RELINK_EF, count=1)
+        copies = distances[:, 0] <= 0
+        if copies.sum() > max(_RELINK_COPIES, len(index) // 100):
+            lost, vectors = lost[~copies], vectors[~copies]
+            if not len(lost):
+                return False
     index.remove(lost)
     index.add(lost, vectors, threads=1)  # one thread links without the race
     return True
@@ -127,7 +137,7 @@ def _self_search(index: Any, vectors: np.ndarray, *, ef: int, count: int) -> tup
     return keys, distances
 
 
-def _save(index: Any, path: Path) -> None:
+def _save(index: Any, path: Path, *, sync: bool = True) -> None:
     try:
         index.save(str(path))
     except RuntimeError as exc:
@@ -135,7 +145,8 @@ def _save(index: Any, path: Path) -> None:
         if free_bytes(path.parent) < index.serialized_length:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
-    fsync_file(path)
+    if sync:
+        fsync_file(path)
 
 
 def _search_many(
@@ -184,9 +195,10 @@ class SegmentBuilder:
     def save(self, path: Path) -> int:
         """Write the index durably to ``path``, every node reachable; returns how many
         vectors it holds."""
-        _save(self.index, path)
+        _save(self.index, path, sync=False)
         if _link_unreachable(self.index, path):
-            _save(self.index, path)
+            _save(self.index, path, sync=False)
+        fsync_file(path)
         return len(self.index)
 
 
@@ -331,11 +343,11 @@ class Joint:
     maps every file, so the sets are few: :data:`JOINT_MAX_FILES` files at most, and
     :data:`_JOINT_VIEW_BUDGET` views over all sets."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], *, sets: int | None = None):
         if len(paths) > JOINT_MAX_FILES:
             raise ConfigError(f"a joint search takes at most {JOINT_MAX_FILES} files; got {len(paths)}")
         self.paths = paths
-        most = max(1, min(os.cpu_count() or 1, _JOINT_VIEW_BUDGET // max(1, len(paths))))
+        most = max(1, min(sets or os.cpu_count() or 1, _JOINT_VIEW_BUDGET // max(1, len(paths))))
         self._views = _Views(self._open, most=most)
 
     def _open(self) -> tuple[Any, list[Any]]:

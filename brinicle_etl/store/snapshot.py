@@ -50,7 +50,11 @@ EXACT_KEPT_BYTES = 256 << 20
 FILTERS_KEPT = 64
 
 
-_CPUS = os.cpu_count() or 1
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""The cores this process may run on (a container's CPU set, not the machine's)."""
+_JOINT_SETS = 2
+"""View sets of a snapshot's joint search: each query already takes a core per segment, and
+each set maps every segment again (usearch builds per-node tables for each view)."""
 
 _SLICED = 64
 """Up to this many rows are gathered by slices (a single search); more by a take per row file."""
@@ -361,7 +365,7 @@ class Snapshot:
         if self._joint is None:
             with self._joint_lock:
                 if self._joint is None:
-                    self._joint = Joint([seg.path for seg, _info in graphs])
+                    self._joint = Joint([seg.path for seg, _info in graphs], sets=_JOINT_SETS)
         keys, dists, counts = self._joint.search(
             query.reshape(1, -1),
             count,
