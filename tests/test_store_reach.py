@@ -31,7 +31,7 @@ def unfound_by_exhaustive_search(index: object, x: np.ndarray) -> list[int]:
     return np.flatnonzero(found[:, 0] != np.arange(len(x))).tolist()
 
 
-def test_the_walk_finds_exactly_the_nodes_no_search_finds(tmp_path: Path) -> None:
+def test_the_walk_finds_every_node_no_search_finds(tmp_path: Path) -> None:
     # Two threads strand a node in most of these builds (usearch#735).
     stranded = 0
     for seed in range(8):
@@ -41,7 +41,10 @@ def test_the_walk_finds_exactly_the_nodes_no_search_finds(tmp_path: Path) -> Non
         edges = index.levels_stats[0].edges  # type: ignore[attr-defined]
         lost = unreachable(tmp_path / f"{seed}.usearch", edges_at_level_0=edges)
         assert lost is not None
-        assert sorted(lost.tolist()) == unfound_by_exhaustive_search(index, x)
+        # Every node a search cannot find is reported; rarely also one a search reaches only
+        # through the upper levels (then added again for nothing).
+        unfound = unfound_by_exhaustive_search(index, x)
+        assert set(unfound) <= set(lost.tolist()) and len(lost) - len(unfound) <= 2
         stranded += len(lost)
         if len(lost):
             # Removed, the lost nodes' slots stay unreachable but hold no key: not reported.

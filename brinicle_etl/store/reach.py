@@ -48,7 +48,9 @@ def unreachable(path: Path, *, edges_at_level_0: int) -> np.ndarray | None:
     The walk starts at the entry slot rather than where each search's descent ends; level-0
     edges go one way, so a node could in principle be reached from one and not the other
     (none was in 400 concurrent builds of 300 8-d vectors: every node found itself at an
-    ``ef`` as large as the index).
+    ``ef`` as large as the index). The other way round, a node a search reaches only through
+    the upper levels is reported too, now and then (one in a few hundred such builds), and
+    added again for nothing.
     """
     if path.stat().st_size < _HEADER_BYTES:
         return None

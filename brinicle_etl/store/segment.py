@@ -89,8 +89,9 @@ def _link_unreachable(index: Any, path: Path) -> bool:
     vectors = np.vstack(index.get(lost, dtype=np.float32))
     if len(lost) > _RELINK_COPIES:
         # Copies of one vector: neighbour lists keep few of the twins at distance 0, so many
-        # copies go unlinked, and re-adding each alone would cost a one-thread build of
-        # them for little (a search finds their reachable twin, at the same distance).
+        # copies go unlinked (and never all find themselves among a few nearest), and
+        # re-adding each alone would cost a one-thread build of them for little (a search
+        # finds their reachable twin, at the same distance).
         _, distances = _self_search(index, vectors, ef=_RELINK_EF, count=1)
         copies = distances[:, 0] <= 0
         if copies.sum() > max(_RELINK_COPIES, len(index) // 100):
@@ -115,15 +116,8 @@ def _unfound(index: Any) -> np.ndarray:
         first = _self_search(index, vectors, ef=_RELINK_FIRST_EF, count=1)
         missed = first[0][:, 0] != part
         if missed.any():
-            nearest, distances = _self_search(index, vectors[missed], ef=_RELINK_EF, count=_RELINK_COUNT)
-            stranded = ~(nearest == part[missed][:, None]).any(axis=1)
-            # Many copies of one vector never all find themselves among 4 nearest, stranded
-            # or not: past a few, the copies (nearest at distance 0) are left as they are
-            # rather than re-added one by one, which would cost a single-threaded build of them.
-            copies = stranded & (distances[:, 0] <= 0)
-            if copies.sum() > max(_RELINK_COPIES, len(part) // 100):
-                stranded &= ~copies
-            missed_parts.append(part[missed][stranded])
+            nearest, _ = _self_search(index, vectors[missed], ef=_RELINK_EF, count=_RELINK_COUNT)
+            missed_parts.append(part[missed][~(nearest == part[missed][:, None]).any(axis=1)])
     return np.concatenate(missed_parts) if missed_parts else np.empty(0, np.uint64)
 
 
