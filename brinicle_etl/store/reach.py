@@ -68,10 +68,11 @@ def unreachable(path: Path, *, edges_at_level_0: int) -> np.ndarray | None:
     if levels.min() < 0:
         return None
     base_bytes, upper_bytes = 4 + 4 * base, 4 + 4 * conn
-    ends = first_node + np.cumsum(_NODE_HEAD_BYTES + base_bytes + upper_bytes * levels)
+    node_bytes = _NODE_HEAD_BYTES + base_bytes + upper_bytes * levels
+    ends = first_node + np.cumsum(node_bytes)
     if int(ends[-1]) != len(data):
         return None
-    starts = ends - (_NODE_HEAD_BYTES + base_bytes + upper_bytes * levels)
+    starts = ends - node_bytes
 
     keys = _gather(data, starts, 8).view("<u8").reshape(-1)
     if not (_gather(data, starts + 8, 2).view("<i2").reshape(-1) == levels).all():
