@@ -249,7 +249,7 @@ class HnswParams:
     ``ef_search`` the default beam width while searching. ``rng_seed`` seeds the order in
     which a build inserts vectors, which decides every node's level: with
     ``build_n_threads=1`` the same seed gives the same graph. ``build_n_threads=0`` uses
-    every core.
+    every core this process may run on.
     """
 
     M: int = 16

@@ -55,3 +55,25 @@ def test_many_copies_of_one_vector_build_and_the_rest_find_themselves(tmp_path: 
     assert np.flatnonzero(found[:, 0] != keys[:300]).tolist() == []
     copies, dists, _ = seg.search(x[300:301], 10, ef=None, exact=False, threads=1)
     assert (copies[0] >= 300).all() and (dists[0] == 0).all()
+
+
+def test_threads_0_means_the_cores_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # usearch reads 0 as the machine's cores; a container's CPU set may hold fewer.
+    from usearch.index import Index
+
+    from brinicle_etl.store import segment as segment_module
+
+    asked: list[int] = []
+    add = Index.add
+
+    def add_spy(self: Index, *args: object, threads: int = 0, **kwargs: object) -> object:
+        asked.append(threads)
+        return add(self, *args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(segment_module, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(Index, "add", add_spy)
+    x = clustered(300, 8, seed=0, normalize=False)
+    keys = np.arange(300, dtype=np.uint64)
+    config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
+    build_segment(tmp_path / "s.usearch", keys, x, config, HnswParams(build_n_threads=0))
+    assert set(asked) <= {1, 3} and 3 in asked  # 1: lost nodes are linked again on one thread

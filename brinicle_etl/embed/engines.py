@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from brinicle_etl._cpus import usable_cpus
 from brinicle_etl._fs import exclusive
 from brinicle_etl.errors import ConfigError, MissingExtraError
 
@@ -190,7 +191,7 @@ class OnnxEngine:
         if precision == "int8":
             path = _quantized(path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = usable_cpus()
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._dim = _dimension(model)
 

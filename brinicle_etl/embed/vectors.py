@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
 
+from brinicle_etl._cpus import usable_cpus
 from brinicle_etl.errors import InputError
 
 __all__ = ["parse_vectors", "vector_digest"]
@@ -82,7 +82,7 @@ def vector_digest(matrix: np.ndarray) -> pl.Series:
     floats, so precomputed vectors join the row's content hash at little cost.
     """
     words = np.ascontiguousarray(matrix, dtype="<f4").view("<u4")
-    parts = min(os.cpu_count() or 1, max(1, len(words) // _DIGEST_ROWS_PER_THREAD))
+    parts = min(usable_cpus(), max(1, len(words) // _DIGEST_ROWS_PER_THREAD))
     if parts > 1:
         # numpy lets go of the GIL in each step: the rows' digests are independent.
         with ThreadPoolExecutor(parts) as pool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -26,6 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from brinicle_etl._cpus import usable_cpus
 from brinicle_etl.embed import Embedder, ModelRegistry, embed_unique, parse_vectors
 from brinicle_etl.errors import AlreadyExistsError, ConfigError, InputError
 from brinicle_etl.pipeline.batches import FirstPass, ShardRows, batch_keys, hash_inputs, where_selected
@@ -168,7 +168,7 @@ def run_ingest(
             steps,
             wait=options.wait,
             again="run the same ingest again to complete it",
-            workers=min(count, os.cpu_count() or 1),
+            workers=min(count, usable_cpus()),
         )
     except BaseException:
         if created and not any(sharded.generations()):

@@ -27,6 +27,7 @@ try:
 except ImportError:  # pragma: no cover - older usearch: the public search is used
     _UNKNOWN_DTYPE = None
 
+from brinicle_etl._cpus import usable_cpus
 from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig
@@ -64,9 +65,11 @@ def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, 
     """Add in chunks, in an order drawn from ``rng_seed`` (which fixes every node's level)."""
     total = len(keys)
     order = np.random.default_rng(params.rng_seed).permutation(total)
+    # usearch reads 0 as the machine's cores, which a container's CPU set may not include.
+    threads = params.build_n_threads or usable_cpus()
     for start in range(0, total, _ADD_CHUNK):
         part = order[start : start + _ADD_CHUNK]
-        index.add(keys[part], np.ascontiguousarray(vectors[part]), threads=params.build_n_threads)
+        index.add(keys[part], np.ascontiguousarray(vectors[part]), threads=threads)
         if progress:
             progress(min(start + _ADD_CHUNK, total), total)
 
@@ -152,6 +155,7 @@ def _search_many(
     result objects per call that cost a measurable share of a fast query (usearch 2.x;
     the public method is the fallback).
     """
+    threads = threads or usable_cpus()
     compiled = getattr(index, "_compiled", None)
     if compiled is not None and _UNKNOWN_DTYPE is not None:
         keys, dists, counts = compiled.search_many(
@@ -273,7 +277,7 @@ class Segment:
     def __init__(self, path: Path, *, ef_search: int):
         self.path = path
         self._ef = ef_search
-        self._views = _Views(lambda: _restore(path, view=True), most=max(2, os.cpu_count() or 1))
+        self._views = _Views(lambda: _restore(path, view=True), most=max(2, usable_cpus()))
         with self._views.lend() as first:
             self.count = len(first)
 
@@ -341,7 +345,7 @@ class Joint:
         if len(paths) > JOINT_MAX_FILES:
             raise ConfigError(f"a joint search takes at most {JOINT_MAX_FILES} files; got {len(paths)}")
         self.paths = paths
-        most = max(1, min(sets or os.cpu_count() or 1, _JOINT_VIEW_BUDGET // max(1, len(paths))))
+        most = max(1, min(sets or usable_cpus(), _JOINT_VIEW_BUDGET // max(1, len(paths))))
         self._views = _Views(self._open, most=most)
 
     def _open(self) -> tuple[Any, list[Any]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from brinicle_etl._cpus import usable_cpus
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import CollectionConfig
@@ -203,7 +203,7 @@ class ShardedReads:
         ef = self.shard_ef(ef, k)
         if allow is None:
             q = as_vector(query, self.dim, "search")
-            joined = self._search_joined(q.reshape(1, -1), k, ef, min(len(self.shards), os.cpu_count() or 1))
+            joined = self._search_joined(q.reshape(1, -1), k, ef, min(len(self.shards), usable_cpus()))
             if joined is not None:
                 return joined[0]
         if allow is not None:
@@ -221,7 +221,7 @@ class ShardedReads:
         k = check_k(k, "search_batch")
         ef = self.shard_ef(ef, k)
         if allow is None and len(matrix):
-            joined = self._search_joined(matrix, k, ef, threads or os.cpu_count() or 1)
+            joined = self._search_joined(matrix, k, ef, threads or usable_cpus())
             if joined is not None:
                 return joined
         per_shard = self._threads(threads)
@@ -307,7 +307,7 @@ class ShardedReads:
         return k, list(self._pool.map(one, range(len(self.shards))))
 
     def _threads(self, threads: int) -> int:
-        total = threads or os.cpu_count() or 1
+        total = threads or usable_cpus()
         return max(1, total // len(self.shards))
 
     def recall(self, *, sample: int = 100, k: int = 10, ef: int | None = None, seed: int = 0) -> float:

@@ -10,7 +10,6 @@ query gets ``k`` results whenever ``k`` live rows exist.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from brinicle_etl._cpus import usable_cpus
 from brinicle_etl.store.flat import ExactSet, FlatSegment
 from brinicle_etl.store.manifest import Manifest, SegmentInfo
 from brinicle_etl.store.picker import Picker, pick_rows
@@ -50,7 +50,7 @@ EXACT_KEPT_BYTES = 256 << 20
 FILTERS_KEPT = 64
 
 
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_CPUS = usable_cpus()
 """The cores this process may run on (a container's CPU set, not the machine's)."""
 _JOINT_SETS = 2
 """View sets of a snapshot's joint search: each query already takes a core per segment, and
