@@ -27,6 +27,7 @@ from brinicle_etl import (
     StateError,
     Store,
 )
+from brinicle_etl.store import indexing
 from brinicle_etl.store import snapshot as snapshot_module
 from brinicle_etl.store.current import REFRESH_SECONDS
 from brinicle_etl.store.lock import writer_lock
@@ -443,13 +444,20 @@ def test_search_spans_main_and_delta(col: Collection) -> None:
 
 
 @pytest.mark.parametrize("cores", [1, 2])
-@pytest.mark.parametrize("delta_rows", [6, 200], ids=["a tiny delta (searched exactly)", "a delta"])
+@pytest.mark.parametrize(
+    ("metric", "dtype", "delta_rows"),
+    [("l2sq", "f32", 6), ("l2sq", "f32", 200), ("cosine", "i8", 6), ("cosine", "i8", 700)],
+    ids=["a tiny delta (searched exactly)", "a delta", "i8, a tiny delta", "i8, a delta (re-scored)"],
+)
 def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighbours(
-    store: Store, delta_rows: int, cores: int, monkeypatch: pytest.MonkeyPatch
+    store: Store, metric: str, dtype: str, delta_rows: int, cores: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With two cores and a delta worth a graph search, main and delta are searched in one
-    # native call (snapshot._search_joint); otherwise one after the other.
+    # native call (snapshot._search_joint); otherwise one after the other. An i8 graph's
+    # candidates are re-scored on its vectors file, jointly too.
     monkeypatch.setattr(snapshot_module, "_CPUS", cores)
+    # The pending vectors stay pending throughout (a background job would link them).
+    monkeypatch.setattr(indexing, "start", lambda *args: None)
     alone: list[str] = []
     by_segment = snapshot_module.Snapshot._search_segment
 
@@ -458,8 +466,8 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
         return by_segment(self, seg, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(snapshot_module.Snapshot, "_search_segment", spy)
-    col = store.create("db/one", dim=DIM, metric="l2sq", dtype="f32")
-    x = clustered(1000 + delta_rows + 40, DIM, seed=17, normalize=False)
+    col = store.create("db/one", dim=DIM, metric=metric, dtype=dtype)  # type: ignore[arg-type]
+    x = clustered(1000 + delta_rows + 40, DIM, seed=17, normalize=metric == "cosine")
     names = [f"k{i}" for i in range(len(x))]
     col.write(names[:1000], x[:1000], mode="build")
     col.write(names[1000 : 1000 + delta_rows], x[1000 : 1000 + delta_rows], mode="insert")
@@ -471,7 +479,7 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
     assert status.main_count and status.delta_count and status.pending_count
     live = [i for i, name in enumerate(names) if name not in set(gone)]
     queries = x[[1, 5, 1000, 1001, len(x) - 8]] + 0.01
-    truth = exact_knn(x[live], queries, 10, "l2sq")
+    truth = exact_knn(x[live], queries, 10, metric)
     single: list[str] = []
     for q, want in zip(queries, truth, strict=True):
         before = len(alone)
@@ -482,7 +490,7 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
         assert [h.id for h in one] == [h.id for h in batch]
         # pending rows are compared by a matrix product: one query or many may round differently
         np.testing.assert_allclose([h.distance for h in one], [h.distance for h in batch], rtol=1e-5)
-    joint = cores == 2 and delta_rows == 200
+    joint = cores == 2 and delta_rows > 6
     assert (col._snapshot()._joint is not None) == joint
     if joint:  # the graph segments answered together; only the pending vectors alone
         assert set(single) == {"FlatSegment"}

@@ -32,9 +32,12 @@ def unfound_by_exhaustive_search(index: object, x: np.ndarray) -> list[int]:
 
 
 def test_the_walk_finds_every_node_no_search_finds(tmp_path: Path) -> None:
-    # Two threads strand a node in most of these builds (usearch#735).
+    # Two threads strand a node in most of these builds (usearch#735) when they truly run at
+    # once: on a busy machine fewer do, so builds go on until one has (or 200 have not).
     stranded = 0
-    for seed in range(8):
+    for seed in range(200):
+        if seed >= 8 and stranded:
+            break
         x = clustered(300, 8, seed=seed, normalize=False)
         index = raw_build(tmp_path / f"{seed}.usearch", x, threads=2, seed=seed)
         assert max(stat.nodes for stat in index.levels_stats[1:]) > 0  # type: ignore[attr-defined]
@@ -88,6 +91,6 @@ def test_a_build_whose_layout_is_unknown_links_its_nodes_by_searching(
     x = clustered(300, 8, seed=seed, normalize=False)
     keys = np.arange(300, dtype=np.uint64)
     params = HnswParams(ef_construction=128, rng_seed=seed, build_n_threads=2)
-    assert build_segment(tmp_path / "s.usearch", keys, x, CONFIG, params) == 300
+    assert build_segment(tmp_path / "s.usearch", keys, x, CONFIG, params).count == 300
     found, _, _ = Segment(tmp_path / "s.usearch", ef_search=64).search(x, 1, ef=None, exact=False, threads=1)
     assert np.flatnonzero(found[:, 0] != keys).tolist() == []

@@ -51,9 +51,10 @@ def vectors(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
 
 
-def test_a_collection_written_on_one_machine_is_searched_from_another(s3: S3Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["bf16", "i8"])  # i8: a vectors file beside each graph
+def test_a_collection_written_on_one_machine_is_searched_from_another(s3: S3Server, tmp_path: Path, dtype: str) -> None:
     url = s3.new_url()
-    writer = open_store(s3, url, tmp_path / "writer").create("shop/items", dim=DIM)
+    writer = open_store(s3, url, tmp_path / "writer").create("shop/items", dim=DIM, dtype=dtype)
     data = vectors(200, seed=1)
     writer.write([f"k{i}" for i in range(200)], data)
     expected = [h.id for h in writer.search(data[7], 5)]

@@ -22,7 +22,7 @@ def test_every_vector_of_a_build_finds_itself(tmp_path: Path, threads: int, seed
     keys = np.arange(300, dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
     params = HnswParams(ef_construction=128, rng_seed=seed, build_n_threads=threads)
-    assert build_segment(tmp_path / "s.usearch", keys, x, config, params) == 300
+    assert build_segment(tmp_path / "s.usearch", keys, x, config, params).count == 300
     seg = Segment(tmp_path / "s.usearch", ef_search=64)
     # No vector is lost: each finds itself when the search may visit every node...
     found, _, _ = seg.search(x, 1, ef=300, exact=False, threads=1)
@@ -38,7 +38,7 @@ def test_duplicate_vectors_keep_their_keys(tmp_path: Path) -> None:
     x = np.concatenate([x, x])  # every vector twice, under two keys
     keys = np.arange(400, dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
-    assert build_segment(tmp_path / "d.usearch", keys, x, config, HnswParams(build_n_threads=2)) == 400
+    assert build_segment(tmp_path / "d.usearch", keys, x, config, HnswParams(build_n_threads=2)).count == 400
     found, dists, _ = Segment(tmp_path / "d.usearch", ef_search=64).search(x[:200], 2, ef=None, exact=False, threads=1)
     assert [set(row) for row in found.tolist()] == [{i, i + 200} for i in range(200)]
     assert np.all(dists == 0)
@@ -49,7 +49,7 @@ def test_many_copies_of_one_vector_build_and_the_rest_find_themselves(tmp_path: 
     x = np.concatenate([distinct, np.repeat(distinct[:1] + 100, 2000, axis=0)])
     keys = np.arange(len(x), dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
-    assert build_segment(tmp_path / "c.usearch", keys, x, config, HnswParams(build_n_threads=2)) == len(x)
+    assert build_segment(tmp_path / "c.usearch", keys, x, config, HnswParams(build_n_threads=2)).count == len(x)
     seg = Segment(tmp_path / "c.usearch", ef_search=64)
     found, _, _ = seg.search(distinct, 1, ef=None, exact=False, threads=1)
     assert np.flatnonzero(found[:, 0] != keys[:300]).tolist() == []

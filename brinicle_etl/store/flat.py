@@ -104,6 +104,7 @@ class FlatSegment:
     both alike."""
 
     exact_only = True
+    refined = None  # compared exactly already
 
     def __init__(self, path: Path, *, metric: str):
         self.path = path

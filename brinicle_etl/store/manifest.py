@@ -32,6 +32,10 @@ FORMAT = 1
 FORMAT_WITH_PENDING = 2
 """A manifest naming pending vectors is format 2, so a version that does not know them
 refuses the collection instead of silently missing those rows; readers take both."""
+FORMAT_WITH_VECTORS = 3
+"""A manifest naming a segment's vectors file (an i8 graph's, see refine.py) is format 3:
+a version that does not know those files would delete them as leftovers."""
+FORMATS = (FORMAT, FORMAT_WITH_PENDING, FORMAT_WITH_VECTORS)
 
 
 class ConfigSettings(TypedDict, total=False):
@@ -101,10 +105,16 @@ class SegmentInfo:
     file: str
     count: int
     dead: int = 0
+    vectors: str | None = None
+    """The file of the vectors as given, beside an i8 graph (see refine.py)."""
 
     @property
     def live(self) -> int:
         return self.count - self.dead
+
+    @property
+    def files(self) -> list[str]:
+        return [self.file] if self.vectors is None else [self.file, self.vectors]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -154,7 +164,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         names = [r.file for r in self.rows]
-        names += [s.file for s in (self.main, self.delta, self.pending) if s is not None]
+        names += [name for s in (self.main, self.delta, self.pending) if s is not None for name in s.files]
         if self.tombstones:
             names.append(self.tombstones)
         return names
@@ -163,7 +173,14 @@ class Manifest:
         data = dataclasses.asdict(self)
         data["config"] = self.config.to_dict()
         data["rows"] = [dataclasses.asdict(r) for r in self.rows]
-        return {"format": FORMAT if self.pending is None else FORMAT_WITH_PENDING, **data}
+        if any(s is not None and s.vectors for s in (self.main, self.delta)):
+            form = FORMAT_WITH_VECTORS
+        else:
+            form = FORMAT if self.pending is None else FORMAT_WITH_PENDING
+        for name in ("main", "delta", "pending"):
+            if data[name] is not None and data[name]["vectors"] is None:
+                del data[name]["vectors"]  # as written before vectors files: older versions read it
+        return {"format": form, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -201,10 +218,10 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     """A manifest from its bytes; ``where`` names it in errors (a path or an object's URL)."""
     try:
         data = json.loads(raw)
-        if data.get("format") not in (FORMAT, FORMAT_WITH_PENDING):
+        if data.get("format") not in FORMATS:
             raise CorruptCollectionError(
                 f"{where} has format {data.get('format')!r}; this version of brinicle_etl reads formats "
-                f"{FORMAT} and {FORMAT_WITH_PENDING}"
+                f"{', '.join(map(str, FORMATS))}"
             )
         return Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

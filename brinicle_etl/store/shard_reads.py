@@ -161,7 +161,8 @@ class ShardedReads:
         if (
             not segments
             or len(segments) > JOINT_MAX_FILES
-            or any(info.dead or seg.exact_only for seg, info in segments)  # pending vectors: shard by shard
+            # pending vectors, and i8 graphs (re-scored on their vectors files): shard by shard
+            or any(info.dead or seg.exact_only or seg.refined is not None for seg, info in segments)
         ):
             self._joint = None  # let the old generations' files and views go
             return None

@@ -21,8 +21,9 @@ import pyarrow as pa
 
 from brinicle_etl._cpus import usable_cpus
 from brinicle_etl.store.flat import ExactSet, FlatSegment
-from brinicle_etl.store.manifest import Manifest, SegmentInfo
+from brinicle_etl.store.manifest import CollectionConfig, Manifest, SegmentInfo
 from brinicle_etl.store.picker import Picker, pick_rows
+from brinicle_etl.store.refine import RERANK
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
 from brinicle_etl.store.segment import Joint, Segment
 from brinicle_etl.types import NO_KEY
@@ -98,14 +99,20 @@ class RowCache:
             return [self._pickers[n] for n in names]
 
 
+def _graph(directory: Path, info: SegmentInfo | None, config: CollectionConfig) -> Segment | None:
+    if info is None:
+        return None
+    vectors = directory / info.vectors if info.vectors else None
+    return Segment(directory / info.file, ef_search=config.params.ef_search, vectors=vectors, metric=config.metric)
+
+
 class Snapshot:
     def __init__(self, directory: Path, manifest: Manifest, row_cache: RowCache, stamp: object):
         self.directory = directory
         self.manifest = manifest
         self.stamp = stamp
-        ef = manifest.config.params.ef_search
-        self.main = Segment(directory / manifest.main.file, ef_search=ef) if manifest.main else None
-        self.delta = Segment(directory / manifest.delta.file, ef_search=ef) if manifest.delta else None
+        self.main = _graph(directory, manifest.main, manifest.config)
+        self.delta = _graph(directory, manifest.delta, manifest.config)
         self.pending = (
             FlatSegment(directory / manifest.pending.file, metric=manifest.config.metric) if manifest.pending else None
         )
@@ -359,7 +366,11 @@ class Snapshot:
         graphs = [(seg, info) for seg, info in self._segments if isinstance(seg, Segment)]
         if len(graphs) < 2 or _CPUS < 2:
             return None
+        refined = [seg.refined for seg, _info in graphs if seg.refined is not None]
+        if refined and len(refined) < len(graphs):
+            return None  # an i8 graph written before vectors files beside one with them
         count = max(k if not info.dead else _candidates(k, info) for _seg, info in graphs)
+        count *= RERANK if refined else 1
         if any(count * 2 >= info.count for _seg, info in graphs):
             return None
         if self._joint is None:
@@ -377,6 +388,11 @@ class Snapshot:
         if len(self.dead):
             alive = ~is_in_sorted(keys, self.dead)
             keys, dists = keys[alive], dists[alive]
+        if refined:
+            # Each key is in one segment: its exact distance there, inf in the others.
+            dists = np.minimum.reduce([r.distances(query, keys) for r in refined])
+            order = np.argsort(dists, kind="stable")
+            keys, dists = keys[order], dists[order]
         if len(keys) < min(k, sum(info.live for _seg, info in graphs)):
             return None
         return keys[:k], dists[:k]

@@ -22,6 +22,7 @@ from brinicle_etl.errors import ConflictError, InputError, StateError, format_va
 from brinicle_etl.store.files import new_name
 from brinicle_etl.store.flat import write_flat
 from brinicle_etl.store.manifest import Manifest, RowsFile, SegmentInfo
+from brinicle_etl.store.refine import refined_name
 from brinicle_etl.store.rows import ROW_ID, is_in_sorted, read_rows, write_rows, write_table, write_tombstones
 from brinicle_etl.store.segment import SegmentBuilder, build_segment
 from brinicle_etl.store.snapshot import Snapshot
@@ -194,10 +195,8 @@ class Transaction:
     def _linked(self) -> SegmentBuilder:
         """The segment this write links vectors into, holding what it had deferred so far."""
         if self._builder is None:
-            source = None
-            if not self._builds_main and self._old.delta is not None:
-                source = self.snapshot.directory / self._old.delta.file
-            self._builder = SegmentBuilder(self._config, self._params, source)
+            source = None if self._builds_main else self._old.delta
+            self._builder = SegmentBuilder(self._config, self._params, source, directory=self.snapshot.directory)
         self._defers = False
         for row_ids, vectors in self._pending:
             self._builder.add(row_ids, vectors)
@@ -286,8 +285,8 @@ class Transaction:
         if self._builder is not None:
             kind = "main" if self._builds_main else "delta"
             file = new_name(kind, self.generation, ".usearch")
-            self._created.append(file)
-            segment = SegmentInfo(file=file, count=self._builder.save(directory / file))
+            self._created += [file, refined_name(file)]
+            segment = self._builder.save(directory / file)
         updates: dict[str, object] = {"generation": self.generation, "next_row_id": self._next_row_id}
         if session_id:
             updates["last_session"] = session_id
@@ -408,12 +407,11 @@ def index_pending(snap: Snapshot, progress: BuildProgress | None = None) -> Mani
     row_ids, vectors = snap.pending.vectors(snap.dead)
     delta = old.delta
     if len(row_ids):
-        source = snap.directory / old.delta.file if old.delta is not None else None
-        builder = SegmentBuilder(old.config, old.config.params, source)
+        builder = SegmentBuilder(old.config, old.config.params, old.delta, directory=snap.directory)
         builder.add(row_ids, vectors, progress)
         file = new_name("delta", generation, ".usearch")
-        count = builder.save(snap.directory / file)
-        delta = SegmentInfo(file=file, count=count, dead=old.delta.dead if old.delta else 0)
+        saved = builder.save(snap.directory / file)
+        delta = dataclasses.replace(saved, dead=old.delta.dead if old.delta else 0)
     return dataclasses.replace(old, generation=generation, delta=delta, pending=None)
 
 
@@ -427,8 +425,7 @@ def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None =
         keys = np.concatenate([p[0] for p in parts])
         vectors = np.concatenate([p[1] for p in parts])
         file = new_name("main", generation, ".usearch")
-        count = build_segment(snap.directory / file, keys, vectors, old.config, params, progress)
-        main = SegmentInfo(file=file, count=count)
+        main = build_segment(snap.directory / file, keys, vectors, old.config, params, progress)
 
     rows = old.rows
     if old.dead_rows or len(old.rows) > 1:

@@ -1,0 +1,185 @@
+"""The vectors of an 8-bit graph as given, kept beside its file: searches re-score on them.
+
+usearch's ``i8`` keeps each vector as 8-bit codes. Building and walking such a graph is
+cheaper than ``bf16`` (``benchmarks/results/graph.md``), but its distances are coarse: alone,
+recall@10 stops near 0.93-0.95 at any ef. So a segment of an ``i8`` collection keeps the
+float32 vectors in a file beside the graph: a search asks the graph for :data:`RERANK`
+times as many candidates and ranks them by their exact distances, and lookups and
+compaction read the vectors here, so nothing is lost to the codes.
+
+The file is two ``.npy`` records one after the other, the keys (sorted, uint64) and then
+their vectors (float32, a row per key), read through memory maps: a query touches only
+its candidates' rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from brinicle_etl._fs import fsync_file
+from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.store.flat import exact_distances, nearest_of
+from brinicle_etl.types import NO_KEY
+
+__all__ = ["RERANK", "Refined", "refined_name", "refines", "write_refined"]
+
+RERANK = 4
+"""Candidates asked of the graph per result wanted. At 1M x 128 text-like vectors, an i8
+graph re-scored from 4x k reaches the recall of the bf16 graph at the same ef, or better."""
+_WRITE_ROWS = 65_536
+_SCAN_ROWS = 65_536
+
+
+def refines(dtype: str) -> bool:
+    """Whether a segment of this vector dtype keeps its vectors beside the graph."""
+    return dtype == "i8"
+
+
+def refined_name(file: str) -> str:
+    """The name of the vectors file beside the graph file ``file``."""
+    return str(PurePath(file).with_suffix(".f32"))
+
+
+def _header(fh: BinaryIO, dtype: str, shape: tuple[int, ...]) -> None:
+    np.lib.format.write_array_header_1_0(
+        fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
+
+
+def write_refined(path: Path, keys: np.ndarray, vectors: np.ndarray) -> None:
+    """Write ``vectors`` under ``keys`` durably to ``path``, sorted by key."""
+    order = np.argsort(keys, kind="stable")
+    with open(path, "wb") as fh:
+        _header(fh, "<u8", (len(keys),))
+        fh.write(np.ascontiguousarray(keys[order], dtype="<u8").data)
+        _header(fh, "<f4", (len(keys), vectors.shape[1]))
+        for start in range(0, len(order), _WRITE_ROWS):  # not a sorted copy of them all at once
+            fh.write(np.ascontiguousarray(vectors[order[start : start + _WRITE_ROWS]], dtype="<f4").data)
+    fsync_file(path)
+
+
+def _read_header(fh: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    if fortran:
+        raise CorruptCollectionError(f"{path} holds a Fortran-ordered array")
+    return shape, dtype, fh.tell()
+
+
+class Refined:
+    """A segment's vectors by key, memory-mapped: looked up, re-scored against queries,
+    scanned exactly."""
+
+    def __init__(self, path: Path, *, metric: str):
+        self.path = path
+        self._metric = metric
+        try:
+            with open(path, "rb") as fh:
+                key_shape, key_dtype, at = _read_header(fh, path)
+                fh.seek(at + 8 * key_shape[0])
+                shape, dtype, vectors_at = _read_header(fh, path)
+            self.keys = np.fromfile(path, dtype="<u8", count=key_shape[0], offset=at)
+            if (
+                key_dtype != np.dtype("<u8")
+                or dtype != np.dtype("<f4")
+                or len(shape) != 2
+                or shape[0] != len(self.keys)
+            ):
+                raise CorruptCollectionError(
+                    f"{path}: expected sorted keys (uint64) and a float32 row per key; "
+                    f"got {key_dtype} x {key_shape} and {dtype} x {shape}"
+                )
+            if path.stat().st_size != vectors_at + 4 * shape[0] * shape[1]:
+                raise CorruptCollectionError(f"{path} is cut short or has bytes past its vectors")
+            self.vectors: np.ndarray = (
+                np.memmap(path, dtype="<f4", mode="r", offset=vectors_at, shape=shape)
+                if shape[0]
+                else np.empty(shape, np.float32)
+            )
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, EOFError, IndexError) as exc:
+            raise CorruptCollectionError(f"cannot read vectors file {path}: {exc}") from exc
+        if len(self.keys) > 1 and not bool(np.all(self.keys[1:] > self.keys[:-1])):
+            raise CorruptCollectionError(f"{path}: its keys are not sorted and unique")
+        self.count = len(self.keys)
+
+    def positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each key's row here (0 where absent) and whether it is here."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        if not self.count:
+            return np.zeros(keys.shape, dtype=np.int64), np.zeros(keys.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), self.count - 1)
+        return at, self.keys[at] == keys
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self.positions(keys)[1]
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        at, found = self.positions(np.asarray(keys).reshape(-1))
+        if not found.all():
+            raise KeyError(f"{int((~found).sum())} key(s) have no vector in {self.path.name}")
+        return np.asarray(self.vectors[at], dtype=np.float32)
+
+    def live(self, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (key, vector) pair but the ``dead`` keys'."""
+        alive = ~np.isin(self.keys, dead) if len(dead) else np.ones(self.count, dtype=bool)
+        return self.keys[alive], np.asarray(self.vectors[alive], dtype=np.float32)
+
+    def rescore(self, queries: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the ``count`` nearest of its candidate keys (``NO_KEY`` pads) by exact
+        distance: (keys, distances), padded with ``NO_KEY`` / inf."""
+        nq, width = candidates.shape
+        at, found = self.positions(candidates)
+        rows = np.asarray(self.vectors[at.reshape(-1)], dtype=np.float32).reshape(nq, width, -1)
+        dists = _paired(np.asarray(queries, dtype=np.float32), rows, self._metric)
+        dists[~found] = np.inf
+        order = np.argsort(dists, axis=1, kind="stable")[:, :count]
+        keys = np.take_along_axis(candidates, order, axis=1)
+        dists = np.take_along_axis(dists, order, axis=1)
+        keys[~np.isfinite(dists)] = NO_KEY
+        return keys, dists
+
+    def distances(self, query: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """One query's exact distance to each of ``keys``; inf for a key not here."""
+        at, found = self.positions(keys)
+        rows = np.asarray(self.vectors[at], dtype=np.float32)[None]
+        dists: np.ndarray = _paired(np.asarray(query, dtype=np.float32).reshape(1, -1), rows, self._metric)[0]
+        dists[~found] = np.inf
+        return dists
+
+    def nearest(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over every vector, a block of rows at a time: (keys, distances) per
+        query, ``min(count, self.count)`` columns."""
+        nq = len(queries)
+        keys = np.empty((nq, 0), np.uint64)
+        dists = np.empty((nq, 0), np.float32)
+        for start in range(0, self.count, _SCAN_ROWS):
+            block = np.asarray(self.vectors[start : start + _SCAN_ROWS], dtype=np.float32)
+            k2, d2 = nearest_of(
+                self.keys[start : start + len(block)], exact_distances(queries, block, self._metric), count
+            )
+            both_keys, both = np.concatenate([keys, k2], axis=1), np.concatenate([dists, d2], axis=1)
+            order = np.argsort(both, axis=1, kind="stable")[:, :count]
+            keys, dists = np.take_along_axis(both_keys, order, axis=1), np.take_along_axis(both, order, axis=1)
+        return keys, dists
+
+
+def _paired(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
+    """Distances of each query (nq, dim) to its own rows (nq, w, dim), as usearch measures them."""
+    dots = np.einsum("qd,qwd->qw", queries, rows)
+    if metric == "cosine":
+        norms = np.linalg.norm(rows, axis=2) * np.linalg.norm(queries, axis=1)[:, None]
+        out: np.ndarray = 1.0 - dots / np.maximum(norms, 1e-30)
+    elif metric == "ip":
+        out = 1.0 - dots
+    else:
+        out = (queries * queries).sum(1)[:, None] - 2.0 * dots + (rows * rows).sum(2)
+        np.maximum(out, 0.0, out=out)
+    return out.astype(np.float32, copy=False)

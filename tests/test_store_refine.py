@@ -1,0 +1,150 @@
+"""An i8 graph's vectors kept beside it: re-scored searches, exact lookups, lossless compaction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brinicle_etl import Collection, Store
+from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.store.manifest import read_manifest
+from brinicle_etl.store.refine import Refined, refined_name, write_refined
+from brinicle_etl.types import NO_KEY
+from tests.conftest import clustered, exact_knn
+
+DIM = 16
+
+
+def _keys(n: int) -> list[str]:
+    return [f"k{i}" for i in range(n)]
+
+
+def _recall(col: Collection, x: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    truth = exact_knn(x, queries, k, col.config.metric)
+    found = [[int(h.id[1:]) for h in col.search(q, k, ef=64)] for q in queries]
+    return float(np.mean([len(set(f) & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def test_the_file_holds_each_vector_under_its_key_sorted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    keys = rng.permutation(50).astype(np.uint64) * 7
+    vectors = rng.standard_normal((50, DIM)).astype(np.float32)
+    write_refined(tmp_path / "v.f32", keys, vectors)
+    refined = Refined(tmp_path / "v.f32", metric="cosine")
+    assert refined.keys.tolist() == sorted(keys.tolist())
+    assert np.array_equal(refined.get(keys[:5]), vectors[:5])
+    assert refined.contains(np.array([keys[0], 1], dtype=np.uint64)).tolist() == [True, False]
+    live_keys, live = refined.live(np.array([keys[0]], dtype=np.uint64))
+    assert len(live_keys) == 49 and keys[0] not in live_keys
+    assert np.array_equal(live, vectors[np.argsort(keys)][np.sort(keys) != keys[0]])
+    with pytest.raises(KeyError, match=r"1 key\(s\) have no vector in v\.f32"):
+        refined.get(np.array([1], dtype=np.uint64))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2sq"])
+def test_rescore_and_exact_scan_rank_by_true_distance(tmp_path: Path, metric: str) -> None:
+    x = clustered(300, DIM, seed=2)
+    keys = np.arange(300, dtype=np.uint64)
+    write_refined(tmp_path / "v.f32", keys, x)
+    refined = Refined(tmp_path / "v.f32", metric=metric)
+    q = clustered(5, DIM, seed=9)
+    truth = exact_knn(x, q, 10, metric)
+    nearest, dists = refined.nearest(q, 10)
+    assert nearest.tolist() == truth.tolist()
+    assert np.all(np.diff(dists, axis=1) >= 0)
+    # Candidates in any order, padded: the true nearest among them come first.
+    candidates = np.full((5, 40), NO_KEY, dtype=np.uint64)
+    candidates[:, :30] = np.random.default_rng(0).permutation(exact_knn(x, q, 30, metric).T).T
+    top, top_dists = refined.rescore(q, candidates, 10)
+    assert top.tolist() == truth.tolist()
+    assert np.allclose(top_dists, dists, atol=1e-5)
+    short, short_dists = refined.rescore(q, candidates[:, 25:], 10)  # 5 real candidates each
+    assert (short[:, 5:] == NO_KEY).all() and np.isinf(short_dists[:, 5:]).all()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda raw: raw[:-3], "is cut short or has bytes past its vectors"),
+        (lambda raw: raw + b"\0", "is cut short or has bytes past its vectors"),
+        (lambda raw: b"nonsense" + raw, "cannot read vectors file"),
+    ],
+)
+def test_a_damaged_file_is_named(tmp_path: Path, damage: object, message: str) -> None:
+    path = tmp_path / "v.f32"
+    write_refined(path, np.arange(4, dtype=np.uint64), np.ones((4, DIM), np.float32))
+    path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
+    with pytest.raises(CorruptCollectionError, match=message):
+        Refined(path, metric="cosine")
+
+
+def test_unsorted_keys_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "v.f32"
+    write_refined(path, np.array([3, 1], dtype=np.uint64), np.ones((2, DIM), np.float32))
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"\n") + 1  # the keys' data follows the first header
+    raw[at : at + 16] = np.array([3, 1], dtype="<u8").tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCollectionError, match="its keys are not sorted and unique"):
+        Refined(path, metric="cosine")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_an_i8_collection_keeps_its_vectors_and_finds_as_well_as_bf16(store: Store, metric: str) -> None:
+    x = clustered(2000, DIM, seed=4)
+    queries = clustered(50, DIM, seed=5)
+    recalls = {}
+    for dtype in ("i8", "bf16"):
+        col = store.create(f"c_{dtype}", dim=DIM, dtype=dtype, metric=metric)  # type: ignore[arg-type]
+        col.write(_keys(2000), x, mode="build")
+        recalls[dtype] = _recall(col, x, queries)
+    assert recalls["i8"] >= recalls["bf16"] - 0.01
+    col = store.open("c_i8")
+    # Exactly as given, not the 8-bit codes.
+    assert np.array_equal(col.vectors(["k0", "k1999"]), x[[0, 1999]])
+    m = read_manifest(col.directory)
+    assert m.main is not None and m.main.vectors == refined_name(m.main.file)
+    assert json.loads((col.directory / "manifest.json").read_text())["format"] == 3
+
+
+def test_upserts_deletes_and_a_rebuild_keep_the_vectors_as_given(store: Store) -> None:
+    x = clustered(1200, DIM, seed=6)
+    col = store.create("c", dim=DIM, dtype="i8")
+    col.write(_keys(1000), x[:1000], mode="build")
+    col.write(_keys(1200)[1000:], x[1000:], mode="insert")  # into the delta
+    changed = x[:10][::-1].copy()
+    col.write(_keys(10), changed, mode="upsert", delete=["k500"])
+    m = read_manifest(col.directory)
+    assert m.delta is not None and m.delta.vectors == refined_name(m.delta.file)
+    assert np.array_equal(col.vectors(["k0", "k1100", "k999"]), np.stack([changed[0], x[1100], x[999]]))
+    assert col.search(x[1100], 1)[0].id == "k1100"
+    col.rebuild()
+    m = read_manifest(col.directory)
+    assert m.delta is None and m.main is not None and m.main.count == 1199
+    assert sorted(p.name for p in col.directory.iterdir() if p.suffix in (".usearch", ".f32")) == sorted(
+        [m.main.file, refined_name(m.main.file)]
+    )
+    assert np.array_equal(col.vectors(["k0", "k1100", "k999"]), np.stack([changed[0], x[1100], x[999]]))
+    assert [h.id for h in col.search(x[1100], 1)] == ["k1100"]
+
+
+def test_an_i8_segment_written_before_vectors_files_still_reads_and_grows(store: Store) -> None:
+    x = clustered(600, DIM, seed=7)
+    col = store.create("c", dim=DIM, dtype="i8")
+    col.write(_keys(500), x[:500], mode="build")
+    # As an earlier version wrote it: no vectors file, format 1.
+    path = col.directory / "manifest.json"
+    data = json.loads(path.read_text())
+    (col.directory / data["main"].pop("vectors")).unlink()
+    data["format"] = 1
+    path.write_text(json.dumps(data))
+    old = store.open("c")
+    assert old.search(x[3], 1)[0].id == "k3"
+    old.write(_keys(600)[500:], x[500:], mode="insert")
+    m = read_manifest(col.directory)
+    assert m.main is not None and m.main.vectors is None
+    assert m.delta is not None and m.delta.vectors is not None
+    assert store.open("c").search(x[550], 1)[0].id == "k550"
