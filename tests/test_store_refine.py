@@ -32,7 +32,9 @@ def test_the_file_holds_each_vector_under_its_key_sorted(tmp_path: Path) -> None
     rng = np.random.default_rng(3)
     keys = rng.permutation(50).astype(np.uint64) * 7
     vectors = rng.standard_normal((50, DIM)).astype(np.float32)
-    write_refined(tmp_path / "v.f32", keys, vectors)
+    # In three parts, as a build adds them.
+    parts = [(keys[:20], vectors[:20]), (keys[20:21], vectors[20:21]), (keys[21:], vectors[21:])]
+    write_refined(tmp_path / "v.f32", parts, DIM)
     refined = Refined(tmp_path / "v.f32", metric="cosine")
     assert refined.keys.tolist() == sorted(keys.tolist())
     assert np.array_equal(refined.get(keys[:5]), vectors[:5])
@@ -48,7 +50,7 @@ def test_the_file_holds_each_vector_under_its_key_sorted(tmp_path: Path) -> None
 def test_rescore_and_exact_scan_rank_by_true_distance(tmp_path: Path, metric: str) -> None:
     x = clustered(300, DIM, seed=2)
     keys = np.arange(300, dtype=np.uint64)
-    write_refined(tmp_path / "v.f32", keys, x)
+    write_refined(tmp_path / "v.f32", [(keys, x)], DIM)
     refined = Refined(tmp_path / "v.f32", metric=metric)
     q = clustered(5, DIM, seed=9)
     truth = exact_knn(x, q, 10, metric)
@@ -75,7 +77,7 @@ def test_rescore_and_exact_scan_rank_by_true_distance(tmp_path: Path, metric: st
 )
 def test_a_damaged_file_is_named(tmp_path: Path, damage: object, message: str) -> None:
     path = tmp_path / "v.f32"
-    write_refined(path, np.arange(4, dtype=np.uint64), np.ones((4, DIM), np.float32))
+    write_refined(path, [(np.arange(4, dtype=np.uint64), np.ones((4, DIM), np.float32))], DIM)
     path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
     with pytest.raises(CorruptCollectionError, match=message):
         Refined(path, metric="cosine")
@@ -83,7 +85,7 @@ def test_a_damaged_file_is_named(tmp_path: Path, damage: object, message: str) -
 
 def test_unsorted_keys_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "v.f32"
-    write_refined(path, np.array([3, 1], dtype=np.uint64), np.ones((2, DIM), np.float32))
+    write_refined(path, [(np.array([3, 1], dtype=np.uint64), np.ones((2, DIM), np.float32))], DIM)
     raw = bytearray(path.read_bytes())
     at = raw.index(b"\n") + 1  # the keys' data follows the first header
     raw[at : at + 16] = np.array([3, 1], dtype="<u8").tobytes()

@@ -49,15 +49,24 @@ def _header(fh: BinaryIO, dtype: str, shape: tuple[int, ...]) -> None:
     )
 
 
-def write_refined(path: Path, keys: np.ndarray, vectors: np.ndarray) -> None:
-    """Write ``vectors`` under ``keys`` durably to ``path``, sorted by key."""
+def write_refined(path: Path, parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> None:
+    """Write the (keys, vectors) ``parts`` durably to ``path`` as one file sorted by key,
+    a block of rows at a time (never a sorted copy of them all)."""
+    keys = np.concatenate([k for k, _v in parts]) if parts else np.empty(0, np.uint64)
     order = np.argsort(keys, kind="stable")
+    ends = np.cumsum([len(k) for k, _v in parts])
     with open(path, "wb") as fh:
         _header(fh, "<u8", (len(keys),))
         fh.write(np.ascontiguousarray(keys[order], dtype="<u8").data)
-        _header(fh, "<f4", (len(keys), vectors.shape[1]))
-        for start in range(0, len(order), _WRITE_ROWS):  # not a sorted copy of them all at once
-            fh.write(np.ascontiguousarray(vectors[order[start : start + _WRITE_ROWS]], dtype="<f4").data)
+        _header(fh, "<f4", (len(keys), dim))
+        for start in range(0, len(order), _WRITE_ROWS):
+            rows = order[start : start + _WRITE_ROWS]
+            part = np.searchsorted(ends, rows, side="right")
+            block = np.empty((len(rows), dim), dtype="<f4")
+            for i in np.unique(part).tolist():
+                mine = part == i
+                block[mine] = parts[i][1][rows[mine] - (ends[i - 1] if i else 0)]
+            fh.write(block.data)
     fsync_file(path)
 
 

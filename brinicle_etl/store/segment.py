@@ -217,13 +217,7 @@ class SegmentBuilder:
         vectors = None
         if self._kept is not None:
             vectors = refined_name(path.name)
-            keys = np.concatenate([k for k, _v in self._kept]) if self._kept else np.empty(0, np.uint64)
-            matrix = (
-                np.concatenate([v for _k, v in self._kept])
-                if self._kept
-                else np.empty((0, self.index.ndim), np.float32)
-            )
-            write_refined(path.parent / vectors, keys, matrix)
+            write_refined(path.parent / vectors, self._kept, self.index.ndim)
         _save(self.index, path, sync=False)
         if _link_unreachable(self.index, path):
             _save(self.index, path, sync=False)
