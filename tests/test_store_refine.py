@@ -10,9 +10,9 @@ import pytest
 
 from brinicle_etl import Collection, Store
 from brinicle_etl.errors import CorruptCollectionError
-from brinicle_etl.store.manifest import read_manifest
+from brinicle_etl.store.manifest import CollectionConfig, read_manifest
 from brinicle_etl.store.refine import Refined, refined_name, write_refined
-from brinicle_etl.types import NO_KEY
+from brinicle_etl.types import NO_KEY, HnswParams
 from tests.conftest import clustered, exact_knn
 
 DIM = 16
@@ -150,3 +150,82 @@ def test_an_i8_segment_written_before_vectors_files_still_reads_and_grows(store:
     assert m.main is not None and m.main.vectors is None
     assert m.delta is not None and m.delta.vectors is not None
     assert store.open("c").search(x[550], 1)[0].id == "k550"
+
+
+def test_distances_are_the_exact_ones_not_the_codes(store: Store) -> None:
+    x = clustered(3000, DIM, seed=8)
+    col = store.create("c", dim=DIM, dtype="i8")
+    col.write(_keys(3000), x, mode="build")
+    q = clustered(1, DIM, seed=11)[0]
+    hits = col.search(q, 10, ef=200)
+    exact = 1 - (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
+    assert np.allclose([h.distance for h in hits], exact[[int(h.id[1:]) for h in hits]], atol=1e-5)
+    assert [h.id for h in hits] == [f"k{i}" for i in np.argsort(exact, kind="stable")[:10]]
+
+
+def test_columns_past_a_querys_valid_count_are_never_rescored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # usearch leaves the columns past a query's count unwritten; they may hold real keys.
+    from brinicle_etl.store import segment as segment_module
+
+    x = clustered(400, DIM, seed=12)
+    keys = np.arange(400, dtype=np.uint64)
+    segment_module.build_segment(tmp_path / "s.usearch", keys, x, CollectionConfig(dim=DIM, dtype="i8"), HnswParams())
+    seg = segment_module.Segment(tmp_path / "s.usearch", ef_search=64, vectors=tmp_path / "s.f32")
+    real = segment_module._search_many
+    q = x[[5]]
+
+    def short(index: object, queries: np.ndarray, count: int, **kwargs: object) -> tuple[np.ndarray, ...]:
+        found, dists, counts = real(index, queries, count, **kwargs)  # type: ignore[arg-type]
+        found[:, 3:] = 399 - np.arange(found.shape[1] - 3)  # stale keys, some nearer than the three
+        return found, dists, np.minimum(counts, 3)
+
+    monkeypatch.setattr(segment_module, "_search_many", short)
+    got, _, n = seg.search(q, 10, ef=None, exact=False, threads=1)
+    assert n.tolist() == [3] and (got[0, 3:] == NO_KEY).all()
+    one, _ = seg.search_one(q[0], 10, ef=None)
+    assert one.tolist() == got[0, :3].tolist()
+
+
+def test_a_build_leaves_no_scratch_file_and_a_crashed_ones_is_removed(store: Store) -> None:
+    x = clustered(300, DIM, seed=13)
+    col = store.create("c", dim=DIM, dtype="i8")
+    col.write(_keys(300), x, mode="build")
+    assert not list(col.directory.glob("spill-*"))
+    (col.directory / "spill-00000000-deadbeef.f32").write_bytes(b"\0" * 64)  # as a killed build leaves it
+    col.write(["extra"], x[:1], mode="insert")
+    assert not list(col.directory.glob("spill-*"))
+
+
+def test_a_manifest_with_vectors_null_reads_as_one_without(store: Store) -> None:
+    x = clustered(200, DIM, seed=14)
+    col = store.create("c", dim=DIM, dtype="bf16")
+    col.write(_keys(200), x, mode="build")
+    path = col.directory / "manifest.json"
+    data = json.loads(path.read_text())
+    assert "vectors" not in data["main"] and data["format"] == 1  # a bf16 collection's is as before
+    data["main"]["vectors"] = None
+    path.write_text(json.dumps(data))
+    assert store.open("c").search(x[9], 1)[0].id == "k9"
+    assert read_manifest(col.directory).main.vectors is None  # type: ignore[union-attr]
+
+
+def test_an_older_i8_delta_grows_a_vectors_file_from_its_codes(store: Store) -> None:
+    x = clustered(700, DIM, seed=15)
+    col = store.create("c", dim=DIM, dtype="i8")
+    col.write(_keys(500), x[:500], mode="build")
+    col.write(_keys(600)[500:], x[500:600], mode="insert")
+    path = col.directory / "manifest.json"
+    data = json.loads(path.read_text())
+    for part in ("main", "delta"):
+        (col.directory / data[part].pop("vectors")).unlink()
+    data["format"] = 1
+    path.write_text(json.dumps(data))
+    old = store.open("c")
+    old.write(_keys(700)[600:], x[600:], mode="insert")
+    m = read_manifest(col.directory)
+    assert m.delta is not None and m.delta.vectors is not None and m.delta.count == 200
+    # The older rows' vectors are their codes decoded: close, not exact; the new ones exact.
+    got = old.vectors(["k550", "k650"])
+    assert np.array_equal(got[1], x[650]) and not np.array_equal(got[0], x[550])
+    assert np.allclose(got[0] / np.linalg.norm(got[0]), x[550], atol=0.02)
+    assert [h.id for h in store.open("c").search(x[550], 1)] == ["k550"]

@@ -14,7 +14,16 @@ __all__ = ["MANAGED_PREFIXES", "new_name", "remove_unreferenced"]
 
 # Every file a collection writes starts with one of these; anything else in the
 # directory (a user's notes, the lock) is never touched by cleanup.
-MANAGED_PREFIXES = ("main-", "delta-", "pending-", "rows-", "tomb-", "manifest.json.tmp-", "session.log.tmp-")
+MANAGED_PREFIXES = (
+    "main-",
+    "delta-",
+    "pending-",
+    "rows-",
+    "tomb-",
+    "spill-",
+    "manifest.json.tmp-",
+    "session.log.tmp-",
+)
 
 
 def new_name(kind: str, generation: int, suffix: str) -> str:

@@ -14,6 +14,9 @@ its candidates' rows.
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
@@ -21,16 +24,19 @@ import numpy as np
 
 from brinicle_etl._fs import fsync_file
 from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.store.files import new_name
 from brinicle_etl.store.flat import exact_distances, nearest_of
 from brinicle_etl.types import NO_KEY
 
-__all__ = ["RERANK", "Refined", "refined_name", "refines", "write_refined"]
+__all__ = ["RERANK", "Kept", "Refined", "open_refined", "refined_name", "refines", "write_refined"]
 
 RERANK = 4
 """Candidates asked of the graph per result wanted. At 1M x 128 text-like vectors, an i8
 graph re-scored from 4x k reaches the recall of the bf16 graph at the same ef, or better."""
 _WRITE_ROWS = 65_536
 _SCAN_ROWS = 65_536
+_CELLS = 1 << 22
+"""Queries are re-scored in chunks of at most this many candidate floats (16 MB)."""
 
 
 def refines(dtype: str) -> bool:
@@ -68,6 +74,53 @@ def write_refined(path: Path, parts: list[tuple[np.ndarray, np.ndarray]], dim: i
                 block[mine] = parts[i][1][rows[mine] - (ends[i - 1] if i else 0)]
             fh.write(block.data)
     fsync_file(path)
+
+
+class Kept:
+    """The vectors a build is given, for its vectors file: appended to a scratch file in the
+    collection's directory as they come (a 10M x 768 build would hold 30 GB of them in
+    memory), their keys in memory. Parts already on disk (an extended segment's vectors
+    file) are read from where they are. A scratch file left by a crash is a managed file:
+    the next write removes it."""
+
+    def __init__(self, directory: Path, dim: int):
+        self._directory = directory
+        self._dim = dim
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._keys: list[np.ndarray] = []
+        self._scratch: Path | None = None
+        self._fh: BinaryIO | None = None
+
+    def part(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Vectors to take as they are (not copied: they must not change before the save)."""
+        self._parts.append((keys, vectors))
+
+    def keep(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if self._fh is None:
+            self._scratch = self._directory / new_name("spill", 0, ".f32")
+            self._fh = open(self._scratch, "wb")  # noqa: SIM115 - open until the save
+        self._fh.write(np.ascontiguousarray(vectors, dtype="<f4").data)
+        self._keys.append(np.array(keys, dtype=np.uint64))
+
+    def write(self, path: Path) -> None:
+        """Write them all to ``path``, sorted by key, and let the scratch file go."""
+        parts = list(self._parts)
+        if self._fh is not None and self._scratch is not None:
+            self._fh.close()
+            keys = np.concatenate(self._keys)
+            if len(keys):
+                parts.append((keys, np.memmap(self._scratch, dtype="<f4", mode="r", shape=(len(keys), self._dim))))
+        try:
+            write_refined(path, parts, self._dim)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        if self._scratch is not None:
+            self._scratch.unlink(missing_ok=True)
+        self._fh = self._scratch = None
 
 
 def _read_header(fh: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
@@ -145,9 +198,14 @@ class Refined:
         """Per query, the ``count`` nearest of its candidate keys (``NO_KEY`` pads) by exact
         distance: (keys, distances), padded with ``NO_KEY`` / inf."""
         nq, width = candidates.shape
+        queries = np.asarray(queries, dtype=np.float32)
         at, found = self.positions(candidates)
-        rows = np.asarray(self.vectors[at.reshape(-1)], dtype=np.float32).reshape(nq, width, -1)
-        dists = _paired(np.asarray(queries, dtype=np.float32), rows, self._metric)
+        dists = np.empty((nq, width), dtype=np.float32)
+        step = max(1, _CELLS // max(1, width * self.vectors.shape[1]))
+        for start in range(0, nq, step):
+            mine = at[start : start + step]
+            rows = np.asarray(self.vectors[mine.reshape(-1)], dtype=np.float32).reshape(*mine.shape, -1)
+            dists[start : start + step] = _paired(queries[start : start + step], rows, self._metric)
         dists[~found] = np.inf
         order = np.argsort(dists, axis=1, kind="stable")[:, :count]
         keys = np.take_along_axis(candidates, order, axis=1)
@@ -164,20 +222,42 @@ class Refined:
         return dists
 
     def nearest(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search over every vector, a block of rows at a time: (keys, distances) per
-        query, ``min(count, self.count)`` columns."""
-        nq = len(queries)
-        keys = np.empty((nq, 0), np.uint64)
-        dists = np.empty((nq, 0), np.float32)
+        """Exact search over every vector: (keys, distances) per query, ``min(count,
+        self.count)`` columns. A few queries at a time, each against every row in one
+        pass (when ``count`` nears the segment's size, merging blocks would sort it again
+        and again), rows read a block at a time."""
+        step = max(1, _CELLS // max(1, self.count))
+        parts = [self._nearest(queries[i : i + step], count) for i in range(0, len(queries), step)]
+        if not parts:
+            return np.empty((0, min(count, self.count)), np.uint64), np.empty((0, min(count, self.count)), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _nearest(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        dists = np.empty((len(queries), self.count), dtype=np.float32)
         for start in range(0, self.count, _SCAN_ROWS):
             block = np.asarray(self.vectors[start : start + _SCAN_ROWS], dtype=np.float32)
-            k2, d2 = nearest_of(
-                self.keys[start : start + len(block)], exact_distances(queries, block, self._metric), count
-            )
-            both_keys, both = np.concatenate([keys, k2], axis=1), np.concatenate([dists, d2], axis=1)
-            order = np.argsort(both, axis=1, kind="stable")[:, :count]
-            keys, dists = np.take_along_axis(both_keys, order, axis=1), np.take_along_axis(both, order, axis=1)
-        return keys, dists
+            dists[:, start : start + len(block)] = exact_distances(queries, block, self._metric)
+        return nearest_of(self.keys, dists, count)
+
+
+_opened: weakref.WeakValueDictionary[tuple[str, int, int, int, str], Refined] = weakref.WeakValueDictionary()
+_opened_lock = threading.Lock()
+
+
+def open_refined(path: Path, *, metric: str) -> Refined:
+    """The vectors file at ``path``, shared by every segment that has it open: a segment's
+    files never change, and a reader opening the next generation would read the keys of
+    the same main again (80 MB at 10M rows). Held only while in use (weakly): a removed
+    generation's file is let go with its last segment."""
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, metric)
+    with _opened_lock:
+        found = _opened.get(key)
+    if found is not None:
+        return found
+    refined = Refined(path, metric=metric)
+    with _opened_lock:
+        return _opened.setdefault(key, refined)
 
 
 def _paired(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:

@@ -32,7 +32,7 @@ from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig, SegmentInfo
 from brinicle_etl.store.reach import unreachable
-from brinicle_etl.store.refine import RERANK, Refined, refined_name, refines, write_refined
+from brinicle_etl.store.refine import RERANK, Kept, open_refined, refined_name, refines
 from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
 
 __all__ = ["JOINT_MAX_FILES", "Joint", "Segment", "SegmentBuilder", "build_segment"]
@@ -183,30 +183,29 @@ class SegmentBuilder:
         params: HnswParams,
         source: SegmentInfo | None = None,
         *,
-        directory: Path | None = None,
+        directory: Path,
     ):
         self.params = params
-        # An i8 graph's vectors as given, written beside it (see refine.py).
-        self._kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if refines(config.dtype) else None
+        # An i8 graph's vectors as given, written beside it (see refine.py); a scratch file
+        # holds them until then.
+        self._kept = Kept(directory, config.dim) if refines(config.dtype) else None
         if source is None:
             self.index = _new_index(config, params)
             return
-        if directory is None:
-            raise ValueError("extending a segment needs the directory it is in")
         self.index = _restore(directory / source.file, view=False)
         self.index.expansion_add = params.ef_construction
         if self._kept is not None:
             if source.vectors:
-                old = Refined(directory / source.vectors, metric=config.metric)
-                self._kept.append((np.array(old.keys), np.asarray(old.vectors, dtype=np.float32)))
+                old = open_refined(directory / source.vectors, metric=config.metric)
+                self._kept.part(old.keys, old.vectors)
             else:  # written before i8 segments kept their vectors: the codes are all there is
                 keys = np.asarray(self.index.keys, dtype=np.uint64)
-                self._kept.append((keys, _decoded(self.index, keys)))
+                self._kept.part(keys, _decoded(self.index, keys))
 
     def add(self, keys: np.ndarray, vectors: np.ndarray, progress: BuildProgress | None = None) -> None:
         _add(self.index, keys, vectors, self.params, progress)
         if self._kept is not None:
-            self._kept.append((np.array(keys, dtype=np.uint64), np.array(vectors, dtype=np.float32)))
+            self._kept.keep(keys, vectors)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -217,7 +216,7 @@ class SegmentBuilder:
         vectors = None
         if self._kept is not None:
             vectors = refined_name(path.name)
-            write_refined(path.parent / vectors, self._kept, self.index.ndim)
+            self._kept.write(path.parent / vectors)
         _save(self.index, path, sync=False)
         if _link_unreachable(self.index, path):
             _save(self.index, path, sync=False)
@@ -235,7 +234,7 @@ def build_segment(
 ) -> SegmentInfo:
     """Write a fresh HNSW index of ``vectors`` under ``keys`` to ``path`` (and the vectors
     file beside it when its dtype keeps one)."""
-    builder = SegmentBuilder(config, params)
+    builder = SegmentBuilder(config, params, directory=path.parent)
     builder.add(keys, vectors, progress)
     return builder.save(path)
 
@@ -316,7 +315,7 @@ class Segment:
         self._views = _Views(lambda: _restore(path, view=True), most=max(2, usable_cpus()))
         with self._views.lend() as first:
             self.count = len(first)
-        self.refined = Refined(vectors, metric=metric) if vectors is not None else None
+        self.refined = open_refined(vectors, metric=metric) if vectors is not None else None
         if self.refined is not None and self.refined.count != self.count:
             raise CorruptCollectionError(
                 f"{vectors} holds {self.refined.count} vectors for the {self.count} of {path.name}"
@@ -327,10 +326,10 @@ class Segment:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top ``count`` per query: (keys, distances, how many are valid per row)."""
         refined = self.refined
-        if refined is not None and exact:
-            keys, dists = refined.nearest(queries, count)
+        wide = count if refined is None else count * RERANK
+        if refined is not None and (exact or wide * 2 >= self.count):
+            keys, dists = refined.nearest(queries, count)  # cheaper than a graph walk that wide
             return _padded(keys, dists, count)
-        wide = count if refined is None else min(self.count, count * RERANK)
         with self._views.lend() as index:
             want_ef = ef or self._ef
             if index.expansion_search != want_ef:
@@ -338,7 +337,7 @@ class Segment:
             found = _search_many(index, queries, wide, exact=exact, threads=threads)
         if refined is None:
             return found
-        keys, dists = refined.rescore(queries, found[0], count)
+        keys, dists = refined.rescore(queries, _valid(*found), count)
         return _padded(keys, dists, count)
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +345,10 @@ class Segment:
         written out by hand: a view taken from the pool without a context manager, and the
         compiled search called directly (together ~5 µs of a 40-100 µs query)."""
         refined = self.refined
-        wide = count if refined is None else min(self.count, count * RERANK)
+        wide = count if refined is None else count * RERANK
+        if refined is not None and wide * 2 >= self.count:
+            keys, dists = refined.nearest(query.reshape(1, -1), count)
+            return keys[0], dists[0]
         views = self._views
         index = views.take()
         try:
@@ -357,7 +359,7 @@ class Segment:
         finally:
             views.give_back(index)
         if refined is not None:
-            keys, dists = refined.rescore(query.reshape(1, -1), keys, count)
+            keys, dists = refined.rescore(query.reshape(1, -1), _valid(keys, dists, counts), count)
             n = int(np.isfinite(dists[0]).sum())
             return keys[0, :n], dists[0, :n]
         n = int(counts[0])
@@ -391,6 +393,12 @@ class Segment:
             if len(dead):
                 keys = keys[~np.isin(keys, dead)]
             return keys, _decoded(index, keys)
+
+
+def _valid(keys: np.ndarray, _dists: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The keys with every column past a row's valid count set to ``NO_KEY``: usearch leaves
+    those unwritten, and they may hold any key."""
+    return np.where(np.arange(keys.shape[1])[None, :] < np.asarray(counts)[:, None], keys, NO_KEY)
 
 
 def _padded(keys: np.ndarray, dists: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
