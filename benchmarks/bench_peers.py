@@ -4,7 +4,8 @@ The same table for both: ``n`` rows of a key (``id``), a ``title``, a ``category
 a ``price`` and a 128-d unit ``embedding`` (text-like, cosine), exported to Parquet. Both
 engines get the same files and the same HNSW params (M=16, ef_construction=200); LanceDB's
 index is ``IVF_HNSW_SQ`` (its HNSW-type index; one IVF partition per 500k rows), ours the
-default bf16 usearch HNSW. Each engine runs in its own fresh process, one after the other:
+default usearch HNSW (or ``--dtype``'s). Each engine runs in its own fresh process, one after
+the other:
 
 1. first ingest: the Parquet export into a table with an index (LanceDB: ``create_table`` of
    the read file, then ``create_index``); in our process, once just before and once just
@@ -29,7 +30,7 @@ Goals (issue 17): the 10% upsert call within 1.5x of ``merge_insert`` and >= 5x 
 indexed; the no-op re-ingest within 1.5x of LanceDB's; single-query search with rows >= 2x
 faster at equal or better recall; first ingest ahead of LanceDB and >= 0.9x raw usearch.
 
-Usage: python benchmarks/bench_peers.py [--sizes 100000 1000000] [--queries 300]
+Usage: python benchmarks/bench_peers.py [--sizes 100000 1000000] [--queries 300] [--dtype i8 --out F]
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets
+
+from brinicle_etl.types import DEFAULT_DTYPE
 
 DIM, K, M, EF_CONSTRUCTION = 128, 10, 16, 200
 CATEGORIES = [f"cat{i}" for i in range(10)]
@@ -132,7 +135,7 @@ def sweep(
     return {"curve": curve, "chosen": chosen}
 
 
-def run_ours(work: str) -> dict[str, Any]:
+def run_ours(work: str, dtype: str) -> dict[str, Any]:
     from brinicle_etl import Store, ingest
     from brinicle_etl.search import search
     from brinicle_etl.types import HnswParams
@@ -140,17 +143,18 @@ def run_ours(work: str) -> dict[str, Any]:
     w = Path(work)
     # Raw add once before our first ingest and once after: the machine drifts by ~10-15%
     # between runs of the same add, so the ratio is against their mean.
-    raw_before = raw_add(w)
-    out: dict[str, Any] = {"engine": "brinicle-etl"}
+    raw_before = raw_add(w, dtype)
+    out: dict[str, Any] = {"engine": "brinicle-etl", "dtype": dtype}
     store = Store(w / "ours")
     options = {
         "primary_key": "id",
         "vector_col": "embedding",
         "params": HnswParams(M=M, ef_construction=EF_CONSTRUCTION),
+        "dtype": dtype,
     }
     out["first_ingest"], result = timed(lambda: ingest(w / "export-1.parquet", "bench/peers", store=store, **options))
     out["first_stages"] = {k: v for k, v in result.timings.items() if k != "total"}
-    raw_after = raw_add(w)
+    raw_after = raw_add(w, dtype)
     out["raw_adds"] = [raw_before, raw_after]
     out["raw_add"] = (raw_before + raw_after) / 2
     shutil.copytree(w / "ours", w / "ours-background")
@@ -191,7 +195,7 @@ def run_ours(work: str) -> dict[str, Any]:
     return out
 
 
-def raw_add(work: Path) -> float:
+def raw_add(work: Path, dtype: str) -> float:
     """Raw usearch ``Index.add`` of the first export's vectors, same params, dtype and threads
     as our build (all cores): the floor for our first ingest, in our process just before it."""
     import pyarrow.parquet as pq
@@ -199,7 +203,7 @@ def raw_add(work: Path) -> float:
 
     column = pq.read_table(work / "export-1.parquet", columns=["embedding"]).column("embedding")
     vectors = column.combine_chunks().flatten().to_numpy().reshape(-1, DIM)
-    index = Index(ndim=DIM, metric="cos", dtype="bf16", connectivity=M, expansion_add=EF_CONSTRUCTION)
+    index = Index(ndim=DIM, metric="cos", dtype=dtype, connectivity=M, expansion_add=EF_CONSTRUCTION)
     seconds, _ = timed(lambda: index.add(np.arange(len(vectors), dtype=np.uint64), vectors, threads=0))
     return seconds
 
@@ -291,13 +295,14 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, started: float)
         "# brinicle-etl against LanceDB",
         "",
         datasets.run_line(
-            f"python benchmarks/bench_peers.py --sizes {' '.join(map(str, args.sizes))} --queries {args.queries}",
+            f"python benchmarks/bench_peers.py --sizes {' '.join(map(str, args.sizes))} --queries {args.queries}"
+            + (f" --dtype {args.dtype} --out {args.out}" if args.dtype != DEFAULT_DTYPE else ""),
             started,
         ),
         "",
         "Rows: id, title, category (10 values), price, a 128-d unit embedding (text-like, cosine), from Parquet. "
         f"HNSW M={M}, ef_construction={EF_CONSTRUCTION} on both sides; LanceDB's index `IVF_HNSW_SQ` (one IVF "
-        "partition per 500k rows), ours bf16. Each engine in its own fresh process, one after the other; raw "
+        f"partition per 500k rows), ours {args.dtype}. Each engine in its own fresh process, one after the other; raw "
         "usearch `Index.add` in ours, once just before its first ingest and once just after (their mean is "
         'the reference); our 10% upsert once with `index="now"` and '
         'once, on a copy of the store, with `index="background"`. '
@@ -416,6 +421,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.md")
+    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], default=DEFAULT_DTYPE)
     args = parser.parse_args()
     started = time.time()
     runs = []
@@ -423,7 +429,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             info = exports(size, Path(work), args.queries)
             for runner in (run_ours, run_lance):
-                result = in_child(runner, work)
+                result = in_child(runner, work, args.dtype) if runner is run_ours else in_child(runner, work)
                 result.update(info)
                 runs.append(result)
                 print(f"{size} {result['engine']}: first ingest {result['first_ingest']:.1f} s", flush=True)
