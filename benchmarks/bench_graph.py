@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets
-from bench_peers import DIM, RESULTS, TARGET, K, M, import_lancedb, recall
+from bench_peers import DIM, RESULTS, TARGET, K, M, import_lancedb, sweep
 
 RERANK = 4
 EFS = [64, 96, 128, 192, 256, 384, 512, 768, 1024]
@@ -59,20 +58,6 @@ def data(work: Path, size: int, n_queries: int) -> None:
     np.save(work / "vectors.npy", vectors)
     np.save(work / "queries.npy", queries)
     np.save(work / "truth.npy", datasets.ground_truth(vectors, queries, K, "cosine"))
-
-
-def sweep(search: Any, settings: list[Any], queries: np.ndarray, truth: np.ndarray) -> list[dict[str, Any]]:
-    curve = []
-    for setting in settings:
-        for q in queries[:30]:
-            search(q, setting)
-        times, found = [], []
-        for q in queries:
-            t = time.perf_counter()
-            found.append(search(q, setting))
-            times.append(time.perf_counter() - t)
-        curve.append({"ef": setting, "p50": statistics.median(times), "recall": recall(found, truth)})
-    return curve
 
 
 def run_usearch(option: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -104,7 +89,7 @@ def run_usearch(option: dict[str, Any], work: Path) -> dict[str, Any]:
         scores = unit[candidates] @ (q / np.linalg.norm(q))
         return candidates[np.argsort(-scores)[:K]].tolist()
 
-    return {"build": build, "curve": sweep(search, EFS, queries, truth)}
+    return {"build": build, "curve": sweep(search, EFS, queries, truth)["curve"]}
 
 
 def run_lancedb(option: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -137,7 +122,7 @@ def run_lancedb(option: dict[str, Any], work: Path) -> dict[str, Any]:
         found = query.limit(K).select(["id"]).to_arrow()
         return found["id"].to_pylist()
 
-    return {"build": build, "curve": sweep(search, EFS, queries, truth)}
+    return {"build": build, "curve": sweep(search, EFS, queries, truth)["curve"]}
 
 
 def _child(option: dict[str, Any], work: str, out: Any) -> None:
@@ -175,7 +160,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
     ]
     for r in results:
         best = chosen(r["curve"])
-        at = f"ef {best['ef']}" if best else "none"
+        at = f"ef {best['setting']}" if best else "none"
         p50 = f"{best['p50'] * 1e3:.2f}" if best else ""
         rec = f"{best['recall']:.3f}" if best else f"best {max(c['recall'] for c in r['curve']):.3f}"
         ratio = lance["build"] / r["build"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from brinicle_etl._fs import fsync_file
 from brinicle_etl.errors import CorruptCollectionError
+from brinicle_etl.store.rows import sorted_positions
 from brinicle_etl.types import NO_KEY
 
 __all__ = ["ExactSet", "FlatSegment", "exact_distances", "nearest_of", "write_flat"]
@@ -139,11 +140,8 @@ class FlatSegment:
         return keys[0], dists[0]
 
     def _positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
-        if not self.count:
-            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
-        at = np.minimum(np.searchsorted(self._sorted, keys), self.count - 1)
-        return self._order[at], self._sorted[at] == keys
+        at, found = sorted_positions(np.asarray(keys, dtype=np.uint64).reshape(-1), self._sorted)
+        return (self._order[at] if self.count else at), found
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self._positions(keys)[1]

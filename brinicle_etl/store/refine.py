@@ -26,6 +26,7 @@ from brinicle_etl._fs import fsync_file
 from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.store.files import new_name
 from brinicle_etl.store.flat import exact_distances, nearest_of
+from brinicle_etl.store.rows import sorted_positions
 from brinicle_etl.types import NO_KEY
 
 __all__ = ["RERANK", "Kept", "Refined", "open_refined", "refined_name", "refines", "write_refined"]
@@ -174,11 +175,7 @@ class Refined:
 
     def positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each key's row here (0 where absent) and whether it is here."""
-        keys = np.asarray(keys, dtype=np.uint64)
-        if not self.count:
-            return np.zeros(keys.shape, dtype=np.int64), np.zeros(keys.shape, dtype=bool)
-        at = np.minimum(np.searchsorted(self.keys, keys), self.count - 1)
-        return at, self.keys[at] == keys
+        return sorted_positions(np.asarray(keys, dtype=np.uint64), self.keys)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self.positions(keys)[1]
@@ -194,9 +191,8 @@ class Refined:
         alive = ~np.isin(self.keys, dead) if len(dead) else np.ones(self.count, dtype=bool)
         return self.keys[alive], np.asarray(self.vectors[alive], dtype=np.float32)
 
-    def rescore(self, queries: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per query, the ``count`` nearest of its candidate keys (``NO_KEY`` pads) by exact
-        distance: (keys, distances), padded with ``NO_KEY`` / inf."""
+    def _scored(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Each query's exact distance to each of its own candidate keys; inf for a key not here."""
         nq, width = candidates.shape
         queries = np.asarray(queries, dtype=np.float32)
         at, found = self.positions(candidates)
@@ -207,6 +203,12 @@ class Refined:
             rows = np.asarray(self.vectors[mine.reshape(-1)], dtype=np.float32).reshape(*mine.shape, -1)
             dists[start : start + step] = _paired(queries[start : start + step], rows, self._metric)
         dists[~found] = np.inf
+        return dists
+
+    def rescore(self, queries: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the ``count`` nearest of its candidate keys (``NO_KEY`` pads) by exact
+        distance: (keys, distances), padded with ``NO_KEY`` / inf."""
+        dists = self._scored(queries, candidates)
         order = np.argsort(dists, axis=1, kind="stable")[:, :count]
         keys = np.take_along_axis(candidates, order, axis=1)
         dists = np.take_along_axis(dists, order, axis=1)
@@ -215,10 +217,7 @@ class Refined:
 
     def distances(self, query: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """One query's exact distance to each of ``keys``; inf for a key not here."""
-        at, found = self.positions(keys)
-        rows = np.asarray(self.vectors[at], dtype=np.float32)[None]
-        dists: np.ndarray = _paired(np.asarray(query, dtype=np.float32).reshape(1, -1), rows, self._metric)[0]
-        dists[~found] = np.inf
+        dists: np.ndarray = self._scored(query.reshape(1, -1), keys.reshape(1, -1))[0]
         return dists
 
     def nearest(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

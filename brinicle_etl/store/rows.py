@@ -80,14 +80,20 @@ def read_tombstones(path: Path) -> np.ndarray:
         raise CorruptCollectionError(f"cannot read tombstones {path}: {exc}") from exc
 
 
-def is_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Elementwise membership of ``values`` in a sorted array (any shape)."""
+def sorted_positions(values: np.ndarray, sorted_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise, where each of ``values`` is in a sorted array (0 where absent) and
+    whether it is there (any shape)."""
     if len(sorted_set) == 0:
-        return np.zeros(values.shape, dtype=bool)
+        return np.zeros(values.shape, dtype=np.int64), np.zeros(values.shape, dtype=bool)
     pos = np.searchsorted(sorted_set, values)
     np.minimum(pos, len(sorted_set) - 1, out=pos)
     found: np.ndarray = sorted_set[pos] == values
-    return found
+    return pos, found
+
+
+def is_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Elementwise membership of ``values`` in a sorted array (any shape)."""
+    return sorted_positions(values, sorted_set)[1]
 
 
 class IdMap:

@@ -337,7 +337,7 @@ class Segment:
             found = _search_many(index, queries, wide, exact=exact, threads=threads)
         if refined is None:
             return found
-        keys, dists = refined.rescore(queries, _valid(*found), count)
+        keys, dists = refined.rescore(queries, _valid(found[0], found[2]), count)
         return _padded(keys, dists, count)
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +359,7 @@ class Segment:
         finally:
             views.give_back(index)
         if refined is not None:
-            keys, dists = refined.rescore(query.reshape(1, -1), _valid(keys, dists, counts), count)
+            keys, dists = refined.rescore(query.reshape(1, -1), _valid(keys, counts), count)
             n = int(np.isfinite(dists[0]).sum())
             return keys[0, :n], dists[0, :n]
         n = int(counts[0])
@@ -395,7 +395,7 @@ class Segment:
             return keys, _decoded(index, keys)
 
 
-def _valid(keys: np.ndarray, _dists: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _valid(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The keys with every column past a row's valid count set to ``NO_KEY``: usearch leaves
     those unwritten, and they may hold any key."""
     return np.where(np.arange(keys.shape[1])[None, :] < np.asarray(counts)[:, None], keys, NO_KEY)
