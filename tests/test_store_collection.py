@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -28,9 +29,11 @@ from brinicle_etl import (
     Store,
 )
 from brinicle_etl.store import indexing
+from brinicle_etl.store import segment as segment_module
 from brinicle_etl.store import snapshot as snapshot_module
 from brinicle_etl.store.current import REFRESH_SECONDS
 from brinicle_etl.store.lock import writer_lock
+from brinicle_etl.store.manifest import read_manifest
 from tests.conftest import REPO, clustered, deferred, exact_knn
 
 DIM = 16
@@ -523,6 +526,49 @@ def test_one_query_whose_joint_candidates_are_mostly_tombstoned_is_answered_segm
     want = exact_knn(x[live], q[None], 10, "l2sq")[0]
     assert [h.id for h in col.search(q, 10, ef=500)] == [names[live[j]] for j in want]
     assert col._snapshot()._joint is not None and calls
+
+
+@pytest.mark.parametrize("dtype", ["f32", "i8"])
+def test_a_build_past_one_graphs_rows_is_several_graphs_searched_as_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    monkeypatch.setattr(segment_module, "GRAPH_ROWS", 400)
+    monkeypatch.setattr(snapshot_module, "_CPUS", 2)
+    col = store.create("db/big", dim=DIM, dtype=dtype, params=HnswParams(build_n_threads=2))  # type: ignore[arg-type]
+    x = clustered(1000, DIM, seed=31)
+    names = ids(1000)
+    col.write(names, x, mode="build")
+    m = read_manifest(col.directory)
+    # 400 rows in the first graph, 400 in the second, then the rest to the smaller
+    assert [graph.count for graph in m.main] == [600, 400]
+    assert json.loads((col.directory / "manifest.json").read_text())["format"] == 4
+    assert (col.status().main_count, col.status().has_index) == (1000, True)
+
+    def check(col: Collection, live: list[int], vectors: np.ndarray, *, joint: bool = True) -> None:
+        queries = vectors[[3, 650, 999]] + 0.01
+        truth = exact_knn(vectors[live], queries, 10)
+        for q, want in zip(queries, truth, strict=True):
+            one = [h.id for h in col.search(q, 10, ef=500)]
+            assert one == [names[live[j]] for j in want]
+            assert [h.id for h in col.search_batch(q[None], 10, ef=500)[0]] == one
+        # the graphs answered one query together (a delta of two rows is compared exactly)
+        assert (col._snapshot()._joint is not None) == joint
+
+    check(col, list(range(1000)), x)
+    assert np.array_equal(col.vectors(["k3", "k999"]), x[[3, 999]])
+    # An upsert and a delete touching both graphs (rows 0-399 and 800-999 are in the
+    # first): each counts its own dead rows.
+    changed = x.copy()
+    changed[[5, 700]] = x[[6, 701]]
+    col.write(["k5", "k700"], changed[[5, 700]], mode="upsert", delete=["k10", "k900", "k901"])
+    m = read_manifest(col.directory)
+    assert [graph.dead for graph in m.main] == [4, 1]
+    live = [i for i in range(1000) if names[i] not in {"k10", "k900", "k901"}]
+    check(store.open("db/big"), live, changed, joint=False)
+    col.rebuild()
+    m = read_manifest(col.directory)
+    assert [graph.count for graph in m.main] == [597, 400] and m.delta is None
+    check(col, live, changed)
 
 
 # ---- status, rebuild, optimize ---------------------------------------------------------

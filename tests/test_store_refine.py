@@ -108,7 +108,8 @@ def test_an_i8_collection_keeps_its_vectors_and_finds_as_well_as_bf16(store: Sto
     # Exactly as given, not the 8-bit codes.
     assert np.array_equal(col.vectors(["k0", "k1999"]), x[[0, 1999]])
     m = read_manifest(col.directory)
-    assert m.main is not None and m.main.vectors == refined_name(m.main.file)
+    (main,) = m.main
+    assert main.vectors == refined_name(main.file)
     assert json.loads((col.directory / "manifest.json").read_text())["format"] == 3
 
 
@@ -125,9 +126,10 @@ def test_upserts_deletes_and_a_rebuild_keep_the_vectors_as_given(store: Store) -
     assert col.search(x[1100], 1)[0].id == "k1100"
     col.rebuild()
     m = read_manifest(col.directory)
-    assert m.delta is None and m.main is not None and m.main.count == 1199
+    (main,) = m.main
+    assert m.delta is None and main.count == 1199
     assert sorted(p.name for p in col.directory.iterdir() if p.suffix in (".usearch", ".f32")) == sorted(
-        [m.main.file, refined_name(m.main.file)]
+        [main.file, refined_name(main.file)]
     )
     assert np.array_equal(col.vectors(["k0", "k1100", "k999"]), np.stack([changed[0], x[1100], x[999]]))
     assert [h.id for h in col.search(x[1100], 1)] == ["k1100"]
@@ -147,7 +149,7 @@ def test_an_i8_segment_written_before_vectors_files_still_reads_and_grows(store:
     assert old.search(x[3], 1)[0].id == "k3"
     old.write(_keys(600)[500:], x[500:], mode="insert")
     m = read_manifest(col.directory)
-    assert m.main is not None and m.main.vectors is None
+    assert [graph.vectors for graph in m.main] == [None]
     assert m.delta is not None and m.delta.vectors is not None
     assert store.open("c").search(x[550], 1)[0].id == "k550"
 
@@ -206,7 +208,7 @@ def test_a_manifest_with_vectors_null_reads_as_one_without(store: Store) -> None
     data["main"]["vectors"] = None
     path.write_text(json.dumps(data))
     assert store.open("c").search(x[9], 1)[0].id == "k9"
-    assert read_manifest(col.directory).main.vectors is None  # type: ignore[union-attr]
+    assert [graph.vectors for graph in read_manifest(col.directory).main] == [None]
 
 
 def test_an_older_i8_delta_grows_a_vectors_file_from_its_codes(store: Store) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from brinicle_etl.store import segment as segment_module
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.store.segment import Segment, build_segment
 from brinicle_etl.types import HnswParams
@@ -77,3 +79,50 @@ def test_threads_0_means_the_cores_this_process_may_use(tmp_path: Path, monkeypa
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
     build_segment(tmp_path / "s.usearch", keys, x, config, HnswParams(build_n_threads=0))
     assert set(asked) <= {1, 3} and 3 in asked  # 1: lost nodes are linked again on one thread
+
+
+@pytest.mark.parametrize(
+    ("threads", "adds", "sizes"),
+    [
+        (1, [250], [250]),  # one thread builds one graph, however large
+        (2, [150], [100, 50]),
+        (2, [60, 60, 60], [100, 80]),  # batches fill a graph, then start the next
+        (3, [250], [100, 100, 50]),
+        (2, [100, 100, 30, 30, 30], [160, 130]),  # past one per thread: the smallest takes each chunk
+    ],
+)
+def test_a_build_fills_a_graph_then_the_next_up_to_one_per_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, adds: list[int], sizes: list[int]
+) -> None:
+    monkeypatch.setattr(segment_module, "GRAPH_ROWS", 100)
+    monkeypatch.setattr(segment_module, "_ADD_CHUNK", 30)
+    x = clustered(sum(adds), 8, seed=3)
+    keys = np.arange(len(x), dtype=np.uint64)
+    graphs = segment_module.Graphs(CollectionConfig(dim=8), HnswParams(build_n_threads=threads), directory=tmp_path)
+    start = 0
+    for n in adds:
+        seen: list[tuple[int, int]] = []
+        graphs.add(
+            keys[start : start + n], x[start : start + n], lambda done, total, seen=seen: seen.append((done, total))
+        )
+        start += n
+        # Progress counts the whole add, across the graphs it went to.
+        assert seen[-1] == (n, n) and all(a[0] < b[0] for a, b in itertools.pairwise(seen))
+    assert [len(part) for part in graphs.parts] == sizes
+    got = np.sort(np.concatenate([np.asarray(part.index.keys, dtype=np.uint64) for part in graphs.parts]))
+    assert np.array_equal(got, keys)
+
+
+def test_build_graphs_writes_each_graph_to_its_own_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segment_module, "GRAPH_ROWS", 100)
+    x = clustered(250, 8, seed=4)
+    names = iter(["a.usearch", "b.usearch", "c.usearch"])
+    infos = segment_module.build_graphs(
+        lambda: tmp_path / next(names),
+        np.arange(250, dtype=np.uint64),
+        x,
+        CollectionConfig(dim=8, dtype="i8"),
+        HnswParams(build_n_threads=2),
+    )
+    assert [(i.file, i.count, i.vectors) for i in infos] == [("a.usearch", 150, "a.f32"), ("b.usearch", 100, "b.f32")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.f32", "a.usearch", "b.f32", "b.usearch"]

@@ -35,7 +35,10 @@ refuses the collection instead of silently missing those rows; readers take both
 FORMAT_WITH_VECTORS = 3
 """A manifest naming a segment's vectors file (an i8 graph's, see refine.py) is format 3:
 a version that does not know those files would delete them as leftovers."""
-FORMATS = (FORMAT, FORMAT_WITH_PENDING, FORMAT_WITH_VECTORS)
+FORMAT_WITH_GRAPHS = 4
+"""A manifest whose main index is several graphs (see ``segment.GRAPH_ROWS``) is format 4:
+a version that reads main as one graph would miss the others' rows."""
+FORMATS = (FORMAT, FORMAT_WITH_PENDING, FORMAT_WITH_VECTORS, FORMAT_WITH_GRAPHS)
 
 
 class ConfigSettings(TypedDict, total=False):
@@ -130,7 +133,8 @@ class Manifest:
     config: CollectionConfig
     generation: int = 0
     next_row_id: int = 0
-    main: SegmentInfo | None = None
+    main: tuple[SegmentInfo, ...] = ()
+    """The graphs the last build or rebuild wrote (several for a large build), searched together."""
     delta: SegmentInfo | None = None
     pending: SegmentInfo | None = None
     """Vectors written but not indexed yet (see :mod:`brinicle_etl.store.flat`)."""
@@ -164,7 +168,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         names = [r.file for r in self.rows]
-        names += [name for s in (self.main, self.delta, self.pending) if s is not None for name in s.files]
+        names += [name for s in (*self.main, self.delta, self.pending) if s is not None for name in s.files]
         if self.tombstones:
             names.append(self.tombstones)
         return names
@@ -173,13 +177,17 @@ class Manifest:
         data = dataclasses.asdict(self)
         data["config"] = self.config.to_dict()
         data["rows"] = [dataclasses.asdict(r) for r in self.rows]
-        if any(s is not None and s.vectors for s in (self.main, self.delta)):
+        if len(self.main) > 1:
+            form = FORMAT_WITH_GRAPHS
+        elif any(s is not None and s.vectors for s in (*self.main, self.delta)):
             form = FORMAT_WITH_VECTORS
         else:
             form = FORMAT if self.pending is None else FORMAT_WITH_PENDING
-        for name in ("main", "delta", "pending"):
-            if data[name] is not None and data[name]["vectors"] is None:
-                del data[name]["vectors"]  # as written before vectors files: older versions read it
+        # One graph is written as one segment, as before several: older versions read it.
+        data["main"] = list(data["main"]) if len(self.main) > 1 else (data["main"][0] if self.main else None)
+        for segment in [*(data["main"] if len(self.main) > 1 else [data["main"]]), data["delta"], data["pending"]]:
+            if segment is not None and segment["vectors"] is None:
+                del segment["vectors"]  # as written before vectors files: older versions read it
         return {"format": form, **data}
 
     @classmethod
@@ -187,11 +195,17 @@ class Manifest:
         def segment(d: dict[str, Any] | None) -> SegmentInfo | None:
             return SegmentInfo(**d) if d else None
 
+        main = data["main"]
+        if isinstance(main, list):
+            graphs = tuple(SegmentInfo(**d) for d in main)
+        else:
+            graphs = () if main is None else (SegmentInfo(**main),)
+
         return cls(
             config=CollectionConfig.from_dict(data["config"]),
             generation=data["generation"],
             next_row_id=data["next_row_id"],
-            main=segment(data["main"]),
+            main=graphs,
             delta=segment(data["delta"]),
             pending=segment(data.get("pending")),
             rows=tuple(RowsFile(**r) for r in data["rows"]),

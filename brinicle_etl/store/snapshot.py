@@ -99,9 +99,7 @@ class RowCache:
             return [self._pickers[n] for n in names]
 
 
-def _graph(directory: Path, info: SegmentInfo | None, config: CollectionConfig) -> Segment | None:
-    if info is None:
-        return None
+def _graph(directory: Path, info: SegmentInfo, config: CollectionConfig) -> Segment:
     vectors = directory / info.vectors if info.vectors else None
     return Segment(directory / info.file, ef_search=config.params.ef_search, vectors=vectors, metric=config.metric)
 
@@ -111,8 +109,8 @@ class Snapshot:
         self.directory = directory
         self.manifest = manifest
         self.stamp = stamp
-        self.main = _graph(directory, manifest.main, manifest.config)
-        self.delta = _graph(directory, manifest.delta, manifest.config)
+        self.main = [_graph(directory, info, manifest.config) for info in manifest.main]
+        self.delta = _graph(directory, manifest.delta, manifest.config) if manifest.delta else None
         self.pending = (
             FlatSegment(directory / manifest.pending.file, metric=manifest.config.metric) if manifest.pending else None
         )
@@ -122,7 +120,7 @@ class Snapshot:
         self._segments: list[tuple[AnySegment, SegmentInfo]] = [
             (seg, info)
             for seg, info in (
-                (self.main, manifest.main),
+                *zip(self.main, manifest.main, strict=True),
                 (self.delta, manifest.delta),
                 (self.pending, manifest.pending),
             )
@@ -235,7 +233,7 @@ class Snapshot:
         out = np.empty((len(row_ids), self.manifest.config.dim), dtype=np.float32)
         found = np.zeros(len(row_ids), dtype=bool)
         ids = np.asarray(row_ids).astype(np.uint64)
-        for seg in (self.main, self.delta, self.pending):
+        for seg in (*self.main, self.delta, self.pending):
             if seg is not None and len(ids):
                 mask = ~found & seg.contains(ids)
                 if mask.any():

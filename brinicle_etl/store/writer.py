@@ -13,6 +13,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from brinicle_etl.store.flat import write_flat
 from brinicle_etl.store.manifest import Manifest, RowsFile, SegmentInfo
 from brinicle_etl.store.refine import refined_name
 from brinicle_etl.store.rows import ROW_ID, is_in_sorted, read_rows, write_rows, write_table, write_tombstones
-from brinicle_etl.store.segment import SegmentBuilder, build_segment
+from brinicle_etl.store.segment import Graphs, SegmentBuilder, build_graphs
 from brinicle_etl.store.snapshot import Snapshot
 from brinicle_etl.types import BuildProgress, HnswParams, WriteMode
 
@@ -105,8 +106,8 @@ class Transaction:
         self._rows: list[RowsFile] = []
         self._created: list[str] = []
         self._dead: list[np.ndarray] = []
-        self._builder: SegmentBuilder | None = None
-        self._builds_main = mode == "build" or self._old.main is None
+        self._builder: Graphs | SegmentBuilder | None = None
+        self._builds_main = mode == "build" or not self._old.main
         # Deferred: new vectors are kept here and published pending (see flat.py), not linked.
         self._defers = defer and not self._builds_main
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -192,11 +193,15 @@ class Transaction:
         self._rows.append(RowsFile(file=file, count=n))
         return row_ids
 
-    def _linked(self) -> SegmentBuilder:
-        """The segment this write links vectors into, holding what it had deferred so far."""
+    def _linked(self) -> Graphs | SegmentBuilder:
+        """The graphs (a new main) or the segment (the delta, extended) this write links
+        vectors into, holding what it had deferred so far."""
         if self._builder is None:
-            source = None if self._builds_main else self._old.delta
-            self._builder = SegmentBuilder(self._config, self._params, source, directory=self.snapshot.directory)
+            directory = self.snapshot.directory
+            if self._builds_main:
+                self._builder = Graphs(self._config, self._params, directory=directory)
+            else:
+                self._builder = SegmentBuilder(self._config, self._params, self._old.delta, directory=directory)
         self._defers = False
         for row_ids, vectors in self._pending:
             self._builder.add(row_ids, vectors)
@@ -281,12 +286,14 @@ class Transaction:
         old, directory = self._old, self.snapshot.directory
         dead = np.unique(np.concatenate(self._dead)) if self._dead else np.empty(0, dtype=np.uint64)
         pending = None if self.mode == "build" else self._pending_after(dead)
-        segment: SegmentInfo | None = None
+        saved: list[SegmentInfo] = []
         if self._builder is not None:
             kind = "main" if self._builds_main else "delta"
-            file = new_name(kind, self.generation, ".usearch")
-            self._created += [file, refined_name(file)]
-            segment = self._builder.save(directory / file)
+            builders = self._builder.parts if isinstance(self._builder, Graphs) else [self._builder]
+            for builder in builders:
+                file = new_name(kind, self.generation, ".usearch")
+                self._created += [file, refined_name(file)]
+                saved.append(builder.save(directory / file))
         updates: dict[str, object] = {"generation": self.generation, "next_row_id": self._next_row_id}
         if session_id:
             updates["last_session"] = session_id
@@ -297,7 +304,7 @@ class Transaction:
             return dataclasses.replace(
                 old,
                 config=dataclasses.replace(self._config, params=self._params),
-                main=segment,
+                main=tuple(saved),
                 delta=None,
                 pending=None,
                 rows=tuple(self._rows),
@@ -308,16 +315,18 @@ class Transaction:
 
         main, delta = old.main, old.delta
         if len(dead):
-            if main is not None and self.snapshot.main is not None:
-                main = dataclasses.replace(main, dead=main.dead + int(self.snapshot.main.contains(dead).sum()))
+            main = tuple(
+                dataclasses.replace(info, dead=info.dead + int(graph.contains(dead).sum()))
+                for info, graph in zip(main, self.snapshot.main, strict=True)
+            )
             if delta is not None and self.snapshot.delta is not None:
                 delta = dataclasses.replace(delta, dead=delta.dead + int(self.snapshot.delta.contains(dead).sum()))
-        if segment is not None:
+        if saved:
             if self._builds_main:
-                main = segment
+                main = tuple(saved)
                 updates["config"] = dataclasses.replace(self._config, params=self._params)
             else:
-                delta = dataclasses.replace(segment, dead=delta.dead if delta else 0)
+                delta = dataclasses.replace(saved[0], dead=delta.dead if delta else 0)
         tombstones = old.tombstones
         if len(dead):
             tombstones = new_name("tomb", self.generation, ".npy")
@@ -420,12 +429,15 @@ def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None =
     old = snap.manifest
     generation = old.generation + 1
     parts = [seg.vectors(snap.dead) for seg, _ in snap.segments()]
-    main = None
+    main: tuple[SegmentInfo, ...] = ()
     if parts:
         keys = np.concatenate([p[0] for p in parts])
         vectors = np.concatenate([p[1] for p in parts])
-        file = new_name("main", generation, ".usearch")
-        main = build_segment(snap.directory / file, keys, vectors, old.config, params, progress)
+
+        def named() -> Path:
+            return snap.directory / new_name("main", generation, ".usearch")
+
+        main = build_graphs(named, keys, vectors, old.config, params, progress)
 
     rows = old.rows
     if old.dead_rows or len(old.rows) > 1:
