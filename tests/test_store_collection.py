@@ -491,8 +491,9 @@ def test_one_query_over_main_delta_pending_and_tombstones_finds_the_exact_neighb
         assert [h.id for h in one] == [names[live[j]] for j in want]
         batch = col.search_batch(q[None], 10, ef=500)[0]
         assert [h.id for h in one] == [h.id for h in batch]
-        # pending rows are compared by a matrix product: one query or many may round differently
-        np.testing.assert_allclose([h.distance for h in one], [h.distance for h in batch], rtol=1e-5)
+        # One query and many are scored by different products (pending rows, i8 re-scoring):
+        # they may round differently, by float32's resolution of distances near 1.
+        np.testing.assert_allclose([h.distance for h in one], [h.distance for h in batch], rtol=1e-5, atol=1e-6)
     joint = cores == 2 and delta_rows > 6
     assert (col._snapshot()._joint is not None) == joint
     if joint:  # the graph segments answered together; only the pending vectors alone

@@ -65,6 +65,13 @@ def test_rescore_and_exact_scan_rank_by_true_distance(tmp_path: Path, metric: st
     assert np.allclose(top_dists, dists, atol=1e-5)
     short, short_dists = refined.rescore(q, candidates[:, 25:], 10)  # 5 real candidates each
     assert (short[:, 5:] == NO_KEY).all() and np.isinf(short_dists[:, 5:]).all()
+    # One query's path: its valid candidates only, and a key not in the file dropped.
+    for i in range(5):
+        one, one_dists = refined.rescore_one(q[i], np.append(candidates[i, :30], np.uint64(999)), 10)
+        assert one.tolist() == truth[i].tolist()
+        assert np.allclose(one_dists, dists[i], atol=1e-5)
+    few, few_dists = refined.rescore_one(q[0], candidates[0, :3], 10)
+    assert len(few) == len(few_dists) == 3 and np.all(np.diff(few_dists) >= 0)
 
 
 @pytest.mark.parametrize(

@@ -160,8 +160,9 @@ class Refined:
                 )
             if path.stat().st_size != vectors_at + 4 * shape[0] * shape[1]:
                 raise CorruptCollectionError(f"{path} is cut short or has bytes past its vectors")
+            # A plain array over the mapping: indexing a np.memmap costs ~10 us more a call.
             self.vectors: np.ndarray = (
-                np.memmap(path, dtype="<f4", mode="r", offset=vectors_at, shape=shape)
+                np.memmap(path, dtype="<f4", mode="r", offset=vectors_at, shape=shape).view(np.ndarray)
                 if shape[0]
                 else np.empty(shape, np.float32)
             )
@@ -215,6 +216,16 @@ class Refined:
         keys[~np.isfinite(dists)] = NO_KEY
         return keys, dists
 
+    def rescore_one(self, query: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rescore` for one query and its valid candidates (a 1-d array), without the
+        batch's padding: the path of every single i8 search, ~30 us less."""
+        at, found = self.positions(candidates)
+        if not found.all():
+            candidates, at = candidates[found], at[found]
+        dists = _one(query, self.vectors[at], self._metric)
+        order = np.argsort(dists, kind="stable")[:count]
+        return candidates[order], dists[order]
+
     def distances(self, query: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """One query's exact distance to each of ``keys``; inf for a key not here."""
         dists: np.ndarray = self._scored(query.reshape(1, -1), keys.reshape(1, -1))[0]
@@ -257,6 +268,20 @@ def open_refined(path: Path, *, metric: str) -> Refined:
     refined = Refined(path, metric=metric)
     with _opened_lock:
         return _opened.setdefault(key, refined)
+
+
+def _one(query: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
+    """Distances of one query (dim,) to rows (w, dim), as :func:`_paired` measures them."""
+    query = np.asarray(query, dtype=np.float32)
+    dots = rows @ query
+    if metric == "cosine":
+        norms = np.sqrt(np.einsum("wd,wd->w", rows, rows) * float(query @ query))
+        out: np.ndarray = 1.0 - dots / np.maximum(norms, 1e-30)
+    elif metric == "ip":
+        out = 1.0 - dots
+    else:
+        out = np.maximum(float(query @ query) - 2.0 * dots + np.einsum("wd,wd->w", rows, rows), 0.0)
+    return out.astype(np.float32, copy=False)
 
 
 def _paired(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:

@@ -424,11 +424,9 @@ class Segment:
             keys, dists, counts = _search_many(index, query.reshape(1, -1), wide, exact=False, threads=1)
         finally:
             views.give_back(index)
-        if refined is not None:
-            keys, dists = refined.rescore(query.reshape(1, -1), _valid(keys, counts), count)
-            n = int(np.isfinite(dists[0]).sum())
-            return keys[0, :n], dists[0, :n]
         n = int(counts[0])
+        if refined is not None:
+            return refined.rescore_one(query, keys[0, :n], count)
         return keys[0, :n], dists[0, :n]
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
