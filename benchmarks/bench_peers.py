@@ -3,14 +3,15 @@
 The same table for both: ``n`` rows of a key (``id``), a ``title``, a ``category`` (10 values),
 a ``price`` and a 128-d unit ``embedding`` (text-like, cosine), exported to Parquet. Both
 engines get the same files and the same HNSW params (M=16, ef_construction=200); LanceDB's
-index is ``IVF_HNSW_SQ`` (its HNSW-type index; one IVF partition per 500k rows), ours the
-default usearch HNSW (or ``--dtype``'s). Each engine runs in its own fresh process, one after
+index is ``IVF_HNSW_SQ`` (its HNSW-type index; one IVF partition per 500k rows), ours at the
+default dtype for cosine (or ``--dtype``'s), its graphs as a build makes them (one per core
+past 2^19 rows). Each engine runs in its own fresh process, one after
 the other:
 
 1. first ingest: the Parquet export into a table with an index (LanceDB: ``create_table`` of
    the read file, then ``create_index``); in our process, once just before and once just
-   after, raw usearch ``Index.add`` of the same vectors with our params, dtype and threads:
-   the floor for ours, taken as the mean of the two (the machine drifts between runs);
+   after, raw usearch ``Index.add`` of the same vectors into one graph with our params, dtype
+   and threads: the floor for ours, taken as the mean of the two (the machine drifts between runs);
 2. the next export, where 10% of the rows changed (new vector and price): ours ``ingest``
    (unchanged rows found and skipped), once with ``index="now"`` (indexed when it returns)
    and once, on a copy of the first ingest's store, with ``index="background"`` (returns
@@ -30,7 +31,7 @@ Goals (issue 17): the 10% upsert call within 1.5x of ``merge_insert`` and >= 5x 
 indexed; the no-op re-ingest within 1.5x of LanceDB's; single-query search with rows >= 2x
 faster at equal or better recall; first ingest ahead of LanceDB and >= 0.9x raw usearch.
 
-Usage: python benchmarks/bench_peers.py [--sizes 100000 1000000] [--queries 300] [--dtype i8 --out F]
+Usage: python benchmarks/bench_peers.py [--sizes 100000 1000000] [--queries 300] [--dtype bf16 --out F]
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets
 
-from brinicle_etl.types import DEFAULT_DTYPE
+from brinicle_etl.types import default_dtype
 
 DIM, K, M, EF_CONSTRUCTION = 128, 10, 16, 200
 CATEGORIES = [f"cat{i}" for i in range(10)]
@@ -296,7 +297,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, started: float)
         "",
         datasets.run_line(
             f"python benchmarks/bench_peers.py --sizes {' '.join(map(str, args.sizes))} --queries {args.queries}"
-            + (f" --dtype {args.dtype} --out {args.out}" if args.dtype != DEFAULT_DTYPE else ""),
+            + (f" --dtype {args.dtype} --out {args.out}" if args.dtype != default_dtype("cosine") else ""),
             started,
         ),
         "",
@@ -421,7 +422,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.md")
-    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], default=DEFAULT_DTYPE)
+    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], default=default_dtype("cosine"))
     args = parser.parse_args()
     started = time.time()
     runs = []

@@ -21,7 +21,6 @@ from typing import Any, TextIO, get_args
 from brinicle_etl.errors import BrinicleError, ConfigError, InputError
 from brinicle_etl.store import Store, default_store_path
 from brinicle_etl.types import (
-    DEFAULT_DTYPE,
     ConflictPolicy,
     DuplicatePolicy,
     EmbedBackend,
@@ -454,7 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--separator", metavar="CHAR", help="CSV delimiter (default: tab for .tsv, else the header's , TAB ; or |)"
     )
     p.add_argument("--metric", choices=get_args(Metric), default="cosine")
-    p.add_argument("--dtype", choices=get_args(VectorDType), default=DEFAULT_DTYPE)
+    p.add_argument(
+        "--dtype",
+        choices=get_args(VectorDType),
+        help="vector dtype of a new collection (default: i8 for cosine, else bf16)",
+    )
     p.add_argument("--M", type=int, default=16, help="HNSW connectivity")
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef-search", type=int, default=64)

@@ -44,7 +44,7 @@ __all__ = [
     "Seconds",
     "SYNC_WINDOW",
     "DEFAULT_SYNC_WINDOW",
-    "DEFAULT_DTYPE",
+    "default_dtype",
     "Metric",
     "VectorDType",
     "VectorSource",
@@ -60,12 +60,22 @@ Metric = Literal["cosine", "ip", "l2sq"]
 VectorDType = Literal["f32", "f16", "bf16", "i8"]
 """How vectors are stored in the index (queries are always float32)."""
 
-DEFAULT_DTYPE: VectorDType = "bf16"
-"""New collections' (and new ``VectorEngine`` indexes') dtype: the fastest usearch setting at
-recall@10 >= 0.95 on the CPUs measured (benchmarks/bench_store.py and bench_engine.py: bf16
-builds ~1.6x and searches ~1.3x faster than f32 at the same recall, f16 is no faster than bf16,
-i8 misses the recall). On a CPU without bf16 instructions usearch emulates them; pass
-``dtype="f32"`` there, or where distances must be exact float32."""
+
+def default_dtype(metric: Metric) -> VectorDType:
+    """A new collection's dtype when none is given: ``i8`` for ``cosine``, ``bf16`` for ``ip``
+    and ``l2sq``.
+
+    The fastest usearch setting at recall@10 >= 0.95 on the CPUs measured, side by side
+    (benchmarks/results/store_dtypes.md, graph.md and store.md): an ``i8`` graph, its
+    candidates re-scored on the vectors kept beside it (store/refine.py), builds 1.3-2x faster
+    than ``bf16`` and answers faster at the same recall, with exact distances, on CPUs with
+    bf16 instructions and without; it takes more disk (5 bytes per dimension against 2).
+    usearch normalises vectors before coding them for ``cosine`` only: ``ip`` and ``l2sq``
+    vectors can hold values past the codes' [-1, 1], so those keep ``bf16``, which also keeps
+    float32's range (``f16`` builds as fast on CPUs without bf16 instructions, but turns values
+    past 65,504 into infinities)."""
+    return "i8" if metric == "cosine" else "bf16"
+
 
 WriteMode = Literal["build", "insert", "upsert"]
 """``build`` replaces everything, ``insert`` adds new keys only, ``upsert`` replaces or adds."""

@@ -31,11 +31,11 @@ def fill(directory: Path, leave: int) -> Path:
     """Fill the file system holding ``directory``, then free ``leave`` bytes of it again."""
     filler = directory / "filler.bin"
     block = b"\1" * (1 << 16)
-    with open(filler, "wb") as fh:
+    # Unbuffered: a buffered file would hold the last partial block and fail again on close.
+    with open(filler, "wb", buffering=0) as fh:
         try:
             while True:
                 fh.write(block)
-                fh.flush()
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise

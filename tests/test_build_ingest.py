@@ -33,7 +33,8 @@ def test_identifiers_and_dtype_config() -> None:
     assert sanitize_identifier("a" * 80, what="db_name") == "a" * 64
     with pytest.raises(ConfigError, match=r"db_name '\.\./' has no letters or digits"):
         sanitize_identifier("../", what="db_name")
-    assert parse_dtype_config(None) == ("bf16", "cosine")
+    assert parse_dtype_config(None) == (None, "cosine")  # None: the metric's default dtype
+    assert parse_dtype_config('{"metric": "l2sq"}') == (None, "l2sq")
     assert parse_dtype_config("f16") == ("f16", "cosine")
     assert parse_dtype_config('{"dtype": "f32", "metric": "l2sq"}') == ("f32", "l2sq")
     with pytest.raises(ConfigError, match="dtype_config must be one of 'f32', 'f16', 'bf16', 'i8'; got 'f64'"):

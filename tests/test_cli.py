@@ -234,7 +234,7 @@ def test_status_reads_as_text(csv: Path, store: str) -> None:
     assert lines[:6] == [
         "shop/items",
         "  rows       3 live (3 in main, 0 in delta; 0 deleted since the last build)",
-        "  vectors    8-d bf16, cosine",
+        "  vectors    8-d i8, cosine",
         "  index      M=16  ef_construction=200  ef_search=64  rng_seed=0  build_n_threads=0",
         "  rebuild    not needed (delta_ratio 0.1)",
         "  generation 1",

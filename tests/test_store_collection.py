@@ -114,6 +114,14 @@ def test_invalid_params_are_rejected(field: str, value: int, message: str) -> No
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize(("metric", "dtype"), [("cosine", "i8"), ("ip", "bf16"), ("l2sq", "bf16")])
+def test_the_default_dtype_follows_the_metric_and_is_kept(store: Store, metric: str, dtype: str) -> None:
+    col = store.create("d", dim=DIM, metric=metric)  # type: ignore[arg-type]
+    assert col.status().dtype == dtype
+    assert store.open("d").status().dtype == dtype  # persisted: a later rule does not change it
+    assert json.loads((col.directory / "manifest.json").read_text())["config"]["dtype"] == dtype
+
+
 def test_create_twice_and_open_missing(store: Store) -> None:
     store.create("c", dim=4)
     with pytest.raises(AlreadyExistsError, match="collection 'c/default' already exists"):

@@ -72,6 +72,10 @@ def test_rescore_and_exact_scan_rank_by_true_distance(tmp_path: Path, metric: st
         assert np.allclose(one_dists, dists[i], atol=1e-5)
     few, few_dists = refined.rescore_one(q[0], candidates[0, :3], 10)
     assert len(few) == len(few_dists) == 3 and np.all(np.diff(few_dists) >= 0)
+    # Distances to given keys (the joint search's), inf for a key not here.
+    asked = np.append(truth[0][::-1], np.uint64(999))
+    assert np.allclose(refined.distances(q[0], asked)[:-1], dists[0][::-1], atol=1e-5)
+    assert np.isinf(refined.distances(q[0], asked)[-1])
 
 
 @pytest.mark.parametrize(

@@ -599,7 +599,7 @@ def test_a_cache_missing_a_file_of_its_generation_fetches_it_again(s3: S3Server,
     data = vectors(20, seed=95)
     writer.write([f"k{i}" for i in range(20)], data)
     reader = open_store(s3, url, tmp_path / "r", refresh_seconds=0.1).open("db/ns")
-    [main] = [n for n in reader._snapshot().manifest.files() if n.startswith("main-")]
+    [main] = [n for n in reader._snapshot().manifest.files() if n.startswith("main-") and n.endswith(".usearch")]
     (tmp_path / "r" / "db" / "ns" / main).unlink()  # as another process's cleanup might
     time.sleep(0.15)
     assert reader.search(data[3], 1)[0].id == "k3"

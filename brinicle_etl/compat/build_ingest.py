@@ -28,7 +28,6 @@ from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store import Store
 from brinicle_etl.types import (
-    DEFAULT_DTYPE,
     DEFAULT_NAMESPACE,
     RNG_SEED,
     ConflictPolicy,
@@ -55,9 +54,10 @@ def collection_name(db_name: str | None, namespace: str | None) -> str:
     return f"{db}/{sanitize_index_part(namespace or DEFAULT_NAMESPACE, what='namespace')}"
 
 
-def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
+def parse_dtype_config(value: str | None) -> tuple[VectorDType | None, Metric]:
+    """The dtype (None: the metric's default) and metric of ``dtype_config``."""
     if value is None or not value.strip():
-        return DEFAULT_DTYPE, "cosine"
+        return None, "cosine"
     text = value.strip()
     if text.startswith("{"):
         try:
@@ -67,7 +67,9 @@ def parse_dtype_config(value: str | None) -> tuple[VectorDType, Metric]:
         unknown = set(data) - {"dtype", "metric"}
         if unknown:
             raise ConfigError(f"dtype_config has unknown key(s) {sorted(unknown)}; use 'dtype' and 'metric'")
-        dtype = check_choice("dtype_config dtype", data.get("dtype", DEFAULT_DTYPE), VectorDType)
+        dtype = data.get("dtype")
+        if dtype is not None:
+            check_choice("dtype_config dtype", dtype, VectorDType)
         metric = check_choice("dtype_config metric", data.get("metric", "cosine"), Metric)
         return dtype, metric
     return check_choice("dtype_config", text, VectorDType), "cosine"

@@ -38,7 +38,7 @@ from brinicle_etl.store.collection import Collection
 from brinicle_etl.store.manifest import MANIFEST, CollectionConfig
 from brinicle_etl.store.sharding import SHARDING, ShardedPlace
 from brinicle_etl.store.shards import ShardedCollection
-from brinicle_etl.types import DEFAULT_DTYPE, DEFAULT_SYNC_WINDOW, SYNC_WINDOW, HnswParams, Metric, VectorDType
+from brinicle_etl.types import DEFAULT_SYNC_WINDOW, SYNC_WINDOW, HnswParams, Metric, VectorDType
 
 __all__ = ["VectorEngine"]
 
@@ -89,7 +89,7 @@ class VectorEngine:
         dist_func: str = "l2",
         n_shards: int = 1,
         *,
-        dtype: VectorDType = DEFAULT_DTYPE,
+        dtype: VectorDType | None = None,
         lock_timeout: float = 600.0,
         sync_window: float | None = DEFAULT_SYNC_WINDOW,
     ):
@@ -120,8 +120,15 @@ class VectorEngine:
             raise ValueError("dim must be greater than 0 when creating a new index")
         try:
             params = HnswParams.from_dict(_params(M, ef_construction, ef_search, build_n_threads, seed))
-            config = CollectionConfig(
-                dim=dim, metric=_DIST_FUNCS[dist_func], dtype=dtype, params=params, delta_ratio=delta_ratio
+            config = CollectionConfig.of(
+                None,
+                {
+                    "dim": dim,
+                    "metric": _DIST_FUNCS[dist_func],
+                    "dtype": dtype,
+                    "params": params,
+                    "delta_ratio": delta_ratio,
+                },
             )
             if n_shards > 1:
                 self._col = ShardedCollection.create(sharded, config, shards=n_shards, exist_ok=True)

@@ -20,7 +20,7 @@ from brinicle_etl.errors import BrinicleError, ConflictError
 from brinicle_etl.pipeline.options import IngestArgs, IngestOptions, IngestResult
 from brinicle_etl.pipeline.run import run_ingest
 from brinicle_etl.store import DEFAULT_STORE_DIR, ShardedCollection, Store
-from brinicle_etl.types import DEFAULT_DTYPE, HnswParams, Metric, VectorDType
+from brinicle_etl.types import HnswParams, Metric, VectorDType, check_choice
 
 __all__ = ["BrinicleResource", "collection_asset", "materialization_metadata"]
 
@@ -44,7 +44,11 @@ class BrinicleResource(dg.ConfigurableResource):
         default=DEFAULT_STORE_DIR,
         description="The store directory, or s3://bucket/prefix (credentials from the AWS_* variables).",
     )
-    dtype: VectorDType = Field(default=DEFAULT_DTYPE, description="Vector dtype of new collections.")
+    # A str: Dagster's config types take a Literal, but not an optional one.
+    dtype: str | None = Field(
+        default=None,
+        description="Vector dtype of new collections: f32, f16, bf16 or i8 (left out: i8 for cosine, else bf16).",
+    )
     metric: Metric = Field(default="cosine", description="Distance of new collections.")
     M: int = Field(default=16, description="HNSW connectivity of new collections.")
     ef_construction: int = Field(default=200, description="HNSW build beam width of new collections.")
@@ -61,7 +65,8 @@ class BrinicleResource(dg.ConfigurableResource):
     def options(self, **args: Unpack[IngestArgs]) -> IngestOptions:
         """``args`` as options, with the resource's defaults for what they leave out (or give as None)."""
         given = cast(IngestArgs, {k: v for k, v in args.items() if v is not None})
-        defaults: IngestArgs = {"dtype": self.dtype, "metric": self.metric, "params": self.params()}
+        dtype: VectorDType | None = None if self.dtype is None else check_choice("dtype", self.dtype, VectorDType)
+        defaults: IngestArgs = {"dtype": dtype, "metric": self.metric, "params": self.params()}
         defaults["wait"] = self.wait_for_lock
         if self.model is not None and given.get("vector_col") is None:
             defaults["model"] = self.model

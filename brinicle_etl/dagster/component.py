@@ -27,7 +27,6 @@ from brinicle_etl.dagster.assets import BrinicleResource, collection_asset
 from brinicle_etl.store import default_store_location
 from brinicle_etl.store.remote import is_remote
 from brinicle_etl.types import (
-    DEFAULT_DTYPE,
     ConflictPolicy,
     EmbedBackend,
     EmbedPrecision,
@@ -84,7 +83,7 @@ class BrinicleCollectionComponent(dg.Component, dg.Model, dg.Resolvable):
     embedding_model: str | None = None
     embedding_backend: EmbedBackend | None = None
     embedding_precision: EmbedPrecision | None = None
-    dtype: VectorDType = DEFAULT_DTYPE
+    dtype: VectorDType | None = None
     metric: Metric = "cosine"
     group_name: str | None = None
     recall_threshold: float = 0.9

@@ -19,7 +19,6 @@ from brinicle_etl.pipeline.schema import TemplateSchema
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.store.sharding import MAX_SHARDS, check_shards
 from brinicle_etl.types import (
-    DEFAULT_DTYPE,
     ConflictOn,
     ConflictPolicy,
     EmbedBackend,
@@ -90,7 +89,8 @@ class NewCollection:
 
     dim: int | None = None
     metric: Metric = "cosine"
-    dtype: VectorDType = DEFAULT_DTYPE
+    dtype: VectorDType | None = None
+    """Left out: the metric's default (``types.default_dtype``)."""
     params: HnswParams | None = None
     delta_ratio: float = 0.10
     shards: int | None = None
@@ -100,12 +100,15 @@ class NewCollection:
             check_shards(self.shards)
 
     def config(self, dim: int) -> CollectionConfig:
-        return CollectionConfig(
-            dim=dim,
-            metric=self.metric,
-            dtype=self.dtype,
-            params=self.params or HnswParams(),
-            delta_ratio=self.delta_ratio,
+        return CollectionConfig.of(
+            None,
+            {
+                "dim": dim,
+                "metric": self.metric,
+                "dtype": self.dtype,
+                "params": self.params,
+                "delta_ratio": self.delta_ratio,
+            },
         )
 
 
@@ -131,7 +134,7 @@ class IngestArgs(TypedDict, total=False):
     precision: EmbedPrecision | None
     dim: int | None
     metric: Metric
-    dtype: VectorDType
+    dtype: VectorDType | None
     params: HnswParams | None
     delta_ratio: float
     format: Format | None

@@ -109,7 +109,8 @@ def ingest(
         model: ``all-MiniLM-L6-v2``; a model id of the store's registry.
         dim: from the vectors; checked against them when given.
         metric: ``"cosine"`` (or ``"ip"``, ``"l2sq"``) for a new collection.
-        dtype: ``"bf16"`` (or ``"f32"``, ``"f16"``, ``"i8"``) for a new collection.
+        dtype: for a new collection, ``"i8"`` with metric ``"cosine"``, else ``"bf16"``
+            (``types.default_dtype``); or ``"f32"``, ``"f16"``.
         params: ``HnswParams()`` (M=16, ef_construction=200, ef_search=64) for a new collection.
         delta_ratio: ``0.10``; the share of rows in delta segments past which a rebuild is advised.
         format: from the file names; ``"csv"`` or ``"parquet"``.

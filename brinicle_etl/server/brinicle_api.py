@@ -34,7 +34,6 @@ from brinicle_etl.store.sessions import BinaryIngest
 from brinicle_etl.store.sharding import MAX_SHARDS, ShardedBinaryIngest
 from brinicle_etl.types import (
     BUILD_THREADS,
-    DEFAULT_DTYPE,
     DELTA_RATIO_MIN,
     DIM,
     EF,
@@ -93,7 +92,7 @@ class CreateIndexRequest(Named):
     delta_ratio: float = Field(default=0.10, ge=DELTA_RATIO_MIN, le=0.5)
     params: Params | None = None
     metric: Metric = "l2sq"
-    dtype: VectorDType = DEFAULT_DTYPE
+    dtype: VectorDType | None = Field(default=None, description="Left out: i8 for cosine, else bf16.")
     shards: int = Field(default=1, ge=1, le=MAX_SHARDS, description="Split the index by id into this many shards.")
 
 

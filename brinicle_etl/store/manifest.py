@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from brinicle_etl._fs import atomic_write_bytes
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
-from brinicle_etl.types import DEFAULT_DTYPE, DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio
+from brinicle_etl.types import DIM, HnswParams, Metric, VectorDType, check_choice, check_delta_ratio, default_dtype
 
 __all__ = [
     "CollectionConfig",
@@ -46,7 +46,7 @@ class ConfigSettings(TypedDict, total=False):
 
     dim: int
     metric: Metric
-    dtype: VectorDType
+    dtype: VectorDType | None
     params: HnswParams | None
     delta_ratio: float
 
@@ -57,13 +57,17 @@ class CollectionConfig:
 
     dim: int
     metric: Metric = "cosine"
-    dtype: VectorDType = DEFAULT_DTYPE
+    # None (left out) is the metric's default, types.default_dtype: set once, in __post_init__,
+    # so every reader sees a dtype.
+    dtype: VectorDType = None  # type: ignore[assignment]
     params: HnswParams = field(default_factory=HnswParams)
     delta_ratio: float = 0.10
 
     def __post_init__(self) -> None:
         DIM.check(self.dim)
         check_choice("metric", self.metric, Metric)
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", default_dtype(self.metric))
         check_choice("dtype", self.dtype, VectorDType)
         check_delta_ratio(self.delta_ratio)
         if self.dtype == "i8" and self.metric == "l2sq":

@@ -228,7 +228,10 @@ class Refined:
 
     def distances(self, query: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """One query's exact distance to each of ``keys``; inf for a key not here."""
-        dists: np.ndarray = self._scored(query.reshape(1, -1), keys.reshape(1, -1))[0]
+        at, found = self.positions(keys)
+        dists = np.full(len(keys), np.inf, dtype=np.float32)
+        if found.any():
+            dists[found] = _one(query, self.vectors[at[found]], self._metric)
         return dists
 
     def nearest(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
