@@ -7,11 +7,13 @@ squared L2) and each engine, in a fresh process each so peak RSS is the engine's
   params and dtype (goal: >= 0.9x), and hnswlib / faiss HNSW;
 - search: recall@10 and single-thread QPS over an ef sweep; QPS at the smallest ef
   reaching recall@10 >= 0.95 (goal: ours >= 0.9x raw usearch; compared with hnswlib
-  and faiss at the same recall); batch QPS on every core;
-- for our default dtype: inserting 1,000 rows into the 100k collection against a full
-  rebuild (goal: < 5%).
+  and faiss at the same recall); batch QPS on every core. Our i8 re-scores its candidates
+  on the vectors kept beside the graph; raw usearch at i8 never reaches 0.95, so ours is
+  compared with raw usearch's fastest dtype that does;
+- for our default dtype (per metric, ``types.default_dtype``): inserting 1,000 rows into
+  the 100k collection against a full rebuild (goal: < 5%).
 
-Usage: python benchmarks/bench_store.py [--n 100000] [--queries 1000] [--out benchmarks/results/store.md]
+Usage: python benchmarks/bench_store.py [--n 100000] [--queries 1000] [--dtypes bf16,f16,i8] [--out F]
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import datasets
 EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
 M, EF_CONSTRUCTION = 16, 200
 TARGET_RECALL = 0.95
+DTYPES = "f32,bf16,f16,i8"
+OUT = Path(__file__).resolve().parent / "results" / "store.md"
 
 
 def rss_bytes() -> int:
@@ -320,6 +324,14 @@ def peak_rss(config: dict[str, Any]) -> int:
     return datasets.peak_rss_bytes()
 
 
+def default_for(args: argparse.Namespace, dataset: str) -> str:
+    """The dtype whose insert and memory are measured: ``--default-dtype``, else the default
+    for the data set's metric."""
+    from brinicle_etl.types import default_dtype
+
+    return str(args.default_dtype or default_dtype("cosine" if dataset == "text384" else "l2sq"))
+
+
 def at_target(result: dict[str, Any]) -> dict[str, Any]:
     return next((s for s in result["sweep"] if s["recall"] >= TARGET_RECALL), result["sweep"][-1])
 
@@ -328,7 +340,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
     lines = [
         "# Store benchmark",
         "",
-        datasets.run_line(f"python benchmarks/bench_store.py --n {args.n} --queries {args.queries}", started)
+        datasets.run_line(
+            f"python benchmarks/bench_store.py --n {args.n} --queries {args.queries}"
+            + (f" --dtypes {args.dtypes}" if args.dtypes != DTYPES else "")
+            + (f" --default-dtype {args.default_dtype}" if args.default_dtype else "")
+            + (f" --out {args.out}" if args.out != OUT else ""),
+            started,
+        )
         + f" HNSW M={M}, ef_construction={EF_CONSTRUCTION}; every engine built with all cores, "
         "searched one query at a time on one thread. All engines of a data set live in one process and are "
         "searched in turns, best of three rounds, so they share the machine's conditions.",
@@ -341,16 +359,36 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
     lines += ["## Summary against the goals", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
-        ours = next((r for r in rows if r["engine"] == "ours" and r["dtype"] == args.default_dtype), None)
+        dtype = default_for(args, dataset)
+        ours = next((r for r in rows if r["engine"] == "ours" and r["dtype"] == dtype), None)
         if ours is None:
             continue
-        raw = next(r for r in rows if r["engine"] == "usearch" and r["dtype"] == args.default_dtype)
+        raw = next(r for r in rows if r["engine"] == "usearch" and r["dtype"] == dtype)
         o = at_target(ours)
         same_ef = next(s for s in raw["sweep"] if s["ef"] == o["ef"])
         parts = [
             f"build {raw['build_seconds'] / ours['build_seconds']:.2f}x raw usearch (goal >= 0.9x)",
             f"QPS {o['qps'] / same_ef['qps']:.2f}x raw usearch at ef={o['ef']} (goal >= 0.9x)",
         ]
+        if same_ef["recall"] < TARGET_RECALL:
+            # Re-scored (i8): raw usearch at this dtype is faster at the same ef but never
+            # reaches the target; the fair reference is raw usearch's fastest dtype that does.
+            reaching = [(r, at_target(r)) for r in rows if r["engine"] == "usearch"]
+            reached = [(r, t) for r, t in reaching if t["recall"] >= TARGET_RECALL]
+            if not reached:
+                parts[1] = f"no raw usearch dtype measured reaches recall {TARGET_RECALL}"
+        if same_ef["recall"] < TARGET_RECALL and reached:
+            best, b = max(reached, key=lambda p: p[1]["qps"])
+            parts[1] = (
+                f"raw usearch {dtype} alone tops out at recall {max(s['recall'] for s in raw['sweep']):.3f}; "
+                f"QPS {o['qps'] / b['qps']:.2f}x raw usearch's fastest dtype reaching {TARGET_RECALL} "
+                f"({best['dtype']}, ef={b['ef']}, recall {b['recall']:.3f}; ours {o['recall']:.3f})"
+            )
+        mine = sorted(((r["dtype"], at_target(r)) for r in rows if r["engine"] == "ours"), key=lambda p: -p[1]["qps"])
+        parts.append(
+            f"ours by dtype at recall@10 >= {TARGET_RECALL}: "
+            + ", ".join(f"{d} {t['qps']:,.0f} QPS ({t['recall']:.3f})" for d, t in mine)
+        )
         same_file = next((r for r in rows if r["engine"] == "usearch on our file"), None)
         if same_file is not None:
             sf = next(s for s in same_file["sweep"] if s["ef"] == o["ef"])
@@ -365,7 +403,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
                 )
         if "insert_1000_seconds" in ours:
             parts.append(f"insert of 1,000 = {ours['insert_1000_seconds'] / ours['rebuild_seconds']:.1%} of a rebuild")
-        lines.append(f"- **{dataset}**, {args.default_dtype}: " + "; ".join(parts) + ".")
+        lines.append(f"- **{dataset}**, {dtype} (the default for its metric): " + "; ".join(parts) + ".")
     lines.append("")
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
@@ -422,9 +460,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--datasets", default="text384,sift128")
-    parser.add_argument("--dtypes", default="f32,bf16,f16,i8")
-    parser.add_argument("--default-dtype", default="bf16")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "store.md")
+    parser.add_argument("--dtypes", default=DTYPES)
+    parser.add_argument(
+        "--default-dtype", help="the dtype measured for insert and memory (default: the metric's, types.default_dtype)"
+    )
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     started = time.time()
     configs = []
@@ -434,7 +474,7 @@ def main() -> None:
                 continue  # i8 suits cosine only; the store refuses it with l2sq
             base = {"dataset": dataset, "n": args.n, "queries": args.queries, "dtype": dtype}
             configs.append({**base, "engine": "usearch"})
-            configs.append({**base, "engine": "ours", "insert_vs_rebuild": dtype == args.default_dtype})
+            configs.append({**base, "engine": "ours", "insert_vs_rebuild": dtype == default_for(args, dataset)})
         for engine in ("hnswlib", "faiss"):
             configs.append({"dataset": dataset, "n": args.n, "queries": args.queries, "engine": engine})
         if dataset == "text384" and "i8" in args.dtypes:
@@ -451,7 +491,8 @@ def main() -> None:
         for r in results:
             if r["dataset"] != dataset or r["engine"] == "usearch-rerank":
                 continue
-            if r.get("dtype", args.default_dtype) == args.default_dtype or r["engine"] in ("hnswlib", "faiss"):
+            mine = default_for(args, dataset)
+            if r.get("dtype", mine) == mine or r["engine"] in ("hnswlib", "faiss"):
                 with ctx.Pool(1) as pool:
                     r["peak_rss"] = pool.apply(peak_rss, (r,))
     datasets.write_report(args.out, report(results, args, started))

@@ -379,3 +379,12 @@ def test_shards_compose_with_the_assets_own_partitions(tmp_path: Path, store: Pa
 def test_a_shard_option_on_an_asset_is_refused_when_the_definitions_load() -> None:
     with pytest.raises(dg.DagsterInvalidDefinitionError, match="give shards=N; each shard is a partition"):
         collection_asset("shop/items", source="x.csv", shards=2, shard=1)
+
+
+def test_the_resource_checks_its_dtype_when_built_and_leaves_it_to_the_metric(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"dtype must be one of 'f32', 'f16', 'bf16', 'i8'; got 'f64'"):
+        BrinicleResource(store=str(tmp_path), dtype="f64")
+    assert BrinicleResource(store=str(tmp_path), dtype="f16").options().new.dtype == "f16"
+    assert BrinicleResource(store=str(tmp_path)).options().new.dtype is None  # the metric's default, at creation

@@ -29,6 +29,7 @@ from brinicle_etl import (
     Store,
 )
 from brinicle_etl.store import indexing
+from brinicle_etl.store import manifest as manifest_module
 from brinicle_etl.store import segment as segment_module
 from brinicle_etl.store import snapshot as snapshot_module
 from brinicle_etl.store.current import REFRESH_SECONDS
@@ -115,10 +116,16 @@ def test_invalid_params_are_rejected(field: str, value: int, message: str) -> No
 
 
 @pytest.mark.parametrize(("metric", "dtype"), [("cosine", "i8"), ("ip", "bf16"), ("l2sq", "bf16")])
-def test_the_default_dtype_follows_the_metric_and_is_kept(store: Store, metric: str, dtype: str) -> None:
+def test_the_default_dtype_follows_the_metric_and_is_kept(
+    tmp_path: Path, metric: str, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "s")
     col = store.create("d", dim=DIM, metric=metric)  # type: ignore[arg-type]
     assert col.status().dtype == dtype
-    assert store.open("d").status().dtype == dtype  # persisted: a later rule does not change it
+    # Persisted: a collection keeps its dtype when the rule changes.
+    monkeypatch.setattr(manifest_module, "default_dtype", lambda metric: "f32")
+    assert Store(tmp_path / "s").open("d").status().dtype == dtype
+    assert store.create("e", dim=DIM, metric=metric).status().dtype == "f32"  # type: ignore[arg-type]
     assert json.loads((col.directory / "manifest.json").read_text())["config"]["dtype"] == dtype
 
 
@@ -565,18 +572,22 @@ def test_a_build_past_one_graphs_rows_is_several_graphs_searched_as_one(
 
     check(col, list(range(1000)), x)
     assert np.array_equal(col.vectors(["k3", "k999"]), x[[3, 999]])
+    # Tombstones in both graphs, no delta: still one native call over the graphs.
+    col.delete(["k3", "k650"])
+    check(col, [i for i in range(1000) if i not in (3, 650)], x)
+    col.write(["k3", "k650"], x[[3, 650]], mode="insert")
     # An upsert and a delete touching both graphs (rows 0-399 and 800-999 are in the
     # first): each counts its own dead rows.
     changed = x.copy()
     changed[[5, 700]] = x[[6, 701]]
     col.write(["k5", "k700"], changed[[5, 700]], mode="upsert", delete=["k10", "k900", "k901"])
     m = read_manifest(col.directory)
-    assert [graph.dead for graph in m.main] == [4, 1]
+    assert [graph.dead for graph in m.main] == [5, 2]  # with k3 and k650, deleted above
     live = [i for i in range(1000) if names[i] not in {"k10", "k900", "k901"}]
     check(store.open("db/big"), live, changed, joint=False)
     col.rebuild()
     m = read_manifest(col.directory)
-    assert [graph.count for graph in m.main] == [597, 400] and m.delta is None
+    assert [graph.count for graph in m.main] == [499, 498] and m.delta is None  # the total known: even
     check(col, live, changed)
 
 

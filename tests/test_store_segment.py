@@ -98,7 +98,8 @@ def test_a_build_fills_a_graph_then_the_next_up_to_one_per_thread(
     monkeypatch.setattr(segment_module, "_ADD_CHUNK", 30)
     x = clustered(sum(adds), 8, seed=3)
     keys = np.arange(len(x), dtype=np.uint64)
-    graphs = segment_module.Graphs(CollectionConfig(dim=8), HnswParams(build_n_threads=threads), directory=tmp_path)
+    config = CollectionConfig(dim=8, dtype="f32")
+    graphs = segment_module.Graphs(config, HnswParams(build_n_threads=threads), directory=tmp_path)
     start = 0
     for n in adds:
         seen: list[tuple[int, int]] = []
@@ -124,5 +125,17 @@ def test_build_graphs_writes_each_graph_to_its_own_path(tmp_path: Path, monkeypa
         CollectionConfig(dim=8, dtype="i8"),
         HnswParams(build_n_threads=2),
     )
-    assert [(i.file, i.count, i.vectors) for i in infos] == [("a.usearch", 150, "a.f32"), ("b.usearch", 100, "b.f32")]
+    # The total is known: two graphs of equal size, not a full one and the rest.
+    assert [(i.file, i.count, i.vectors) for i in infos] == [("a.usearch", 125, "a.f32"), ("b.usearch", 125, "b.f32")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.f32", "a.usearch", "b.f32", "b.usearch"]
+
+
+def test_a_build_makes_no_more_graphs_than_graphs_most(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segment_module, "GRAPH_ROWS", 10)
+    monkeypatch.setattr(segment_module, "GRAPHS_MOST", 3)
+    x = clustered(100, 8, seed=5)
+    graphs = segment_module.Graphs(
+        CollectionConfig(dim=8, dtype="f32"), HnswParams(build_n_threads=64), directory=tmp_path, total=100
+    )
+    graphs.add(np.arange(100, dtype=np.uint64), x)
+    assert [len(part) for part in graphs.parts] == [34, 34, 32]

@@ -593,3 +593,20 @@ def test_many_shards_are_searched_shard_by_shard_with_the_same_answers(store: St
     truth = [[f"k{j}" for j in row] for row in exact_knn(x, queries, 10, "l2sq")]
     assert [[h.id for h in hits] for hits in col.search_batch(queries, 10, ef=200)] == truth
     assert col._joined() is None
+
+
+def test_i8_shards_are_searched_in_one_call_and_re_scored_to_exact_distances(store: Store) -> None:
+    col = store.create("db/i8", dim=DIM, dtype="i8", shards=3)
+    assert isinstance(col, ShardedCollection)
+    x = clustered(900, DIM, seed=14)
+    col.write(keys_of(900), x)
+    queries = clustered(6, DIM, seed=15)
+    exact = 1 - queries @ x.T  # unit vectors: cosine distance
+    truth = np.argsort(exact, axis=1, kind="stable")[:, :10]
+    batch = col.search_batch(queries, 10, ef=300)
+    joined = col._joined()
+    assert joined is not None and joined[2]  # one native call, then re-scored on the vectors files
+    for q, hits, want in zip(range(len(queries)), batch, truth, strict=True):
+        assert [h.id for h in hits] == [f"k{j}" for j in want]
+        np.testing.assert_allclose([h.distance for h in hits], exact[q, want], atol=1e-5)
+        assert [h.id for h in col.search(queries[q], 10, ef=300)] == [h.id for h in hits]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Unpack, cast
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from brinicle_etl.checks import check_collection, check_shards_written
 from brinicle_etl.errors import BrinicleError, ConflictError
@@ -56,6 +56,14 @@ class BrinicleResource(dg.ConfigurableResource):
     model: str | None = Field(default=None, description="Embedding model for text (default all-MiniLM-L6-v2).")
     wait_for_lock: bool = Field(default=True, description="Wait for another writer instead of failing.")
 
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        """Refused when the resource is built (the definitions load), not when a run starts."""
+        if value is not None:
+            check_choice("dtype", value, VectorDType)
+        return value
+
     def get_store(self) -> Store:
         return Store(self.store)
 
@@ -65,7 +73,7 @@ class BrinicleResource(dg.ConfigurableResource):
     def options(self, **args: Unpack[IngestArgs]) -> IngestOptions:
         """``args`` as options, with the resource's defaults for what they leave out (or give as None)."""
         given = cast(IngestArgs, {k: v for k, v in args.items() if v is not None})
-        dtype: VectorDType | None = None if self.dtype is None else check_choice("dtype", self.dtype, VectorDType)
+        dtype = cast(VectorDType | None, self.dtype)  # checked by _known_dtype
         defaults: IngestArgs = {"dtype": dtype, "metric": self.metric, "params": self.params()}
         defaults["wait"] = self.wait_for_lock
         if self.model is not None and given.get("vector_col") is None:

@@ -454,7 +454,7 @@ class Collection(CollectionReads):
         wait: Wait = False,
         progress: BuildProgress | None = None,
     ) -> int:
-        """Compact every live vector into a fresh main segment; returns the new generation.
+        """Compact every live vector into fresh main graphs (see ``segment.GRAPH_ROWS``); returns the new generation.
 
         Keeps the collection's own HNSW params unless new ones are given (they are then persisted).
         """

@@ -14,6 +14,7 @@ its candidates' rows.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -192,7 +193,7 @@ class Refined:
         alive = ~np.isin(self.keys, dead) if len(dead) else np.ones(self.count, dtype=bool)
         return self.keys[alive], np.asarray(self.vectors[alive], dtype=np.float32)
 
-    def _scored(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def scored(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Each query's exact distance to each of its own candidate keys; inf for a key not here."""
         nq, width = candidates.shape
         queries = np.asarray(queries, dtype=np.float32)
@@ -209,12 +210,7 @@ class Refined:
     def rescore(self, queries: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Per query, the ``count`` nearest of its candidate keys (``NO_KEY`` pads) by exact
         distance: (keys, distances), padded with ``NO_KEY`` / inf."""
-        dists = self._scored(queries, candidates)
-        order = np.argsort(dists, axis=1, kind="stable")[:, :count]
-        keys = np.take_along_axis(candidates, order, axis=1)
-        dists = np.take_along_axis(dists, order, axis=1)
-        keys[~np.isfinite(dists)] = NO_KEY
-        return keys, dists
+        return rescored([self], queries, candidates, count)
 
     def rescore_one(self, query: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`rescore` for one query and its valid candidates (a 1-d array), without the
@@ -273,12 +269,33 @@ def open_refined(path: Path, *, metric: str) -> Refined:
         return _opened.setdefault(key, refined)
 
 
+def valid_keys(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """A graph search's keys with every column past a row's valid count set to ``NO_KEY``:
+    usearch leaves those unwritten, and they may hold any key."""
+    return np.where(np.arange(keys.shape[1])[None, :] < np.asarray(counts)[:, None], keys, NO_KEY)
+
+
+def rescored(
+    refined: list[Refined], queries: np.ndarray, candidates: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the ``count`` nearest of its candidate keys (``NO_KEY`` pads) by exact
+    distance, each key scored by the vectors file that holds it (several graphs' candidates,
+    one search): (keys, distances), padded with ``NO_KEY`` / inf."""
+    dists = np.minimum.reduce([r.scored(queries, candidates) for r in refined])
+    order = np.argsort(dists, axis=1, kind="stable")[:, :count]
+    keys = np.take_along_axis(candidates, order, axis=1)
+    dists = np.take_along_axis(dists, order, axis=1)
+    keys[~np.isfinite(dists)] = NO_KEY
+    return keys, dists
+
+
 def _one(query: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
     """Distances of one query (dim,) to rows (w, dim), as :func:`_paired` measures them."""
     query = np.asarray(query, dtype=np.float32)
     dots = rows @ query
     if metric == "cosine":
-        norms = np.sqrt(np.einsum("wd,wd->w", rows, rows) * float(query @ query))
+        # Each norm apart, as _paired takes them: their product squared can overflow float32.
+        norms = np.sqrt(np.einsum("wd,wd->w", rows, rows)) * math.sqrt(float(query @ query))
         out: np.ndarray = 1.0 - dots / np.maximum(norms, 1e-30)
     elif metric == "ip":
         out = 1.0 - dots

@@ -32,11 +32,12 @@ from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig, SegmentInfo
 from brinicle_etl.store.reach import unreachable
-from brinicle_etl.store.refine import RERANK, Kept, open_refined, refined_name, refines
+from brinicle_etl.store.refine import RERANK, Kept, open_refined, refined_name, refines, valid_keys
 from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
 
 __all__ = [
     "GRAPH_ROWS",
+    "GRAPHS_MOST",
     "JOINT_MAX_FILES",
     "Graphs",
     "Joint",
@@ -59,10 +60,15 @@ JOINT_MAX_FILES = 64
 _JOINT_VIEW_BUDGET = 256
 GRAPH_ROWS = 1 << 19
 """A build fills one graph up to this many vectors, then starts another, up to one graph per
-core; past that each chunk goes to the smallest. The graphs are searched together, a core
-each, in one native call. Measured at 1M x 128 (benchmarks/results/graph.md): two half-size
-graphs built 1.33x faster than one (each insert walks a smaller graph) and answered faster
-at the same recall (1.34 ms at recall 0.960 against 2.10 ms at 0.951)."""
+core the build uses (at most :data:`GRAPHS_MOST`); past that each chunk goes to the smallest.
+A single query searches the graphs together, a core each, in one native call (see
+``Snapshot._search_joint``); a batch, one graph after the other. Measured at 1M x 128
+(benchmarks/results/graph.md): two half-size graphs built 1.33x faster than one (each insert
+walks a smaller graph) and answered faster at the same recall (1.34 ms at recall 0.960
+against 2.10 ms at 0.951)."""
+GRAPHS_MOST = 8
+"""Every query walks every graph: a reader with fewer cores than the builder had pays for
+each one, so a build makes no more than this many, whatever its threads."""
 
 
 def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
@@ -242,10 +248,15 @@ class SegmentBuilder:
 class Graphs:
     """The graphs of a build (see :data:`GRAPH_ROWS`): vectors fill one graph, then the next."""
 
-    def __init__(self, config: CollectionConfig, params: HnswParams, *, directory: Path):
+    def __init__(self, config: CollectionConfig, params: HnswParams, *, directory: Path, total: int | None = None):
         self._config, self._params, self._directory = config, params, directory
         # One graph per core the build uses: one thread builds one graph, as before.
-        self._most = params.build_n_threads or usable_cpus()
+        self._most = min(params.build_n_threads or usable_cpus(), GRAPHS_MOST)
+        # Known in advance (a rebuild): as many graphs as it takes, of equal size, rather
+        # than full ones and a small last one.
+        self._rows = GRAPH_ROWS
+        if total is not None and total > GRAPH_ROWS:
+            self._rows = -(-total // min(self._most, -(-total // GRAPH_ROWS)))
         self.parts: list[SegmentBuilder] = []
 
     def add(self, keys: np.ndarray, vectors: np.ndarray, progress: BuildProgress | None = None) -> None:
@@ -259,11 +270,11 @@ class Graphs:
 
     def _next(self) -> tuple[SegmentBuilder, int]:
         """The graph the next vectors go to, and how many it takes before the choice is made again."""
-        if self.parts and len(self.parts[-1]) < GRAPH_ROWS:
-            return self.parts[-1], GRAPH_ROWS - len(self.parts[-1])
+        if self.parts and len(self.parts[-1]) < self._rows:
+            return self.parts[-1], self._rows - len(self.parts[-1])
         if len(self.parts) < self._most:
             self.parts.append(SegmentBuilder(self._config, self._params, directory=self._directory))
-            return self.parts[-1], GRAPH_ROWS
+            return self.parts[-1], self._rows
         return min(self.parts, key=len), _ADD_CHUNK
 
     def __len__(self) -> int:
@@ -300,7 +311,7 @@ def build_graphs(
     """Write fresh HNSW graphs of ``vectors`` under ``keys`` (see :data:`GRAPH_ROWS`), each
     to a path ``paths()`` names, with the vectors file beside it when its dtype keeps one."""
     first = paths()
-    graphs = Graphs(config, params, directory=first.parent)
+    graphs = Graphs(config, params, directory=first.parent, total=len(keys))
     graphs.add(keys, vectors, progress)
     return tuple(part.save(first if i == 0 else paths()) for i, part in enumerate(graphs.parts))
 
@@ -403,7 +414,7 @@ class Segment:
             found = _search_many(index, queries, wide, exact=exact, threads=threads)
         if refined is None:
             return found
-        keys, dists = refined.rescore(queries, _valid(found[0], found[2]), count)
+        keys, dists = refined.rescore(queries, valid_keys(found[0], found[2]), count)
         return _padded(keys, dists, count)
 
     def search_one(self, query: np.ndarray, count: int, *, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -457,12 +468,6 @@ class Segment:
             if len(dead):
                 keys = keys[~np.isin(keys, dead)]
             return keys, _decoded(index, keys)
-
-
-def _valid(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The keys with every column past a row's valid count set to ``NO_KEY``: usearch leaves
-    those unwritten, and they may hold any key."""
-    return np.where(np.arange(keys.shape[1])[None, :] < np.asarray(counts)[:, None], keys, NO_KEY)
 
 
 def _padded(keys: np.ndarray, dists: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

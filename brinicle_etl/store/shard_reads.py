@@ -25,6 +25,7 @@ from brinicle_etl._cpus import usable_cpus
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.collection import Collection, CollectionStatus
 from brinicle_etl.store.manifest import CollectionConfig
+from brinicle_etl.store.refine import RERANK, Refined, rescored, valid_keys
 from brinicle_etl.store.segment import JOINT_MAX_FILES, Joint
 from brinicle_etl.store.sharding import ROW_ID_BITS, SHARDING, ShardedPlace, shard_of
 from brinicle_etl.store.snapshot import Snapshot
@@ -50,7 +51,7 @@ class ShardedReads:
         # queue the searches that meanwhile go shard by shard.
         self._pool = ThreadPoolExecutor(max_workers=min(4 * len(self.shards), 64), thread_name_prefix="shard-read")
         self._filters: dict[str, tuple[tuple[int, ...], list[Snapshot], np.ndarray, tuple[np.ndarray, ...]]] = {}
-        self._joint: tuple[tuple[int, ...], list[Snapshot], Joint] | None = None
+        self._joint: tuple[tuple[int, ...], list[Snapshot], Joint, list[Refined]] | None = None
         self._joint_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -149,40 +150,46 @@ class ShardedReads:
         spread: float = len(self.shards) ** (2 / 3)
         return max(k, math.ceil(wanted / spread - 1e-9))  # 8 ** (2/3) is 3.9999...
 
-    def _joined(self) -> tuple[list[Snapshot], Joint] | None:
+    def _joined(self) -> tuple[list[Snapshot], Joint, list[Refined]] | None:
         """Every shard's current segments as one multi-index, when none has tombstones or
-        pending vectors (the common case after a build; the per-shard path handles them)."""
+        pending vectors (the common case after a build; the per-shard path handles them),
+        with the vectors files its candidates are re-scored on (i8 graphs; none otherwise)."""
         snaps = [shard.snapshot() for shard in self.shards]
         stamp = tuple(map(id, snaps))  # a new generation is a new snapshot; cached ones stay alive
         cached = self._joint
         if cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         segments = [(seg, info) for snap in snaps for seg, info in snap.segments()]
+        refined = [seg.refined for seg, _info in segments if seg.refined is not None]
         if (
             not segments
             or len(segments) > JOINT_MAX_FILES
-            # pending vectors, and i8 graphs (re-scored on their vectors files): shard by shard
-            or any(info.dead or seg.exact_only or seg.refined is not None for seg, info in segments)
+            # pending vectors, and i8 graphs written before vectors files beside others: shard by shard
+            or any(info.dead or seg.exact_only for seg, info in segments)
+            or 0 < len(refined) < len(segments)
         ):
             self._joint = None  # let the old generations' files and views go
             return None
         with self._joint_lock:
             if self._joint is None or self._joint[0] != stamp:
-                self._joint = (stamp, snaps, Joint([seg.path for seg, _info in segments]))
-            return self._joint[1], self._joint[2]
+                self._joint = (stamp, snaps, Joint([seg.path for seg, _info in segments]), refined)
+            return self._joint[1], self._joint[2], self._joint[3]
 
     def _search_joined(self, matrix: np.ndarray, k: int, ef: int, threads: int) -> list[list[Hit]] | None:
         joined = self._joined()
         if joined is None:
             return None
-        snaps, joint = joined
+        snaps, joint, refined = joined
         try:
-            row_ids, dists, counts = joint.search(matrix, k, ef=ef, threads=threads)
+            row_ids, dists, counts = joint.search(matrix, k * RERANK if refined else k, ef=ef, threads=threads)
         except (FileNotFoundError, CorruptCollectionError):
             # A writer replaced a generation and removed its files while they were opened:
             # this search goes shard by shard (each reopens), the next builds the joint anew.
             self._joint = None
             return None
+        if refined:
+            row_ids, dists = rescored(refined, matrix, valid_keys(row_ids, counts), k)
+            counts = np.isfinite(dists).sum(axis=1)
         valid = np.arange(row_ids.shape[1])[None, :] < counts[:, None]
         hit_ids = row_ids[valid]
         owner = (hit_ids >> np.uint64(ROW_ID_BITS)).astype(np.int64)

@@ -25,7 +25,7 @@ from brinicle_etl.store.manifest import CollectionConfig, Manifest, SegmentInfo
 from brinicle_etl.store.picker import Picker, pick_rows
 from brinicle_etl.store.refine import RERANK
 from brinicle_etl.store.rows import KEY, RESERVED_COLUMNS, ROW_ID, IdMap, is_in_sorted, read_rows, read_tombstones
-from brinicle_etl.store.segment import Joint, Segment
+from brinicle_etl.store.segment import JOINT_MAX_FILES, Joint, Segment
 from brinicle_etl.types import NO_KEY
 
 __all__ = ["SEARCH_TABLE_COLUMNS", "AnySegment", "RowCache", "Snapshot"]
@@ -362,7 +362,7 @@ class Snapshot:
         does not apply (one graph segment, one core, a segment small enough for exact search
         at this ``k``) or left fewer than ``k`` live hits (then each segment is asked alone)."""
         graphs = [(seg, info) for seg, info in self._segments if isinstance(seg, Segment)]
-        if len(graphs) < 2 or _CPUS < 2:
+        if len(graphs) < 2 or len(graphs) > JOINT_MAX_FILES or _CPUS < 2:
             return None
         refined = [seg.refined for seg, _info in graphs if seg.refined is not None]
         if refined and len(refined) < len(graphs):

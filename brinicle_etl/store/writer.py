@@ -425,7 +425,7 @@ def index_pending(snap: Snapshot, progress: BuildProgress | None = None) -> Mani
 
 
 def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None = None) -> Manifest:
-    """The next generation with every live vector in one fresh main and the rows in one file."""
+    """The next generation with every live vector in fresh main graphs and the rows in one file."""
     old = snap.manifest
     generation = old.generation + 1
     parts = [seg.vectors(snap.dead) for seg, _ in snap.segments()]
