@@ -4,8 +4,8 @@ The same table for both: ``n`` rows of a key (``id``), a ``title``, a ``category
 a ``price`` and a 128-d unit ``embedding`` (text-like, cosine), exported to Parquet. Both
 engines get the same files and the same HNSW params (M=16, ef_construction=200); LanceDB's
 index is ``IVF_HNSW_SQ`` (its HNSW-type index; one IVF partition per 500k rows), ours at the
-default dtype for cosine (or ``--dtype``'s), its graphs as a build makes them (one per core
-past 2^19 rows). Each engine runs in its own fresh process, one after
+default dtype for cosine (or ``--dtype``'s), its graphs as a build makes them (see
+``segment.GRAPH_ROWS``). Each engine runs in its own fresh process, one after
 the other:
 
 1. first ingest: the Parquet export into a table with an index (LanceDB: ``create_table`` of

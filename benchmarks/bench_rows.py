@@ -1,8 +1,8 @@
 """Search with rows, every path, at two collection sizes side by side in one run.
 
 The same kind of collection at each size (``--sizes``, default 100k and 1M rows): 64-d
-vectors (cosine, bf16, M=16, ef_construction=64: the index's build quality is not what is
-measured here) with a key, a title and a price. For each size, single-query p50 of k=10
+vectors (cosine at its default dtype, M=16, ef_construction=64: the index's build quality is
+not what is measured here) with a key, a title and a price. For each size, single-query p50 of k=10
 with rows, by every path a user has, measured in turns so a noisy neighbour hits them all:
 
 - Python by name: ``search("bench/rows", q, 10, store=dir)``, the README's form;

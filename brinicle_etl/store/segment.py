@@ -58,14 +58,17 @@ _RELINK_COPIES = 64
 JOINT_MAX_FILES = 64
 """More segments than this (a collection of many shards) are searched shard by shard."""
 _JOINT_VIEW_BUDGET = 256
-GRAPH_ROWS = 1 << 19
-"""A build fills one graph up to this many vectors, then starts another, up to one graph per
-core the build uses (at most :data:`GRAPHS_MOST`); past that each chunk goes to the smallest.
-A single query searches the graphs together, a core each, in one native call (see
-``Snapshot._search_joint``); a batch, one graph after the other. Measured at 1M x 128
-(benchmarks/results/graph.md): two half-size graphs built 1.33x faster than one (each insert
-walks a smaller graph) and answered faster at the same recall (1.34 ms at recall 0.960
-against 2.10 ms at 0.951)."""
+GRAPH_ROWS = 1 << 23
+"""A build fills one graph up to this many vectors (8,388,608), then starts another, up to one
+graph per core the build uses (at most :data:`GRAPHS_MOST`); past that each chunk goes to the
+smallest. A single query searches the graphs together, a core each, in one native call (see
+``Snapshot._search_joint``); a batch, one graph after the other. Split at 1M (two graphs on two
+cores), a build ran 1.28-1.35x faster (each insert walks a smaller graph: results/graph.md,
+peers.md), and a single query at a high ef answered faster (1.34 ms at recall 0.960 against
+2.10 ms at 0.951), but at the default ef 64 it took 0.55-0.78 ms against one graph's 0.39
+(64-d, k=10): every graph is walked, and one native call over two costs more than the walk
+saves. Queries are many and a build is once, so a graph holds millions of vectors, and only
+a build past that splits, where one graph's build takes hours."""
 GRAPHS_MOST = 8
 """Every query walks every graph: a reader with fewer cores than the builder had pays for
 each one, so a build makes no more than this many, whatever its threads."""
