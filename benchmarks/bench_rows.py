@@ -14,7 +14,7 @@ with rows, by every path a user has, measured in turns so a noisy neighbour hits
 Goals (issue 17): every path's p50 at the larger size <= 1.5x its p50 at the smaller, and
 SQL < 5 ms at 1M.
 
-Usage: python benchmarks/bench_rows.py [--sizes 100000 1000000] [--queries 300]
+Usage: python benchmarks/bench_rows.py [--sizes 100000 1000000] [--queries 300] [--dtype bf16 --out F]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ INDEX = "index alone (keys)"
 PATHS = ["Python by name", "Python by object", INDEX, "SQL brinicle_search", "HTTP POST /search"]
 
 
-def build(n: int, directory: Path) -> None:
+def build(n: int, directory: Path, dtype: str | None) -> None:
     rng = np.random.default_rng(n)
     vectors = datasets.text_like(n, DIM, seed=1)
     frame = pl.DataFrame(
@@ -59,7 +59,8 @@ def build(n: int, directory: Path) -> None:
             "v": np.asarray(vectors, dtype=np.float32),
         }
     )
-    ingest(frame, NAME, store=directory, vector_col="v", primary_key="id", params=HnswParams(ef_construction=64))
+    params = HnswParams(ef_construction=64)
+    ingest(frame, NAME, store=directory, vector_col="v", primary_key="id", params=params, dtype=dtype)  # type: ignore[arg-type]
 
 
 def p50_ms(call: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "i8"], help="default: cosine's default dtype")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "rows.md")
     args = parser.parse_args()
     started = time.time()
@@ -85,7 +87,7 @@ def main() -> None:
     builds: dict[int, float] = {}
     for n in args.sizes:
         t = time.perf_counter()
-        build(n, work / str(n))
+        build(n, work / str(n), args.dtype)
         builds[n] = time.perf_counter() - t
         print(f"built {n:,} rows in {builds[n]:.0f} s", flush=True)
     queries = np.asarray(datasets.text_like(args.queries, DIM, seed=2), dtype=np.float32)
@@ -132,7 +134,11 @@ def report(args: Any, results: dict[int, dict[str, list[float]]], builds: dict[i
     lines = [
         "# Search with rows, by collection size",
         "",
-        datasets.run_line(f"python benchmarks/bench_rows.py --sizes {sizes} --queries {args.queries}", started),
+        datasets.run_line(
+            f"python benchmarks/bench_rows.py --sizes {sizes} --queries {args.queries}"
+            + (f" --dtype {args.dtype} --out {args.out}" if args.dtype else ""),
+            started,
+        ),
         f"k=10, single queries, p50 in ms (median of {args.rounds} turns); builds: "
         + ", ".join(f"{n:,} rows {s:.0f} s" for n, s in builds.items()),
         "",
