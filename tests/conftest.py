@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def build_one(path: Path, keys: np.ndarray, vectors: np.ndarray, config: Any, params: Any) -> Any:
+    """One usearch graph of ``vectors`` under ``keys`` written to ``path`` (a SegmentInfo)."""
+    from brinicle_etl.store.segment import SegmentBuilder
+
+    builder = SegmentBuilder(config, params, directory=path.parent)
+    builder.add(keys, vectors)
+    return builder.save(path)
 
 
 def clustered(n: int, dim: int, *, seed: int = 0, centers: int = 32, normalize: bool = True) -> np.ndarray:

@@ -10,9 +10,9 @@ import pytest
 from brinicle_etl.store import segment
 from brinicle_etl.store.manifest import CollectionConfig
 from brinicle_etl.store.reach import unreachable
-from brinicle_etl.store.segment import Segment, build_segment
+from brinicle_etl.store.segment import Segment
 from brinicle_etl.types import HnswParams
-from tests.conftest import clustered
+from tests.conftest import build_one, clustered
 
 CONFIG = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
 
@@ -91,6 +91,6 @@ def test_a_build_whose_layout_is_unknown_links_its_nodes_by_searching(
     x = clustered(300, 8, seed=seed, normalize=False)
     keys = np.arange(300, dtype=np.uint64)
     params = HnswParams(ef_construction=128, rng_seed=seed, build_n_threads=2)
-    assert build_segment(tmp_path / "s.usearch", keys, x, CONFIG, params).count == 300
+    assert build_one(tmp_path / "s.usearch", keys, x, CONFIG, params).count == 300
     found, _, _ = Segment(tmp_path / "s.usearch", ef_search=64).search(x, 1, ef=None, exact=False, threads=1)
     assert np.flatnonzero(found[:, 0] != keys).tolist() == []

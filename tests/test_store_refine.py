@@ -13,7 +13,7 @@ from brinicle_etl.errors import CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig, read_manifest
 from brinicle_etl.store.refine import Refined, refined_name, write_refined
 from brinicle_etl.types import NO_KEY, HnswParams
-from tests.conftest import clustered, exact_knn
+from tests.conftest import build_one, clustered, exact_knn
 
 DIM = 16
 
@@ -182,7 +182,7 @@ def test_columns_past_a_querys_valid_count_are_never_rescored(tmp_path: Path, mo
 
     x = clustered(400, DIM, seed=12)
     keys = np.arange(400, dtype=np.uint64)
-    segment_module.build_segment(tmp_path / "s.usearch", keys, x, CollectionConfig(dim=DIM, dtype="i8"), HnswParams())
+    build_one(tmp_path / "s.usearch", keys, x, CollectionConfig(dim=DIM, dtype="i8"), HnswParams())
     seg = segment_module.Segment(tmp_path / "s.usearch", ef_search=64, vectors=tmp_path / "s.f32")
     real = segment_module._search_many
     q = x[[5]]

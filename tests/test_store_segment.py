@@ -10,9 +10,9 @@ import pytest
 
 from brinicle_etl.store import segment as segment_module
 from brinicle_etl.store.manifest import CollectionConfig
-from brinicle_etl.store.segment import Segment, build_segment
+from brinicle_etl.store.segment import Segment
 from brinicle_etl.types import HnswParams
-from tests.conftest import clustered
+from tests.conftest import build_one, clustered
 
 
 @pytest.mark.parametrize("threads", [1, 2, 0])
@@ -24,7 +24,7 @@ def test_every_vector_of_a_build_finds_itself(tmp_path: Path, threads: int, seed
     keys = np.arange(300, dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
     params = HnswParams(ef_construction=128, rng_seed=seed, build_n_threads=threads)
-    assert build_segment(tmp_path / "s.usearch", keys, x, config, params).count == 300
+    assert build_one(tmp_path / "s.usearch", keys, x, config, params).count == 300
     seg = Segment(tmp_path / "s.usearch", ef_search=64)
     # No vector is lost: each finds itself when the search may visit every node...
     found, _, _ = seg.search(x, 1, ef=300, exact=False, threads=1)
@@ -40,7 +40,7 @@ def test_duplicate_vectors_keep_their_keys(tmp_path: Path) -> None:
     x = np.concatenate([x, x])  # every vector twice, under two keys
     keys = np.arange(400, dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
-    assert build_segment(tmp_path / "d.usearch", keys, x, config, HnswParams(build_n_threads=2)).count == 400
+    assert build_one(tmp_path / "d.usearch", keys, x, config, HnswParams(build_n_threads=2)).count == 400
     found, dists, _ = Segment(tmp_path / "d.usearch", ef_search=64).search(x[:200], 2, ef=None, exact=False, threads=1)
     assert [set(row) for row in found.tolist()] == [{i, i + 200} for i in range(200)]
     assert np.all(dists == 0)
@@ -51,7 +51,7 @@ def test_many_copies_of_one_vector_build_and_the_rest_find_themselves(tmp_path: 
     x = np.concatenate([distinct, np.repeat(distinct[:1] + 100, 2000, axis=0)])
     keys = np.arange(len(x), dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
-    assert build_segment(tmp_path / "c.usearch", keys, x, config, HnswParams(build_n_threads=2)).count == len(x)
+    assert build_one(tmp_path / "c.usearch", keys, x, config, HnswParams(build_n_threads=2)).count == len(x)
     seg = Segment(tmp_path / "c.usearch", ef_search=64)
     found, _, _ = seg.search(distinct, 1, ef=None, exact=False, threads=1)
     assert np.flatnonzero(found[:, 0] != keys[:300]).tolist() == []
@@ -77,7 +77,7 @@ def test_threads_0_means_the_cores_this_process_may_use(tmp_path: Path, monkeypa
     x = clustered(300, 8, seed=0, normalize=False)
     keys = np.arange(300, dtype=np.uint64)
     config = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
-    build_segment(tmp_path / "s.usearch", keys, x, config, HnswParams(build_n_threads=0))
+    build_one(tmp_path / "s.usearch", keys, x, config, HnswParams(build_n_threads=0))
     assert set(asked) <= {1, 3} and 3 in asked  # 1: lost nodes are linked again on one thread
 
 
@@ -119,7 +119,8 @@ def test_build_graphs_writes_each_graph_to_its_own_path(tmp_path: Path, monkeypa
     x = clustered(250, 8, seed=4)
     names = iter(["a.usearch", "b.usearch", "c.usearch"])
     infos = segment_module.build_graphs(
-        lambda: tmp_path / next(names),
+        tmp_path,
+        lambda: next(names),
         np.arange(250, dtype=np.uint64),
         x,
         CollectionConfig(dim=8, dtype="i8"),

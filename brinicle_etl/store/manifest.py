@@ -187,9 +187,10 @@ class Manifest:
             form = FORMAT_WITH_VECTORS
         else:
             form = FORMAT if self.pending is None else FORMAT_WITH_PENDING
+        graphs = list(data["main"])
         # One graph is written as one segment, as before several: older versions read it.
-        data["main"] = list(data["main"]) if len(self.main) > 1 else (data["main"][0] if self.main else None)
-        for segment in [*(data["main"] if len(self.main) > 1 else [data["main"]]), data["delta"], data["pending"]]:
+        data["main"] = graphs if len(graphs) > 1 else (graphs[0] if graphs else None)
+        for segment in [*graphs, data["delta"], data["pending"]]:
             if segment is not None and segment["vectors"] is None:
                 del segment["vectors"]  # as written before vectors files: older versions read it
         return {"format": form, **data}

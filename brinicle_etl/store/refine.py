@@ -214,12 +214,11 @@ class Refined:
 
     def rescore_one(self, query: np.ndarray, candidates: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`rescore` for one query and its valid candidates (a 1-d array), without the
-        batch's padding: the path of every single i8 search, ~30 us less."""
-        at, found = self.positions(candidates)
-        if not found.all():
-            candidates, at = candidates[found], at[found]
-        dists = _one(query, self.vectors[at], self._metric)
+        batch's padding: the path of every single i8 search, ~30 us less. A key not here
+        is left out."""
+        dists = self.distances(query, candidates)
         order = np.argsort(dists, kind="stable")[:count]
+        order = order[np.isfinite(dists[order])]  # missing keys are inf: they sort last
         return candidates[order], dists[order]
 
     def distances(self, query: np.ndarray, keys: np.ndarray) -> np.ndarray:

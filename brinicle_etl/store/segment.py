@@ -9,6 +9,7 @@ in parallel.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import queue
 import threading
@@ -44,7 +45,6 @@ __all__ = [
     "Segment",
     "SegmentBuilder",
     "build_graphs",
-    "build_segment",
 ]
 
 V = TypeVar("V")
@@ -259,7 +259,7 @@ class Graphs:
         # than full ones and a small last one.
         self._rows = GRAPH_ROWS
         if total is not None and total > GRAPH_ROWS:
-            self._rows = -(-total // min(self._most, -(-total // GRAPH_ROWS)))
+            self._rows = math.ceil(total / min(self._most, math.ceil(total / GRAPH_ROWS)))
         self.parts: list[SegmentBuilder] = []
 
     def add(self, keys: np.ndarray, vectors: np.ndarray, progress: BuildProgress | None = None) -> None:
@@ -288,35 +288,21 @@ def _offset(progress: BuildProgress, base: int, total: int) -> BuildProgress:
     return lambda done, _of: progress(base + done, total)
 
 
-def build_segment(
-    path: Path,
-    keys: np.ndarray,
-    vectors: np.ndarray,
-    config: CollectionConfig,
-    params: HnswParams,
-    progress: BuildProgress | None = None,
-) -> SegmentInfo:
-    """Write one fresh HNSW graph of ``vectors`` under ``keys`` to ``path`` (and the vectors
-    file beside it when its dtype keeps one)."""
-    builder = SegmentBuilder(config, params, directory=path.parent)
-    builder.add(keys, vectors, progress)
-    return builder.save(path)
-
-
 def build_graphs(
-    paths: Callable[[], Path],
+    directory: Path,
+    named: Callable[[], str],
     keys: np.ndarray,
     vectors: np.ndarray,
     config: CollectionConfig,
     params: HnswParams,
     progress: BuildProgress | None = None,
 ) -> tuple[SegmentInfo, ...]:
-    """Write fresh HNSW graphs of ``vectors`` under ``keys`` (see :data:`GRAPH_ROWS`), each
-    to a path ``paths()`` names, with the vectors file beside it when its dtype keeps one."""
-    first = paths()
-    graphs = Graphs(config, params, directory=first.parent, total=len(keys))
+    """Write fresh HNSW graphs of ``vectors`` under ``keys`` (see :data:`GRAPH_ROWS`) into
+    ``directory``, each under a file name ``named()`` gives, with the vectors file beside it
+    when its dtype keeps one."""
+    graphs = Graphs(config, params, directory=directory, total=len(keys))
     graphs.add(keys, vectors, progress)
-    return tuple(part.save(first if i == 0 else paths()) for i, part in enumerate(graphs.parts))
+    return tuple(part.save(directory / named()) for part in graphs.parts)
 
 
 def _decoded(index: Any, keys: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -433,11 +433,8 @@ def compact(snap: Snapshot, params: HnswParams, progress: BuildProgress | None =
     if parts:
         keys = np.concatenate([p[0] for p in parts])
         vectors = np.concatenate([p[1] for p in parts])
-
-        def named() -> Path:
-            return snap.directory / new_name("main", generation, ".usearch")
-
-        main = build_graphs(named, keys, vectors, old.config, params, progress)
+        named = partial(new_name, "main", generation, ".usearch")
+        main = build_graphs(snap.directory, named, keys, vectors, old.config, params, progress)
 
     rows = old.rows
     if old.dead_rows or len(old.rows) > 1:
