@@ -11,6 +11,8 @@ change that, on the same 128-d text-like unit vectors (cosine), with no store ar
 - ``bf16, 2 graphs``: half the rows in each graph, built one after the other with every
   core, searched as one (usearch ``Indexes``, a thread per graph), as LanceDB searches its
   partitions or a sharded collection its shards;
+- ``i8 + rerank`` in batches of 50,000 rows, as an ingest hands them to the store: each batch
+  in a random order (the store's order until 2026-12) or region by region (``store/order.py``);
 - LanceDB's ``IVF_HNSW_SQ`` index (one partition per 500k rows, as ``bench_peers``), at
   ``ef_construction`` 200 and 100; only ``create_index`` is timed, not the table.
 
@@ -20,7 +22,7 @@ sweep (LanceDB: its ``ef``, every partition probed: with one of two, recall@10 s
 Search times are of the bare index (keys only), not of rows. Each option runs in a fresh
 process, one after the other.
 
-Usage: python benchmarks/bench_graph.py [--size 1000000] [--queries 300]
+Usage: python benchmarks/bench_graph.py [--size 1000000] [--queries 300] [--only 'batches,LanceDB'] [--out F]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import datasets
 from bench_peers import DIM, RESULTS, TARGET, K, M, import_lancedb, sweep
 
 RERANK = 4
+BATCH_ROWS = 50_000
 EFS = [64, 96, 128, 192, 256, 384, 512, 768, 1024]
 OPTIONS: list[dict[str, Any]] = [
     {"name": "bf16, efc 200 (today)", "engine": "usearch", "dtype": "bf16", "efc": 200},
@@ -47,6 +50,23 @@ OPTIONS: list[dict[str, Any]] = [
     {"name": "i8 + rerank, efc 200", "engine": "usearch", "dtype": "i8", "efc": 200, "rerank": True},
     {"name": "i8 + rerank, efc 100", "engine": "usearch", "dtype": "i8", "efc": 100, "rerank": True},
     {"name": "bf16, efc 200, 2 graphs", "engine": "usearch", "dtype": "bf16", "efc": 200, "parts": 2},
+    # As an ingest hands the store its rows: 50,000 at a time, each batch in an order of its own.
+    {
+        "name": "i8 + rerank, efc 200, batches in a random order",
+        "engine": "usearch",
+        "dtype": "i8",
+        "efc": 200,
+        "rerank": True,
+        "order": "random",
+    },
+    {
+        "name": "i8 + rerank, efc 200, batches region by region (store/order.py)",
+        "engine": "usearch",
+        "dtype": "i8",
+        "efc": 200,
+        "rerank": True,
+        "order": "regions",
+    },
     {"name": "LanceDB IVF_HNSW_SQ, efc 200", "engine": "lancedb", "efc": 200},
     {"name": "LanceDB IVF_HNSW_SQ, efc 100", "engine": "lancedb", "efc": 100},
 ]
@@ -72,7 +92,10 @@ def run_usearch(option: dict[str, Any], work: Path) -> dict[str, Any]:
     for p in range(parts):
         rows = slice(p * len(vectors) // parts, (p + 1) * len(vectors) // parts)
         index = Index(ndim=DIM, metric="cos", dtype=option["dtype"], connectivity=M, expansion_add=option["efc"])
-        index.add(keys[rows], vectors[rows], threads=0)
+        if "order" in option:
+            add_in_batches(index, keys[rows], vectors[rows], option["order"])
+        else:
+            index.add(keys[rows], vectors[rows], threads=0)
         graphs.append(index)
     build = time.perf_counter() - started
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -90,6 +113,18 @@ def run_usearch(option: dict[str, Any], work: Path) -> dict[str, Any]:
         return candidates[np.argsort(-scores)[:K]].tolist()
 
     return {"build": build, "curve": sweep(search, EFS, queries, truth)["curve"]}
+
+
+def add_in_batches(index: Any, keys: np.ndarray, vectors: np.ndarray, order: str) -> None:
+    from brinicle_etl.store.order import insert_order
+
+    for start in range(0, len(keys), BATCH_ROWS):
+        batch = vectors[start : start + BATCH_ROWS]
+        if order == "regions":
+            ordered = insert_order(batch, "cosine", start)
+        else:
+            ordered = np.random.default_rng(start).permutation(len(batch))
+        index.add(keys[start : start + BATCH_ROWS][ordered], batch[ordered], threads=0)
 
 
 def run_lancedb(option: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -146,16 +181,22 @@ def chosen(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, started: float) -> str:
-    lance = next(r for r in results if r["name"].startswith("LanceDB") and r["efc"] == 200)
+    base = next((r for r in results if r["name"].startswith("LanceDB") and r["efc"] == 200), results[0])
     lines = [
         "# Graph build options against LanceDB's index",
         "",
-        datasets.run_line(f"python benchmarks/bench_graph.py --size {args.size} --queries {args.queries}", started),
+        datasets.run_line(
+            f"python benchmarks/bench_graph.py --size {args.size} --queries {args.queries}"
+            + (f" --only '{args.only}'" if args.only else "")
+            + (f" --out {args.out}" if args.out != RESULTS / "graph.md" else ""),
+            started,
+        ),
         f"{args.size:,} x {DIM} text-like unit vectors (cosine, `benchmarks/datasets.py`), M={M}, every core; "
         f"single-query search p50 of the bare index (keys only), recall@10 against exact search; "
-        f"`i8 + rerank` re-scores {RERANK}x k candidates on float32 vectors.",
+        f"`i8 + rerank` re-scores {RERANK}x k candidates on float32 vectors. Options in batches add "
+        f"{BATCH_ROWS:,} rows at a time, as an ingest hands them to the store; the others add all at once.",
         "",
-        f"| option | build s | build vs LanceDB efc 200 | fastest at recall@10 >= {TARGET} | p50 ms | recall@10 |",
+        f"| option | build s | build vs {base['name']} | fastest at recall@10 >= {TARGET} | p50 ms | recall@10 |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -163,7 +204,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
         at = f"ef {best['setting']}" if best else "none"
         p50 = f"{best['p50'] * 1e3:.2f}" if best else ""
         rec = f"{best['recall']:.3f}" if best else f"best {max(c['recall'] for c in r['curve']):.3f}"
-        ratio = lance["build"] / r["build"]
+        ratio = base["build"] / r["build"]
         lines.append(f"| {r['name']} | {r['build']:.1f} | {ratio:.2f}x as fast | {at} | {p50} | {rec} |")
     lines += ["", "Recall@10 / p50 ms by ef:", "", "| option | " + " | ".join(f"ef {e}" for e in EFS) + " |"]
     lines.append("|---|" + "---|" * len(EFS))
@@ -204,12 +245,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", type=Path, default=RESULTS / "graph.md")
+    parser.add_argument("--only", default="", help="run the options whose names contain one of these, comma-separated")
     args = parser.parse_args()
     started = time.time()
     results = []
     with tempfile.TemporaryDirectory() as work:
         data(Path(work), args.size, args.queries)
+        wanted = [w for w in args.only.split(",") if w]
         for option in OPTIONS:
+            if wanted and not any(w in option["name"] for w in wanted):
+                continue
             result = {**option, **in_child(option, work)}
             results.append(result)
             print(f"{option['name']}: build {result['build']:.1f} s", flush=True)

@@ -1,7 +1,8 @@
 """The collection store against raw usearch, hnswlib and faiss, side by side in one run.
 
-For each data set (100k x 384 text-like unit vectors, cosine; 100k x 128 SIFT-like,
-squared L2) and each engine, in a fresh process each so peak RSS is the engine's own:
+For each data set (by default 100k x 384 text-like unit vectors, cosine, and 100k x 128
+SIFT-like, squared L2; ``--datasets`` names others as ``text<dim>`` or ``sift<dim>``)
+and each engine, in a fresh process each so peak RSS is the engine's own:
 
 - build: our ``finalize`` of a staged build against ``usearch.Index.add`` with the same
   params and dtype (goal: >= 0.9x), and hnswlib / faiss HNSW;
@@ -13,7 +14,8 @@ squared L2) and each engine, in a fresh process each so peak RSS is the engine's
 - for our default dtype (per metric, ``types.default_dtype``): inserting 1,000 rows into
   the 100k collection against a full rebuild (goal: < 5%).
 
-Usage: python benchmarks/bench_store.py [--n 100000] [--queries 1000] [--dtypes bf16,f16,i8] [--out F]
+Usage: python benchmarks/bench_store.py [--n 100000] [--queries 1000] [--datasets text64,text384]
+       [--dtypes bf16,f16,i8] [--out F]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +39,7 @@ EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
 M, EF_CONSTRUCTION = 16, 200
 TARGET_RECALL = 0.95
 DTYPES = "f32,bf16,f16,i8"
+DATASETS = "text384,sift128"
 OUT = Path(__file__).resolve().parent / "results" / "store.md"
 
 
@@ -44,10 +48,21 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def kind(dataset: str) -> tuple[Any, int, str]:
+    """A data set's generator, width and metric from its name: ``text<dim>`` (cosine) or
+    ``sift<dim>`` (squared L2), e.g. ``text384``, ``text64``, ``sift128``."""
+    match = re.fullmatch(r"(text|sift)(\d+)", dataset)
+    if match is None:
+        raise SystemExit(f"unknown data set {dataset!r}: name it text<dim> or sift<dim>, e.g. text64")
+    if match[1] == "text":
+        return datasets.text_like, int(match[2]), "cosine"
+    return datasets.sift_like, int(match[2]), "l2sq"
+
+
 def load(dataset: str, n: int, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    gen, metric = (datasets.text_like, "cosine") if dataset == "text384" else (datasets.sift_like, "l2sq")
-    data = np.ascontiguousarray(datasets.cached(f"{dataset}-{n}", gen, n, seed=1))
-    queries = np.ascontiguousarray(datasets.cached(f"{dataset}-q{nq}", gen, nq, seed=2))
+    gen, dim, metric = kind(dataset)
+    data = np.ascontiguousarray(datasets.cached(f"{dataset}-{n}", gen, n, dim, seed=1))
+    queries = np.ascontiguousarray(datasets.cached(f"{dataset}-q{nq}", gen, nq, dim, seed=2))
     truth = datasets.cached(f"{dataset}-{n}-gt{nq}", datasets.ground_truth, data, queries, 10, metric)
     return data, queries, np.asarray(truth), metric
 
@@ -301,8 +316,8 @@ def run_dataset(dataset: str, configs: list[dict[str, Any]], args: argparse.Name
 
     for i, (config, engine) in enumerate(engines):
         if isinstance(engine, Ours) and config.get("insert_vs_rebuild"):
-            gen = datasets.text_like if dataset == "text384" else datasets.sift_like
-            extra = gen(1000, seed=3)
+            gen, dim, _metric = kind(dataset)
+            extra = gen(1000, dim, seed=3)
             t = time.perf_counter()
             engine.col.write([f"new-{j}" for j in range(1000)], extra, mode="insert")
             results[i]["insert_1000_seconds"] = time.perf_counter() - t
@@ -329,7 +344,7 @@ def default_for(args: argparse.Namespace, dataset: str) -> str:
     for the data set's metric."""
     from brinicle_etl.types import default_dtype
 
-    return str(args.default_dtype or default_dtype("cosine" if dataset == "text384" else "l2sq"))
+    return str(args.default_dtype or default_dtype(kind(dataset)[2]))
 
 
 def at_target(result: dict[str, Any]) -> dict[str, Any]:
@@ -342,6 +357,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
         "",
         datasets.run_line(
             f"python benchmarks/bench_store.py --n {args.n} --queries {args.queries}"
+            + (f" --datasets {args.datasets}" if args.datasets != DATASETS else "")
             + (f" --dtypes {args.dtypes}" if args.dtypes != DTYPES else "")
             + (f" --default-dtype {args.default_dtype}" if args.default_dtype else "")
             + (f" --out {args.out}" if args.out != OUT else ""),
@@ -351,8 +367,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
         "searched one query at a time on one thread. All engines of a data set live in one process and are "
         "searched in turns, best of three rounds, so they share the machine's conditions.",
         "",
-        "Data: synthetic, from `benchmarks/datasets.py`: `text384` are unit vectors with topical clusters "
-        "on a low-dimensional manifold (cosine), `sift128` non-negative clustered integer vectors (squared L2). "
+        "Data: synthetic, from `benchmarks/datasets.py`: `text<dim>` are unit vectors with topical clusters "
+        "on a low-dimensional manifold (cosine), `sift<dim>` non-negative clustered integer vectors (squared L2). "
         "Queries are held out from the same distribution; recall@10 is against exact search.",
         "",
     ]
@@ -449,7 +465,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, started: flo
                     f"{r['stage_seconds']:.1f} s on top of the finalize; {r['disk_bytes'] / 2**20:.0f} MB on disk. "
                     "Peak RSS (VmHWM) is of a fresh process that builds and searches one engine alone; each "
                     f"holds the {args.n:,} source vectors in float32 "
-                    f"({args.n * (384 if dataset == 'text384' else 128) * 4 / 2**20:,.0f} MB) while it builds.",
+                    f"({args.n * kind(dataset)[1] * 4 / 2**20:,.0f} MB) while it builds.",
                 ]
         lines.append("")
     return "\n".join(lines)
@@ -459,7 +475,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--datasets", default="text384,sift128")
+    parser.add_argument("--datasets", default=DATASETS, help="text<dim> (cosine) or sift<dim> (l2sq), comma-separated")
     parser.add_argument("--dtypes", default=DTYPES)
     parser.add_argument(
         "--default-dtype", help="the dtype measured for insert and memory (default: the metric's, types.default_dtype)"
@@ -470,14 +486,14 @@ def main() -> None:
     configs = []
     for dataset in args.datasets.split(","):
         for dtype in args.dtypes.split(","):
-            if dtype == "i8" and dataset == "sift128":
+            if dtype == "i8" and kind(dataset)[2] != "cosine":
                 continue  # i8 suits cosine only; the store refuses it with l2sq
             base = {"dataset": dataset, "n": args.n, "queries": args.queries, "dtype": dtype}
             configs.append({**base, "engine": "usearch"})
             configs.append({**base, "engine": "ours", "insert_vs_rebuild": dtype == default_for(args, dataset)})
         for engine in ("hnswlib", "faiss"):
             configs.append({"dataset": dataset, "n": args.n, "queries": args.queries, "engine": engine})
-        if dataset == "text384" and "i8" in args.dtypes:
+        if kind(dataset)[2] == "cosine" and "i8" in args.dtypes:
             configs.append(
                 {"dataset": dataset, "n": args.n, "queries": args.queries, "engine": "usearch-rerank", "dtype": "i8"}
             )

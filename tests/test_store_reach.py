@@ -20,7 +20,8 @@ CONFIG = CollectionConfig(dim=8, metric="l2sq", dtype="f32")
 def raw_build(path: Path, x: np.ndarray, *, threads: int, seed: int) -> object:
     """An index added to and saved as usearch leaves it: no node linked again."""
     index = segment._new_index(CONFIG, HnswParams(ef_construction=128, rng_seed=seed, build_n_threads=threads))
-    segment._add(index, np.arange(len(x), dtype=np.uint64), x, HnswParams(rng_seed=seed, build_n_threads=threads), None)
+    params = HnswParams(rng_seed=seed, build_n_threads=threads)
+    segment._add(index, np.arange(len(x), dtype=np.uint64), x, CONFIG.metric, params, None)
     segment._save(index, path)
     return index
 

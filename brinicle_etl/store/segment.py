@@ -32,9 +32,10 @@ from brinicle_etl._cpus import usable_cpus
 from brinicle_etl._fs import free_bytes, fsync_file
 from brinicle_etl.errors import ConfigError, CorruptCollectionError
 from brinicle_etl.store.manifest import CollectionConfig, SegmentInfo
+from brinicle_etl.store.order import insert_order
 from brinicle_etl.store.reach import unreachable
 from brinicle_etl.store.refine import RERANK, Kept, open_refined, refined_name, refines, valid_keys
-from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams
+from brinicle_etl.types import NO_KEY, BuildProgress, HnswParams, Metric
 
 __all__ = [
     "GRAPH_ROWS",
@@ -86,10 +87,18 @@ def _new_index(config: CollectionConfig, params: HnswParams) -> Any:
     )
 
 
-def _add(index: Any, keys: np.ndarray, vectors: np.ndarray, params: HnswParams, progress: BuildProgress | None) -> None:
-    """Add in chunks, in an order drawn from ``rng_seed`` (which fixes every node's level)."""
+def _add(
+    index: Any,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    metric: Metric,
+    params: HnswParams,
+    progress: BuildProgress | None,
+) -> None:
+    """Add in chunks, region by region (:mod:`~brinicle_etl.store.order`), in an order drawn
+    from ``rng_seed`` (which fixes every node's level)."""
     total = len(keys)
-    order = np.random.default_rng(params.rng_seed).permutation(total)
+    order = insert_order(vectors, metric, params.rng_seed)
     # usearch reads 0 as the machine's cores, which a container's CPU set may not include.
     threads = params.build_n_threads or usable_cpus()
     for start in range(0, total, _ADD_CHUNK):
@@ -210,6 +219,7 @@ class SegmentBuilder:
         directory: Path,
     ):
         self.params = params
+        self._metric = config.metric
         # An i8 graph's vectors as given, written beside it (see refine.py); a scratch file
         # holds them until then.
         self._kept = Kept(directory, config.dim) if refines(config.dtype) else None
@@ -227,7 +237,7 @@ class SegmentBuilder:
                 self._kept.part(keys, _decoded(self.index, keys))
 
     def add(self, keys: np.ndarray, vectors: np.ndarray, progress: BuildProgress | None = None) -> None:
-        _add(self.index, keys, vectors, self.params, progress)
+        _add(self.index, keys, vectors, self._metric, self.params, progress)
         if self._kept is not None:
             self._kept.keep(keys, vectors)
 

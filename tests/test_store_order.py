@@ -1,0 +1,69 @@
+"""The build's insert order (store/order.py): a seeded permutation that visits vectors region by region."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brinicle_etl.store.order import insert_order
+
+METRICS = ["cosine", "ip", "l2sq"]
+
+
+def clustered(n: int, dim: int = 16, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)) * 4
+    return (centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def step_length(vectors: np.ndarray, order: np.ndarray) -> float:
+    """Mean distance from each vector to the next one inserted."""
+    ordered = vectors[order]
+    return float(np.linalg.norm(ordered[1:] - ordered[:-1], axis=1).mean())
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n", [0, 1, 95, 96, 5_000])
+def test_the_order_is_a_permutation(metric: str, n: int) -> None:
+    order = insert_order(clustered(n), metric, 3)  # type: ignore[arg-type]
+    assert order.dtype == np.int64
+    assert np.array_equal(np.sort(order), np.arange(n))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_near_vectors_are_inserted_one_after_another(metric: str) -> None:
+    vectors = clustered(20_000)
+    ours = step_length(vectors, insert_order(vectors, metric, 0))  # type: ignore[arg-type]
+    shuffled = step_length(vectors, np.random.default_rng(0).permutation(len(vectors)))
+    assert ours < 0.5 * shuffled
+
+
+def test_the_same_vectors_and_seed_give_the_same_order_and_another_seed_another() -> None:
+    vectors = clustered(3_000)
+    first = insert_order(vectors, "cosine", 7)
+    assert np.array_equal(first, insert_order(vectors.copy(), "cosine", 7))
+    assert not np.array_equal(first, insert_order(vectors, "cosine", 8))
+
+
+def test_a_batch_too_small_for_two_regions_is_shuffled_by_the_seed() -> None:
+    vectors = clustered(95)  # 95 // 48 = 1 cell
+    assert np.array_equal(insert_order(vectors, "l2sq", 5), np.random.default_rng(5).permutation(95))
+
+
+def test_under_cosine_a_vectors_length_does_not_move_it() -> None:
+    vectors = clustered(4_000)
+    lengths = np.random.default_rng(1).uniform(0.1, 10, size=(len(vectors), 1)).astype(np.float32)
+    assert np.array_equal(insert_order(vectors, "cosine", 2), insert_order(vectors * lengths, "cosine", 2))
+
+
+def test_zero_vectors_and_memory_maps_are_ordered(tmp_path: Path) -> None:
+    vectors = clustered(6_000)
+    vectors[::7] = 0
+    path = tmp_path / "v.npy"
+    np.save(path, vectors)
+    mapped = np.load(path, mmap_mode="r")
+    order = insert_order(mapped, "cosine", 0)
+    assert np.array_equal(order, insert_order(vectors, "cosine", 0))
+    assert np.array_equal(np.sort(order), np.arange(len(vectors)))
