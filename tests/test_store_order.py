@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from brinicle_etl.store.order import insert_order
+from tests.conftest import clustered as shared_clustered
 
 METRICS = ["cosine", "ip", "l2sq"]
 
 
-def clustered(n: int, dim: int = 16, clusters: int = 40, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)) * 4
-    return (centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+def clustered(n: int) -> np.ndarray:
+    return shared_clustered(n, 16, centers=40, normalize=False)
 
 
 def step_length(vectors: np.ndarray, order: np.ndarray) -> float:
