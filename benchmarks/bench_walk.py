@@ -5,14 +5,19 @@ index alone (the rows cost the same at both sizes). This looks at that index sea
 raw usearch, no store around it: the same 64-d text-like vectors (cosine, M=16,
 ef_construction=64, ef 64, k=10) at each size and dtype, single queries on one thread:
 
-- p50 of the graph as the store opens it (a memory-mapped view of the saved file);
+- p50 of the graph as the store opens it (a memory-mapped view of the saved file), searched
+  with the call the store makes (usearch's compiled search, without its Python wrapper's
+  result objects, a constant ~5 µs here);
 - p50 of the same graph loaded into memory and collapsed into 2 MB pages
   (``madvise(MADV_COLLAPSE)``), to tell whether TLB misses are the growth;
 - the distances computed and the nodes visited per query (usearch's own counters), and
   the time per distance computed: when the work grows less than the time, the extra is
-  memory latency (the graph leaves the CPU caches).
+  memory latency (the graph leaves the CPU caches);
+- with ``hnswlib`` among the dtypes, hnswlib's graph (f32, in memory) with the same params as
+  the reference: its walk prefetches the next candidates' memory while it computes a
+  distance, which usearch's dense index does not (usearch 2.26 passes no prefetch to it).
 
-Usage: python benchmarks/bench_walk.py [--sizes 100000 1000000] [--dtypes bf16,i8] [--queries 1000]
+Usage: python benchmarks/bench_walk.py [--sizes 100000 1000000] [--dtypes bf16,i8[,f32,hnswlib]] [--queries 1000]
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 import numpy as np
 from usearch.index import Index
 
+from brinicle_etl.store.segment import _search_many
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets
 
@@ -37,6 +44,30 @@ DIM, M, EF_CONSTRUCTION, EF, K = 64, 16, 64, 64, 10
 OUT = Path(__file__).resolve().parent / "results" / "walk.md"
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
 LAYOUTS = ("file view", "in memory, 2 MB pages")
+HNSWLIB = "hnswlib"
+
+
+class HnswlibWalk:
+    """hnswlib's graph behind the one call the timing makes (f32, in memory: it has no view)."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        import hnswlib
+
+        self.index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
+        self.index.init_index(max_elements=len(vectors), M=M, ef_construction=EF_CONSTRUCTION, random_seed=1)
+        self.index.add_items(vectors, np.arange(len(vectors)), num_threads=-1)
+        self.index.set_ef(EF)
+
+    def search(self, query: np.ndarray, k: int) -> Any:
+        return self.index.knn_query(query, k=k, num_threads=1)
+
+    def keys(self, queries: np.ndarray, k: int) -> np.ndarray:
+        labels, _distances = self.index.knn_query(queries, k=k, num_threads=-1)
+        return np.asarray(labels)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
 
 
 def collapse_anonymous(least_bytes: int = 8 << 20) -> int:
@@ -63,12 +94,19 @@ def huge_bytes() -> int:
 
 
 def p50_ms(index: Any, queries: np.ndarray) -> float:
+    if isinstance(index, HnswlibWalk):
+        search = index.search
+    else:  # the store's own single-query call
+
+        def search(q: np.ndarray, k: int) -> Any:
+            return _search_many(index, q.reshape(1, -1), k, exact=False, threads=1)
+
     for q in queries[:50]:
-        index.search(q, K)
+        search(q, K)
     times = []
     for q in queries:
         t = time.perf_counter()
-        index.search(q, K)
+        search(q, K)
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
 
@@ -86,8 +124,20 @@ def main() -> None:
     queries = datasets.text_like(args.queries, DIM, seed=7)
     cases = [(n, dtype) for n in args.sizes for dtype in args.dtypes.split(",")]
     builds: dict[tuple[int, str], float] = {}
+    opened: dict[tuple[int, str, str], Any] = {}
+    truths: dict[int, np.ndarray] = {}
+    recalls: dict[tuple[int, str], float] = {}
     for n, dtype in cases:
         vectors = datasets.text_like(n, DIM, seed=1)
+        if n not in truths:  # unit vectors: the largest dot products are the nearest by cosine
+            truths[n] = datasets.ground_truth(vectors, queries, K, "ip")
+        if dtype == HNSWLIB:
+            t = time.perf_counter()
+            opened[n, dtype, LAYOUTS[1]] = HnswlibWalk(vectors)
+            builds[n, dtype] = time.perf_counter() - t
+            recalls[n, dtype] = recall(opened[n, dtype, LAYOUTS[1]].keys(queries, K), truths[n])
+            print(f"built {n:,} {dtype} in {builds[n, dtype]:.0f} s", flush=True)
+            continue
         index = Index(ndim=DIM, metric="cos", dtype=dtype, connectivity=M, expansion_add=EF_CONSTRUCTION)
         t = time.perf_counter()
         index.add(np.arange(n), vectors)
@@ -96,9 +146,10 @@ def main() -> None:
         del index, vectors
         print(f"built {n:,} {dtype} in {builds[n, dtype]:.0f} s", flush=True)
 
-    opened: dict[tuple[int, str, str], Any] = {}
     work_done: dict[tuple[int, str], tuple[float, float]] = {}
     for n, dtype in cases:
+        if dtype == HNSWLIB:
+            continue
         path = str(work / f"{dtype}-{n}.usearch")
         opened[n, dtype, LAYOUTS[0]] = Index.restore(path, view=True)
         opened[n, dtype, LAYOUTS[1]] = Index.restore(path, view=False)
@@ -106,13 +157,14 @@ def main() -> None:
             index.expansion_search = EF
         found = opened[n, dtype, LAYOUTS[0]].search(queries, K)
         work_done[n, dtype] = (found.computed_distances / len(queries), found.visited_members / len(queries))
+        recalls[n, dtype] = recall(np.asarray(found.keys), truths[n])
     collapse_anonymous()
     huge = huge_bytes()
     times: dict[tuple[int, str, str], list[float]] = {key: [] for key in opened}
     for _round in range(args.rounds):  # in turns, so a noisy neighbour slows every case alike
         for key, index in opened.items():
             times[key].append(p50_ms(index, queries))
-    report(args, cases, builds, times, work_done, huge, started)
+    report(args, cases, builds, times, work_done, recalls, huge, started)
     plot(args.out.with_suffix(".png"), cases, times, work_done)
     opened.clear()
     shutil.rmtree(work)
@@ -124,6 +176,7 @@ def report(
     builds: dict[tuple[int, str], float],
     times: dict[tuple[int, str, str], list[float]],
     work_done: dict[tuple[int, str], tuple[float, float]],
+    recalls: dict[tuple[int, str], float],
     huge: int,
     started: float,
 ) -> None:
@@ -141,20 +194,30 @@ def report(
         f"k={K}; single queries on one thread, p50 in ms, median of {args.rounds} turns over {args.queries:,} "
         f"queries. {huge / 2**20:,.0f} MB of the in-memory graphs were backed by 2 MB pages.",
         "",
-        "| rows | dtype | build s | p50 file view | p50 in memory, 2 MB pages | distances / query "
+        "| rows | dtype | build s | recall@10 | p50 file view | p50 in memory, 2 MB pages | distances / query "
         "| nodes visited / query | ns per distance (view) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     p50 = {key: statistics.median(found) for key, found in times.items()}
     for n, dtype in cases:
+        if dtype == HNSWLIB:
+            lines.append(
+                f"| {n:,} | hnswlib f32 | {builds[n, dtype]:.0f} | {recalls[n, dtype]:.3f} | - "
+                f"| {p50[n, dtype, LAYOUTS[1]]:.3f} | - | - | - |"
+            )
+            continue
         computed, visited = work_done[n, dtype]
         lines.append(
-            f"| {n:,} | {dtype} | {builds[n, dtype]:.0f} | {p50[n, dtype, LAYOUTS[0]]:.3f} "
+            f"| {n:,} | {dtype} | {builds[n, dtype]:.0f} | {recalls[n, dtype]:.3f} | {p50[n, dtype, LAYOUTS[0]]:.3f} "
             f"| {p50[n, dtype, LAYOUTS[1]]:.3f} | {computed:,.0f} | {visited:,.0f} "
             f"| {p50[n, dtype, LAYOUTS[0]] * 1e6 / computed:.0f} |"
         )
     lines += ["", f"From {small:,} to {large:,} rows:", ""]
     for dtype in args.dtypes.split(","):
+        if dtype == HNSWLIB:
+            grow_h = p50[large, dtype, LAYOUTS[1]] / p50[small, dtype, LAYOUTS[1]]
+            lines.append(f"- hnswlib f32 (a prefetching walk): its p50 grows {grow_h:.2f}x in memory.")
+            continue
         grow = {layout: p50[large, dtype, layout] / p50[small, dtype, layout] for layout in LAYOUTS}
         more = work_done[large, dtype][0] / work_done[small, dtype][0]
         lines.append(
@@ -181,8 +244,12 @@ def plot(
     for dtype in dict.fromkeys(d for _n, d in cases):
         sizes = sorted(n for n, d in cases if d == dtype)
         for layout, style in zip(LAYOUTS, ("o-", "s--"), strict=True):
+            if (sizes[0], dtype, layout) not in times:
+                continue
             p50 = [statistics.median(times[n, dtype, layout]) for n in sizes]
             left.plot(sizes, p50, style, label=f"{dtype}, {layout}")
+        if dtype == HNSWLIB:
+            continue
         right.plot(sizes, [work_done[n, dtype][0] for n in sizes], "o-", label=dtype)
     left.set(xscale="log", xlabel="rows", ylabel="p50 ms, one query", title="time of a single query")
     right.set(xscale="log", xlabel="rows", ylabel="distances computed per query", title="work of a single query")
