@@ -150,6 +150,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_root)], check=False)
     report(args, labels, times, live, builds, started)
+    plot(args.out.with_suffix(".png"), labels, times)
 
 
 def report(
@@ -191,6 +192,26 @@ def report(
         "",
     ]
     datasets.write_report(args.out, "\n".join(lines))
+
+
+def plot(path: Path, labels: list[str], times: dict[str, dict[str, list[float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    x = np.arange(len(QUERIES))
+    for i, label in enumerate(labels):
+        p50 = [statistics.median(times[label][q]) * 1000 for q in QUERIES]
+        ax.bar(x + (i - 0.5) * width, p50, width, label=label)
+    ax.set_xticks(x, list(QUERIES))
+    ax.set_ylabel("ms (median of turns, best of three)")
+    ax.set_title("Full scans through brinicle_rows")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
