@@ -13,6 +13,9 @@ change that, on the same 128-d text-like unit vectors (cosine), with no store ar
   partitions or a sharded collection its shards;
 - ``i8 + rerank`` in batches of 50,000 rows, as an ingest hands them to the store: each batch
   in a random order (the store's order until 2026-12) or region by region (``store/order.py``);
+- hnswlib's f32 graph at ``ef_construction`` 200, for reference: the same algorithm with a walk
+  that prefetches the next candidates' memory (usearch's dense index does not), which
+  ``bench_walk`` finds 2-3x faster per query on this CPU;
 - LanceDB's ``IVF_HNSW_SQ`` index (one partition per 500k rows, as ``bench_peers``), at
   ``ef_construction`` 200 and 100; only ``create_index`` is timed, not the table.
 
@@ -67,6 +70,7 @@ OPTIONS: list[dict[str, Any]] = [
         "rerank": True,
         "order": "regions",
     },
+    {"name": "hnswlib f32, efc 200 (reference)", "engine": "hnswlib", "efc": 200},
     {"name": "LanceDB IVF_HNSW_SQ, efc 200", "engine": "lancedb", "efc": 200},
     {"name": "LanceDB IVF_HNSW_SQ, efc 100", "engine": "lancedb", "efc": 100},
 ]
@@ -127,6 +131,25 @@ def add_in_batches(index: Any, keys: np.ndarray, vectors: np.ndarray, order: str
         index.add(keys[start : start + BATCH_ROWS][ordered], batch[ordered], threads=0)
 
 
+def run_hnswlib(option: dict[str, Any], work: Path) -> dict[str, Any]:
+    import hnswlib
+
+    vectors = np.load(work / "vectors.npy")
+    queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
+    index = hnswlib.Index(space="cosine", dim=DIM)
+    started = time.perf_counter()
+    index.init_index(max_elements=len(vectors), M=M, ef_construction=option["efc"], random_seed=1)
+    index.add_items(vectors, np.arange(len(vectors)), num_threads=-1)
+    build = time.perf_counter() - started
+
+    def search(q: np.ndarray, ef: int) -> list[int]:
+        index.set_ef(ef)
+        labels, _distances = index.knn_query(q, k=K, num_threads=1)
+        return [int(x) for x in labels[0]]
+
+    return {"build": build, "curve": sweep(search, EFS, queries, truth)["curve"]}
+
+
 def run_lancedb(option: dict[str, Any], work: Path) -> dict[str, Any]:
     import pyarrow as pa
 
@@ -161,7 +184,7 @@ def run_lancedb(option: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 def _child(option: dict[str, Any], work: str, out: Any) -> None:
-    runner = run_lancedb if option["engine"] == "lancedb" else run_usearch
+    runner = {"lancedb": run_lancedb, "hnswlib": run_hnswlib, "usearch": run_usearch}[option["engine"]]
     out.put(runner(option, Path(work)))
 
 

@@ -1,4 +1,5 @@
-"""The build's insert order (store/order.py): a seeded permutation that visits vectors region by region."""
+"""The build's insert order (store/order.py): a seeded permutation, a random share first, then
+the rest region by region."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brinicle_etl.store.order import insert_order
+from brinicle_etl.store.order import SKELETON, insert_order
 from tests.conftest import clustered as shared_clustered
 
 METRICS = ["cosine", "ip", "l2sq"]
@@ -32,11 +33,29 @@ def test_the_order_is_a_permutation(metric: str, n: int) -> None:
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_near_vectors_are_inserted_one_after_another(metric: str) -> None:
+def test_after_the_skeleton_near_vectors_are_inserted_one_after_another(metric: str) -> None:
     vectors = clustered(20_000)
-    ours = step_length(vectors, insert_order(vectors, metric, 0))  # type: ignore[arg-type]
+    head = int(len(vectors) * SKELETON)
+    rest = insert_order(vectors, metric, 0)[head:]  # type: ignore[arg-type]
     shuffled = step_length(vectors, np.random.default_rng(0).permutation(len(vectors)))
-    assert ours < 0.5 * shuffled
+    assert step_length(vectors, rest) < 0.5 * shuffled
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_the_skeleton_is_a_random_sample_of_the_whole_batch(metric: str) -> None:
+    # It lays the long links down first: a graph built region by region from nothing links each
+    # region mostly to the one before it (recall@10 0.817 against 0.990 on test_scale's data).
+    rng = np.random.default_rng(4)
+    cluster = rng.integers(0, 40, 20_000)
+    vectors = (rng.standard_normal((40, 16))[cluster] + 0.35 * rng.standard_normal((20_000, 16))).astype(np.float32)
+    head = int(len(vectors) * SKELETON)
+    order = insert_order(vectors, metric, 0)  # type: ignore[arg-type]
+    shuffled = step_length(vectors, np.random.default_rng(0).permutation(len(vectors)))
+    assert head == 2_000
+    assert step_length(vectors, order[:head]) > 0.9 * shuffled
+    # Every one of the 40 clusters is in it, in about its share of the batch (50 rows each).
+    counts = np.bincount(cluster[order[:head]], minlength=40)
+    assert counts.min() >= 25 and counts.max() <= 90
 
 
 def test_the_same_vectors_and_seed_give_the_same_order_and_another_seed_another() -> None:
