@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -40,16 +41,14 @@ BASELINE = "26d9ccb"
 NAME = "bench/scan"
 DIM = 8
 QUERIES = {
-    "count": "SELECT count(*) FROM brinicle_rows('bench/scan')",
-    "group by": "SELECT category, avg(price), count(*) FROM brinicle_rows('bench/scan') GROUP BY category",
-    "all rows": "SELECT * FROM brinicle_rows('bench/scan')",
+    "count": f"SELECT count(*) FROM brinicle_rows('{NAME}')",
+    "group by": f"SELECT category, avg(price), count(*) FROM brinicle_rows('{NAME}') GROUP BY category",
+    "all rows": f"SELECT * FROM brinicle_rows('{NAME}')",
 }
 OUT = HERE / "results" / "scan.md"
 
 
-def frame(n: int, keep: float = 1.0):  # type: ignore[no-untyped-def]
-    import polars as pl
-
+def frame(n: int, keep: float = 1.0) -> pl.DataFrame:
     rng = np.random.default_rng(5)
     categories = np.array(["boots", "jackets", "tents", "bags", "stoves", "lamps", "bottles", "packs"])
     data = pl.DataFrame(

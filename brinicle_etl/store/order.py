@@ -11,15 +11,16 @@ the chain, in a seeded random order within a cell.
 A random :data:`SKELETON` share of the batch goes first, in a random order. A graph built
 from nothing region by region alone links each region mostly to the one before it on the
 chain: the greedy descent from the entry point can then stall in the wrong region. At
-100k x 32 vectors in 32 tight clusters (``tests/test_scale.py``'s data), recall@10 at ef 128
-fell to 0.817 against 0.990 in a random order; with a random tenth first, 0.991 (and over
-three more data sets 0.973/0.978/0.982 against random's 0.959/0.975/0.992, pure region
-order's 0.925/0.945/0.967), building in 5.5 s against 6.8 s random.
+100k x 32 vectors in 32 tight clusters (``tests/test_scale.py``'s data; single builds by
+hand), recall@10 at ef 128 fell to 0.817 against 0.990 in a random order; with a random
+tenth first, 0.987-0.991 (over three more data sets 0.973/0.978/0.982 against random's
+0.959/0.975/0.992 and pure region order's 0.925/0.945/0.967), building in 5.5 s against
+6.8 s random.
 
 Measured side by side (``benchmarks/bench_graph.py --only batches``, results/graph_order.md:
 1M x 128 text-like vectors, i8, M=16, ef_construction=200, two threads, batches of 50,000
-as an ingest gives them): 321.8 s against 373.9 s in a random order, and the graph answered
-at the same recall in less time (1.61 ms at recall@10 0.960 against 1.87 ms at 0.959).
+as an ingest gives them): 319.4 s against 398.6 s in a random order, and the graph answered
+at the same recall in less time (1.60 ms at recall@10 0.956 against 1.74 ms at 0.959).
 """
 
 from __future__ import annotations
